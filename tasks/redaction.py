@@ -1,0 +1,72 @@
+"""The second line of defence: every log record is scrubbed of the secret values this process has handled.
+
+Tasks call :func:`register_secret` for each value they read or generate. :func:`install` wraps the log-record
+factory, so the message, its arguments and any traceback are redacted before any handler (Prefect's API handler
+included) sees the record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+
+REDACTED = "***"
+_MIN_LENGTH = 6  # shorter values would redact ordinary words
+_secrets: set[str] = set()
+_lock = threading.Lock()
+_installed = False
+
+
+def register_secret(value: str) -> str:
+    """Remember ``value`` (and each line of it) for redaction; returns ``value`` for chaining."""
+    parts = {value, *value.splitlines()}
+    with _lock:
+        _secrets.update(p for p in parts if len(p) >= _MIN_LENGTH)
+    return value
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered secret replaced by ``***``."""
+    with _lock:
+        known = sorted(_secrets, key=len, reverse=True)
+    for secret in known:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def fingerprint(value: str) -> str:
+    """A short, stable identifier of a value for logs and audit records.
+
+    Truncated SHA-256: safe for generated secrets (256 bits and more); it would not hide a guessable password,
+    which is one more reason this project only generates random ones.
+    """
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+def install() -> None:
+    """Redact every log record created from now on in this process. Idempotent."""
+    global _installed
+    with _lock:
+        if _installed:
+            return
+        _installed = True
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        if _secrets:
+            message = record.getMessage()
+            clean = redact(message)
+            if clean != message:
+                record.msg, record.args = clean, ()
+            if record.exc_info:
+                text = logging.Formatter().formatException(record.exc_info)
+                record.exc_text = redact(text)
+        return record
+
+    logging.setLogRecordFactory(factory)
+
+
+install()
