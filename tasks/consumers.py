@@ -91,8 +91,9 @@ def _restart(consumer: Consumer) -> None:
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
-def restart_consumers(consumers: list[Consumer]) -> list[str]:
-    """Restart every consumer in order; returns their names."""
+def restart_consumers(consumers: list[Consumer] | list[dict]) -> list[str]:
+    """Restart every consumer in order; returns their names. Accepts models or their JSON form (from the journal)."""
+    consumers = [Consumer.model_validate(c) for c in consumers]
     for consumer in consumers:
         _restart(consumer)
     return [c.name for c in consumers]

@@ -1,0 +1,54 @@
+"""Steps on the secret store itself: stage a new value, promote it, revert it, discard it.
+
+Each task opens the store from its URI, so a task run never carries a secret value in its parameters, and returns
+a version id or a fingerprint, never the value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from stores import Stage, open_store
+from stores.errors import VersionNotFound
+from tasks.redaction import fingerprint, register_secret
+from tasks.retrying import is_transient
+
+_RETRY = {"retries": 3, "retry_delay_seconds": [1, 5, 15], "retry_condition_fn": is_transient}
+
+
+@task(cache_policy=NO_CACHE, **_RETRY)
+def stage_secret(secret: str, rotation_id: str, build: Callable[[str], str]) -> str:
+    """Stage ``build(current value)`` as PENDING under ``rotation_id``, unless this rotation already staged one.
+
+    Returns the staged value's fingerprint. On a resumed run the value staged the first time is kept: ``build`` is
+    not called again, so a random value is generated exactly once per rotation.
+    """
+    store = open_store(secret)
+    try:
+        return fingerprint(register_secret(store.read_version(rotation_id)))
+    except VersionNotFound:
+        pass
+    new_value = register_secret(build(register_secret(store.read(Stage.CURRENT))))
+    store.stage(new_value, rotation_id)
+    return fingerprint(new_value)
+
+
+@task(cache_policy=NO_CACHE, **_RETRY)
+def promote_secret(secret: str, rotation_id: str) -> None:
+    """Make the staged version CURRENT; the old CURRENT becomes PREVIOUS."""
+    open_store(secret).promote(rotation_id)
+
+
+@task(cache_policy=NO_CACHE, **_RETRY)
+def revert_secret(secret: str, rotation_id: str, previous_version: str | None) -> None:
+    """Undo a promotion: CURRENT and PREVIOUS point where they pointed before the rotation."""
+    open_store(secret).revert(rotation_id, previous_version)
+
+
+@task(cache_policy=NO_CACHE, **_RETRY)
+def discard_secret(secret: str, rotation_id: str) -> None:
+    """Remove the staged version of a rotation that will not be promoted."""
+    open_store(secret).discard(rotation_id)
