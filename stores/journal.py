@@ -115,8 +115,11 @@ class Journal:
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path or os.environ.get("ROTATE_JOURNAL") or DEFAULT_PATH).expanduser()
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with self._write() as db:
+        db = self._connect()
+        try:
             db.executescript(_SCHEMA)
+        finally:
+            db.close()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -228,14 +231,14 @@ class Journal:
             )
 
     def record_facts(self, rotation_id: str, facts: dict[str, Any]) -> dict[str, Any]:
-        """Record the plan's facts the first time; later calls return what was recorded then."""
+        """Record facts the plan found; a fact recorded once keeps its first value (a resumed run gets it back)."""
         with self._write() as db:
             row = db.execute("SELECT facts FROM rotations WHERE id = ?", (rotation_id,)).fetchone()
             known = json.loads(row["facts"])
-            if known:
-                return known
-            db.execute("UPDATE rotations SET facts = ? WHERE id = ?", (json.dumps(facts), rotation_id))
-        return facts
+            merged = {**facts, **known}
+            if merged != known:
+                db.execute("UPDATE rotations SET facts = ? WHERE id = ?", (json.dumps(merged), rotation_id))
+        return merged
 
     # the compensation stack
 

@@ -8,10 +8,11 @@ Prefect API (turn API authentication on in production).
 from __future__ import annotations
 
 import time
+from uuid import UUID
 
 from prefect import get_run_logger
-from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import pause_flow_run
+from prefect.exceptions import FlowPauseTimeout, NotPausedError
+from prefect.flow_runs import pause_flow_run, resume_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
@@ -68,3 +69,20 @@ def request_approval(
         if not decision.approved:
             raise ApprovalRejected(f"{decision.approver} rejected {question!r}: {decision.reason}")
         return decision
+
+
+class NotWaitingForApproval(Exception):
+    """The flow run named is not paused for an approval."""
+
+
+def give_decision(flow_run_id: str, *, approved: bool, approver: str, reason: str) -> None:
+    """Answer a paused run's approval, as the UI's Resume button does; refusals by the server are errors."""
+    decision = ApprovalDecision(approved=approved, approver=approver, reason=reason)
+    try:
+        resume_flow_run(UUID(flow_run_id), run_input=decision.model_dump())
+    except NotPausedError:
+        raise NotWaitingForApproval(
+            f"flow run {flow_run_id} is not waiting for an approval; `rotate status` shows what is"
+        ) from None
+    except RuntimeError as exc:
+        raise NotWaitingForApproval(f"the Prefect server refused the decision for {flow_run_id}: {exc}") from None

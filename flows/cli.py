@@ -1,0 +1,223 @@
+"""``rotate``: run, approve, inspect, resume and roll back rotations from a terminal."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here for telemetry
+
+import getpass
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import TypeAdapter, ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from flows.terminal import run_with_approvals
+from stores import open_store
+from stores.errors import StoreError
+from stores.journal import Journal
+from tasks.approval import NotWaitingForApproval, give_decision
+from tasks.consumers import Consumer, HttpReload
+
+app = typer.Typer(no_args_is_help=True, help="Secret-rotation runbooks on Prefect.", pretty_exceptions_enable=False)
+console = Console()
+err = Console(stderr=True)
+
+JournalOption = Annotated[
+    Path | None, typer.Option(help="Rotation journal file (default: $ROTATE_JOURNAL or ~/.local/state/...)")
+]
+
+
+@contextmanager
+def _clear_errors() -> Iterator[None]:
+    """Turn the errors a user can act on into one red line and exit status 1; anything else is a bug: raise it."""
+    from tasks.jwt_keyset import KeysetError
+
+    from flows.rotation import RollbackFailed, RotationRolledBack
+    from tasks.approval import ApprovalRejected
+
+    try:
+        yield
+    except (StoreError, RotationRolledBack, RollbackFailed, ApprovalRejected, KeysetError, KeyError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False))
+        err.print(f"[red]error:[/red] invalid input: {problems}")
+        raise typer.Exit(1) from None
+    except NotWaitingForApproval as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+def _consumers(consumers_file: Path | None, reload_url: str | None, verify_url: str | None) -> list[Consumer]:
+    consumers: list[Consumer] = []
+    if consumers_file is not None:
+        consumers = TypeAdapter(list[Consumer]).validate_json(consumers_file.read_text())
+    if reload_url or verify_url:
+        restart = HttpReload(url=reload_url) if reload_url else None
+        consumers.append(Consumer(name="service", verify_url=verify_url, **({"restart": restart} if restart else {})))
+    return consumers
+
+
+@app.command()
+def jwt(
+    secret: Annotated[str, typer.Argument(help="Store URI of the JWT keyset, e.g. local:///path/store.db?secret=jwt")],
+    consumers_file: Annotated[Path | None, typer.Option("--consumers", help="JSON list of consumers")] = None,
+    reload_url: Annotated[str | None, typer.Option(help="Reload endpoint of a single consumer")] = None,
+    verify_url: Annotated[str | None, typer.Option(help="Endpoint that checks a bearer token")] = None,
+    algorithm: Annotated[str, typer.Option(help="HS256, RS256 or ES256")] = "HS256",
+    bits: Annotated[int, typer.Option(help="HS256 key length in bits (at least 256)")] = 512,
+    token_lifetime: Annotated[float, typer.Option(help="Longest token lifetime, seconds")] = 3600,
+    grace: Annotated[float, typer.Option(help="Grace period after the token lifetime, seconds")] = 300,
+    yes: Annotated[bool, typer.Option("--yes", help="Approve every step without asking")] = False,
+    no_approval: Annotated[bool, typer.Option("--no-approval", help="Do not ask before promoting")] = False,
+    approve_retire: Annotated[bool, typer.Option(help="Ask before removing the old key")] = False,
+    allow_self_approval: Annotated[bool, typer.Option(help="Let the starter approve")] = False,
+    approver: Annotated[str, typer.Option(help="Name recorded for --yes approvals")] = "",
+    journal: JournalOption = None,
+) -> None:
+    """Rotate a JWT signing key: stage, promote, verify, wait, retire the old key."""
+    from flows.jwt import rotate_jwt_signing_key
+    from flows.rotation import RotationOptions
+    from tasks.jwt import JwtPolicy
+
+    with _clear_errors():
+        policy = JwtPolicy(
+            algorithm=algorithm, key_bits=bits, token_lifetime_seconds=token_lifetime, grace_seconds=grace
+        )
+        options = RotationOptions(
+            started_by=getpass.getuser(),
+            approve_promote=not no_approval,
+            approve_retire=approve_retire,
+            allow_self_approval=allow_self_approval,
+            journal=str(journal) if journal else None,
+        )
+        consumers = _consumers(consumers_file, reload_url, verify_url)
+        summary = run_with_approvals(
+            lambda: rotate_jwt_signing_key(secret, consumers=consumers, policy=policy, options=options),
+            Journal(options.journal),
+            open_store(secret).uri.display,
+            yes=yes,
+            approver=approver or f"{getpass.getuser()} (--yes)",
+        )
+        console.print_json(json.dumps(summary, default=str))
+
+
+@app.command()
+def approve(
+    run_id: Annotated[str, typer.Argument(help="A paused flow run id, or a rotation id")],
+    approver: Annotated[str, typer.Option(help="Your name, recorded in the audit trail")],
+    reject: Annotated[bool, typer.Option("--reject", help="Reject: the rotation is rolled back")] = False,
+    reason: Annotated[str, typer.Option(help="Why; recorded in the audit trail")] = "",
+    journal: JournalOption = None,
+) -> None:
+    """Approve (or reject) a rotation that waits for a human."""
+    with _clear_errors():
+        flow_run_id = run_id
+        book = Journal(journal)
+        with suppress(StoreError):
+            flow_run_id = book.get(run_id).flow_run_id or run_id
+        give_decision(
+            flow_run_id, approved=not reject, approver=approver, reason=reason or ("rejected" if reject else "approved")
+        )
+        console.print(f"{'rejected' if reject else 'approved'} flow run {flow_run_id} as {approver}")
+
+
+@app.command()
+def status(
+    rotation_id: Annotated[str | None, typer.Argument(help="Show the steps of this rotation")] = None,
+    journal: JournalOption = None,
+) -> None:
+    """List rotations, or the audit trail of one."""
+    with _clear_errors():
+        book = Journal(journal)
+        if rotation_id:
+            record = book.get(rotation_id)
+            console.print(f"rotation {record.id} of {record.secret} ({record.runbook}): [bold]{record.state}[/bold]")
+            if record.reason:
+                console.print(f"reason: {record.reason}")
+            table = Table("at", "step", "status", "details")
+            for step in book.steps(rotation_id):
+                table.add_row(f"{step.at:%H:%M:%S}", step.step, step.status, json.dumps(step.details, default=str))
+            console.print(table)
+            return
+        table = Table("rotation", "secret", "runbook", "state", "started", "by", "retired")
+        for record in book.list():
+            table.add_row(
+                record.id,
+                record.secret,
+                record.runbook,
+                record.state,
+                f"{record.started_at:%Y-%m-%d %H:%M}",
+                record.started_by,
+                "yes" if record.retired_at else "",
+            )
+        console.print(table)
+
+
+@app.command()
+def rollback(
+    rotation_id: Annotated[str, typer.Argument(help="The rotation to undo")],
+    reason: Annotated[str, typer.Option(help="Recorded in the audit trail")] = "rolled back by an operator",
+    journal: JournalOption = None,
+) -> None:
+    """Roll back a rotation that stopped before its point of no return."""
+    from flows.recovery import rollback_rotation
+
+    with _clear_errors():
+        rollback_rotation(rotation_id, journal=str(journal) if journal else None, reason=reason)
+        console.print(f"rotation {rotation_id} rolled back")
+
+
+@app.command()
+def resume(
+    rotation_id: Annotated[str, typer.Argument(help="The rotation to carry on")],
+    yes: Annotated[bool, typer.Option("--yes", help="Approve every step without asking")] = False,
+    approver: Annotated[str, typer.Option(help="Name recorded for --yes approvals")] = "",
+    journal: JournalOption = None,
+) -> None:
+    """Resume a rotation whose run stopped; finished steps are not repeated."""
+    from flows.recovery import resume_rotation
+
+    with _clear_errors():
+        book = Journal(journal)
+        record = book.get(rotation_id)
+        summary = run_with_approvals(
+            lambda: resume_rotation(rotation_id, journal=str(journal) if journal else None),
+            book,
+            record.secret,
+            yes=yes,
+            approver=approver or f"{getpass.getuser()} (--yes)",
+        )
+        console.print_json(json.dumps(summary, default=str))
+
+
+@app.command()
+def describe(secret: Annotated[str, typer.Argument(help="Store URI")]) -> None:
+    """Versions and stages of a secret (never its value)."""
+    with _clear_errors():
+        description = open_store(secret).describe()
+        table = Table("version", "stages", "created")
+        for version in description.versions:
+            table.add_row(version.version_id, ", ".join(version.stages), str(version.created_at or ""))
+        console.print(table)
+
+
+@app.command()
+def demo(
+    folder: Annotated[Path, typer.Option("--dir", help="Where the demo's store and journal go")] = Path("rotate-demo"),
+    yes: Annotated[bool, typer.Option("--yes", help="Approve without asking")] = False,
+    grace: Annotated[float, typer.Option(help="Token lifetime plus grace, seconds")] = 5,
+) -> None:
+    """The quick start: a local store, the example auth service, and a JWT rotation end to end."""
+    from flows.demo import run_demo
+
+    with _clear_errors():
+        run_demo(folder.resolve(), yes=yes, wait_seconds=grace, console=console)

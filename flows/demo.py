@@ -1,0 +1,100 @@
+"""``rotate demo``: rotate the example auth service's JWT key while it serves, with nothing but this machine."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+from tasks.jwt_keyset import JwtKeyset, new_key
+
+from flows.jwt import rotate_jwt_signing_key
+from flows.rotation import RotationOptions
+from flows.terminal import run_with_approvals
+from stores import open_store
+from stores.errors import SecretNotFound
+from stores.journal import Journal
+from tasks.consumers import Consumer, HttpReload
+from tasks.jwt import JwtPolicy
+
+
+def _start_service(uri: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "examples.auth_service", "--store", uri, "--host", "127.0.0.1", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/health", timeout=1).is_success:
+                return process, base
+        except httpx.HTTPError:
+            time.sleep(0.2)
+        if process.poll() is not None:
+            break
+    process.kill()
+    raise RuntimeError(f"the example auth service did not start; see {log}")
+
+
+def _accepted(base: str, token: str) -> str:
+    answer = httpx.get(f"{base}/me", headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    return "accepted" if answer.is_success else f"rejected ({answer.status_code})"
+
+
+def run_demo(folder: Path, *, yes: bool, wait_seconds: float, console: Console) -> None:
+    """Create a local store with a keyset, start the service, rotate its key end to end, and show what changed."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    uri = f"local://{folder / 'store.db'}?secret=auth-jwt"
+    journal = Journal(folder / "journal.db")
+    store = open_store(uri)
+    try:
+        store.describe()
+    except SecretNotFound:
+        store.create(JwtKeyset(keys=[new_key("HS256", 512)]).to_secret())
+        console.print(f"created a JWT keyset in [bold]{uri}[/bold]")
+    service, base = _start_service(uri, folder / "auth_service.log")
+    try:
+        console.print(f"example auth service at {base} (log: {folder / 'auth_service.log'})")
+        old_token = httpx.post(f"{base}/token", json={"sub": "demo-user"}, timeout=5).json()["access_token"]
+        before = httpx.get(f"{base}/health", timeout=5).json()
+        options = RotationOptions(
+            started_by=getpass.getuser(), allow_self_approval=True, journal=str(journal.path), max_sleep_seconds=3600
+        )
+        summary = run_with_approvals(
+            lambda: rotate_jwt_signing_key(
+                uri,
+                consumers=[
+                    Consumer(name="auth-service", restart=HttpReload(url=f"{base}/reload"), verify_url=f"{base}/me")
+                ],
+                policy=JwtPolicy(token_lifetime_seconds=wait_seconds / 2, grace_seconds=wait_seconds / 2),
+                options=options,
+            ),
+            journal,
+            store.uri.display,
+            yes=yes,
+            approver=f"{getpass.getuser()} (--yes)",
+        )
+        after = httpx.get(f"{base}/health", timeout=5).json()
+        new_token = httpx.post(f"{base}/token", json={"sub": "demo-user"}, timeout=5).json()["access_token"]
+        table = Table("", "before", "after", title=f"rotation {summary['rotation_id']}: {summary['state']}")
+        table.add_row("signing key", before["signing_kid"], after["signing_kid"])
+        table.add_row("keys loaded", ", ".join(before["kids"]), ", ".join(after["kids"]))
+        table.add_row("token issued before the rotation", "accepted", _accepted(base, old_token))
+        table.add_row("token issued after the rotation", "", _accepted(base, new_token))
+        console.print(table)
+        console.print(f"audit trail: rotate status {summary['rotation_id']} --journal {journal.path}")
+    finally:
+        service.terminate()
+        service.wait(timeout=10)

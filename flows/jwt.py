@@ -1,0 +1,60 @@
+"""Runbook: rotate a JWT signing key with two keys and a grace period.
+
+1. Check the current keyset.  2. Generate a new key; stage the keyset with the new key signing and the old key
+verifying only.  3. Approve.  4. Promote it and restart the consumers.  5. Verify: new-key tokens and old-key tokens
+are both accepted.  6. Wait the longest token lifetime plus a grace period.  7. Approve (optional).  8. Remove the
+old key.  9. Restart the consumers and verify that old-key tokens are rejected and new-key tokens accepted.
+Any failure before step 8 rolls everything back: the old keyset is current again and the consumers reloaded.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from prefect import flow
+
+from flows.rotation import RotationOptions, rotation
+from tasks.consumers import Consumer
+from tasks.jwt import (
+    JwtPolicy,
+    check_tokens,
+    drop_previous_key,
+    inspect_current_keyset,
+    inspect_keyset_version,
+    next_keyset,
+)
+
+
+@flow(name="rotate-jwt-signing-key", log_prints=False, persist_result=False)
+def rotate_jwt_signing_key(
+    secret: str,
+    consumers: list[Consumer] | None = None,
+    policy: JwtPolicy | None = None,
+    options: RotationOptions | None = None,
+) -> dict[str, Any]:
+    """Rotate the JWT keyset stored at ``secret`` (a store URI) for the services in ``consumers``."""
+    consumers = consumers or []
+    policy = policy or JwtPolicy()
+    options = options or RotationOptions()
+
+    inspect_current_keyset(secret)  # a malformed keyset stops here, before anything changes
+    with rotation(secret, "jwt-signing-key", options) as r:
+        r.stage(partial(next_keyset, algorithm=policy.algorithm, key_bits=policy.key_bits))
+        kids = r.verify(inspect_keyset_version, secret, r.id)
+        r.plan(new_kid=kids.signing, old_kids=kids.verify_only)
+        r.approve(
+            f"Promote JWT key {kids.signing} for {secret}? Key {', '.join(kids.verify_only)} keeps verifying.",
+            required=options.approve_promote,
+        )
+        r.promote()
+        r.restart(consumers)
+        r.verify(check_tokens, secret, consumers, accepted=[kids.signing, *kids.verify_only], rejected=[])
+        r.wait(policy.token_lifetime_seconds + policy.grace_seconds, why="tokens signed with the old key expire")
+        r.approve(
+            f"Remove the old JWT key {', '.join(kids.verify_only)} from {secret}?", required=options.approve_retire
+        )
+        r.retire(drop_previous_key, secret, r.id)
+        r.restart(consumers)
+        r.verify(check_tokens, secret, consumers, accepted=[kids.signing], rejected=kids.verify_only)
+    return r.summary()

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install what the tests need and run the whole suite. The tests start their own servers (PostgreSQL with
+# scram-sha-256, redis-server, moto_server, a Prefect server, protocol doubles) on free ports and stop them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v initdb >/dev/null 2>&1 || [ -x "$(pg_config --bindir 2>/dev/null)/initdb" ] || need+=(postgresql)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v gpg >/dev/null 2>&1 || need+=(gnupg)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing system packages: ${need[*]}"
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
+fi
+
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e ".[dev]"
+
+export PREFECT_SERVER_ANALYTICS_ENABLED=false
+exec .venv/bin/pytest "$@"

@@ -1,0 +1,148 @@
+"""Steps of the JWT signing-key runbook: build the next keyset, and check what consumers accept.
+
+Verification mints test tokens with the keys in the store and presents them to each consumer's ``verify_url``
+as a client would (``Authorization: Bearer ...``): a 2xx answer means accepted, 401 or 403 means rejected.
+Tokens and keys stay inside the task.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Literal
+
+import httpx
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field
+
+from stores import Stage, open_store
+from stores.errors import VersionNotFound
+from tasks.consumers import Consumer
+from tasks.jwt_keyset import JwtKeyset, KeysetError, new_key, rotated, sign_token, without_previous
+from tasks.redaction import register_secret
+from tasks.retrying import is_transient
+from tasks.secrets import promote_secret, stage_secret
+
+Algorithm = Literal["HS256", "RS256", "ES256"]
+
+
+class JwtPolicy(BaseModel):
+    """How keys are made and how long the old one must keep verifying."""
+
+    algorithm: Algorithm = "HS256"
+    key_bits: int = Field(default=512, ge=256, multiple_of=8, description="HS256 secret length; at least 256 bits.")
+    token_lifetime_seconds: float = Field(default=3600, ge=0, description="The longest lifetime of an issued token.")
+    grace_seconds: float = Field(default=300, ge=0, description="Extra time for clocks and caches.")
+
+
+class VerificationFailed(Exception):
+    """A consumer did not accept or reject a token as the runbook expects."""
+
+
+class Kids(BaseModel):
+    """The key ids of a keyset: public identifiers, safe to log and record."""
+
+    signing: str
+    verify_only: list[str]
+
+
+def _keyset(text: str, where: str) -> JwtKeyset:
+    register_secret(text)
+    try:
+        keyset = JwtKeyset.from_secret(text)
+    except KeysetError as exc:
+        raise KeysetError(f"{where}: {exc}") from None
+    for key in keyset.keys:
+        register_secret(key.material())
+    return keyset
+
+
+def _kids(keyset: JwtKeyset) -> Kids:
+    return Kids(signing=keyset.signing_key.kid, verify_only=[k.kid for k in keyset.keys if k.status == "verify"])
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient)
+def inspect_current_keyset(secret: str) -> Kids:
+    """Check that the CURRENT keyset is well formed before anything changes; return its key ids."""
+    return _kids(_keyset(open_store(secret).read(Stage.CURRENT), f"the current keyset of {secret}"))
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient)
+def inspect_keyset_version(secret: str, version_id: str) -> Kids:
+    """The key ids of one version of the keyset (the staged one, say)."""
+    return _kids(_keyset(open_store(secret).read_version(version_id), f"version {version_id} of {secret}"))
+
+
+def next_keyset(current: str, algorithm: Algorithm = "HS256", key_bits: int = 512) -> str:
+    """A new signing key beside the current one, which becomes verify-only (given to ``Rotation.stage``)."""
+    return rotated(_keyset(current, "the current keyset"), new_key(algorithm, key_bits)).to_secret()
+
+
+def final_keyset(current: str) -> str:
+    """The keyset without its verify-only key (given to ``stage_secret`` when retiring the old key)."""
+    return without_previous(_keyset(current, "the current keyset")).to_secret()
+
+
+def retire_version_id(rotation_id: str) -> str:
+    """The version id of the keyset that drops the old key: derived, so a resumed retire finds its own version."""
+    return str(uuid.uuid5(uuid.UUID(rotation_id), "retire-previous-key"))
+
+
+def _find_key_keyset(secret: str, kid: str) -> JwtKeyset:
+    store = open_store(secret)
+    for stage in (Stage.CURRENT, Stage.PREVIOUS):
+        try:
+            keyset = _keyset(store.read(stage), f"the {stage} keyset of {secret}")
+        except VersionNotFound:
+            continue
+        if any(k.kid == kid for k in keyset.keys):
+            return keyset
+    raise VerificationFailed(f"key {kid} is in neither the CURRENT nor the PREVIOUS keyset of {secret}")
+
+
+def _accepted(consumer: Consumer, token: str) -> bool:
+    assert consumer.verify_url is not None
+    try:
+        response = httpx.get(consumer.verify_url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    except httpx.HTTPError as exc:
+        raise ConnectionError(f"{consumer.name} at {consumer.verify_url}: {type(exc).__name__}") from None
+    if response.is_success:
+        return True
+    if response.status_code in (401, 403):
+        return False
+    raise VerificationFailed(f"{consumer.name} answered HTTP {response.status_code} at {consumer.verify_url}")
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 3])
+def check_tokens(secret: str, consumers: list[Consumer], accepted: list[str], rejected: list[str]) -> dict[str, int]:
+    """Present a token signed with each key id in ``accepted`` (must pass) and ``rejected`` (must fail) to every
+    consumer with a ``verify_url``. Old-key tokens carry an issue time from before the rotation. Returns counts."""
+    logger = get_run_logger()
+    now = int(time.time())
+    checked = 0
+    for kid in [*accepted, *rejected]:
+        keyset = _find_key_keyset(secret, kid)
+        claims = {"sub": "rotation-check", "iat": now - 60, "exp": now + 300, "jti": uuid.uuid4().hex}
+        token = register_secret(sign_token(keyset, claims, kid=kid))
+        for consumer in consumers:
+            if consumer.verify_url is None:
+                continue
+            want = kid in accepted
+            if _accepted(consumer, token) != want:
+                raise VerificationFailed(
+                    f"{consumer.name} {'rejected' if want else 'accepted'} a token signed with key {kid}; "
+                    f"it should have {'accepted' if want else 'rejected'} it"
+                )
+            checked += 1
+            logger.info("%s %s key %s as expected", consumer.name, "accepts" if want else "rejects", kid)
+    return {"checks": checked}
+
+
+@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15], retry_condition_fn=is_transient)
+def drop_previous_key(secret: str, rotation_id: str) -> str:
+    """Make CURRENT a keyset with the signing key alone; the dual-key keyset becomes PREVIOUS. Idempotent."""
+    version_id = retire_version_id(rotation_id)
+    stage_secret.fn(secret, version_id, final_keyset)
+    promote_secret.fn(secret, version_id)
+    return version_id
