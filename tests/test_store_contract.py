@@ -1,0 +1,270 @@
+"""The store contract: every adapter behaves as AWS Secrets Manager's staging labels do, and never reveals a value.
+
+Written once and run against every kind of store. Each kind's fixture ``<kind>_store_factory`` (in
+tests/fixtures/<kind>_store.py) returns ``make()``, a store for a fresh secret that does not exist yet. Run one kind
+with ``pytest tests/test_store_contract.py -k local``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from stores import SecretStore, Stage
+from stores.errors import SecretExists, SecretNotFound, StagingConflict, StoreError, VersionNotFound
+
+KINDS = ["local", "aws", "vault", "k8s", "azure", "gcp"]
+
+
+@pytest.fixture(params=KINDS)
+def make_store(request: pytest.FixtureRequest) -> Callable[[], SecretStore]:
+    return request.getfixturevalue(f"{request.param}_store_factory")
+
+
+@pytest.fixture
+def store(make_store: Callable[[], SecretStore]) -> SecretStore:
+    return make_store()
+
+
+def new_value() -> str:
+    """A canary value: if it shows up anywhere but a read, the test catches it."""
+    return f"canary-{uuid.uuid4().hex}"
+
+
+def new_rotation() -> str:
+    return str(uuid.uuid4())
+
+
+def stages(store: SecretStore) -> dict[Stage, list[str]]:
+    """Which versions carry each stage, as the store describes it (a list, so that two holders show up)."""
+    held: dict[Stage, list[str]] = {stage: [] for stage in Stage}
+    for version in store.describe().versions:
+        for stage in version.stages:
+            held[stage].append(version.version_id)
+    return held
+
+
+def expect(store: SecretStore, current: str, previous: str | None = None, pending: str | None = None) -> None:
+    assert stages(store) == {
+        Stage.CURRENT: [current],
+        Stage.PREVIOUS: [previous] if previous else [],
+        Stage.PENDING: [pending] if pending else [],
+    }
+
+
+def rotate(store: SecretStore, value: str) -> str:
+    """Stage and promote one new value; returns its version id."""
+    rotation = new_rotation()
+    version = store.stage(value, rotation)
+    store.promote(rotation)
+    return version
+
+
+def test_create_then_read_current(store: SecretStore) -> None:
+    value = new_value()
+    version = store.create(value)
+    assert store.read() == value
+    assert store.read(Stage.CURRENT) == value
+    assert store.read_version(version) == value
+    expect(store, current=version)
+
+
+def test_create_twice_is_refused_and_keeps_the_value(store: SecretStore) -> None:
+    first = new_value()
+    store.create(first)
+    with pytest.raises(SecretExists):
+        store.create(new_value())
+    assert store.read() == first
+
+
+def test_a_missing_secret_is_named_in_the_error(store: SecretStore) -> None:
+    for call in (store.read, store.describe, lambda: store.read_version(new_rotation())):
+        with pytest.raises(SecretNotFound) as error:
+            call()
+        assert store.uri.name in str(error.value)
+    with pytest.raises(SecretNotFound):
+        store.stage(new_value(), new_rotation())
+
+
+def test_stage_then_read_pending_and_version(store: SecretStore) -> None:
+    current, pending = new_value(), new_value()
+    first = store.create(current)
+    staged = store.stage(pending, new_rotation())
+    assert store.read(Stage.PENDING) == pending
+    assert store.read_version(staged) == pending
+    assert store.read() == current
+    expect(store, current=first, pending=staged)
+
+
+def test_staging_the_same_rotation_twice_keeps_the_first_value(store: SecretStore) -> None:
+    store.create(new_value())
+    rotation, first, second = new_rotation(), new_value(), new_value()
+    staged = store.stage(first, rotation)
+    assert store.stage(second, rotation) == staged
+    assert store.read(Stage.PENDING) == first
+    assert second not in [store.read_version(v.version_id) for v in store.describe().versions]
+
+
+def test_staging_while_another_rotation_is_pending_is_refused(store: SecretStore) -> None:
+    first = store.create(new_value())
+    holder, pending = new_rotation(), new_value()
+    staged = store.stage(pending, holder)
+    with pytest.raises(StagingConflict) as error:
+        store.stage(new_value(), new_rotation())
+    assert holder in str(error.value) or staged in str(error.value)
+    assert store.read(Stage.PENDING) == pending
+    expect(store, current=first, pending=staged)
+
+
+def test_promote_moves_the_stages(store: SecretStore) -> None:
+    old, new = new_value(), new_value()
+    first = store.create(old)
+    rotation = new_rotation()
+    staged = store.stage(new, rotation)
+    store.promote(rotation)
+    expect(store, current=staged, previous=first)
+    assert store.read() == new
+    assert store.read(Stage.PREVIOUS) == old
+    with pytest.raises(VersionNotFound):
+        store.read(Stage.PENDING)
+
+
+def test_promote_twice_changes_nothing(store: SecretStore) -> None:
+    first = store.create(new_value())
+    rotation = new_rotation()
+    staged = store.stage(new_value(), rotation)
+    store.promote(rotation)
+    store.promote(rotation)
+    expect(store, current=staged, previous=first)
+
+
+def test_promoting_an_unknown_rotation_is_refused_and_changes_nothing(store: SecretStore) -> None:
+    first = store.create(new_value())
+    staged = store.stage(new_value(), new_rotation())
+    with pytest.raises(StoreError):
+        store.promote(new_rotation())
+    expect(store, current=first, pending=staged)
+
+
+def test_revert_restores_current_and_previous_exactly(store: SecretStore) -> None:
+    oldest, middle = new_value(), new_value()
+    first = store.create(oldest)
+    second = rotate(store, middle)
+    previous_before = store.describe().version_at(Stage.PREVIOUS)
+    assert previous_before == first
+    rotation = new_rotation()
+    store.stage(new_value(), rotation)
+    store.promote(rotation)
+    store.revert(rotation, previous_before)
+    expect(store, current=second, previous=first)
+    assert store.read() == middle
+    assert store.read(Stage.PREVIOUS) == oldest
+    store.revert(rotation, previous_before)
+    expect(store, current=second, previous=first)
+
+
+def test_revert_of_the_first_rotation_leaves_no_previous(store: SecretStore) -> None:
+    value = new_value()
+    first = store.create(value)
+    rotation = new_rotation()
+    store.stage(new_value(), rotation)
+    store.promote(rotation)
+    store.revert(rotation, None)
+    expect(store, current=first)
+    assert store.read() == value
+
+
+def test_revert_of_a_never_promoted_rotation_drops_pending_only(store: SecretStore) -> None:
+    first = store.create(new_value())
+    current = new_value()
+    second = rotate(store, current)
+    rotation = new_rotation()
+    store.stage(new_value(), rotation)
+    store.revert(rotation, first)
+    expect(store, current=second, previous=first)
+    assert store.read() == current
+
+
+def test_discard_is_idempotent_and_frees_pending(store: SecretStore) -> None:
+    first = store.create(new_value())
+    rotation = new_rotation()
+    store.stage(new_value(), rotation)
+    store.discard(rotation)
+    store.discard(rotation)
+    store.discard(new_rotation())
+    expect(store, current=first)
+    later, value = new_rotation(), new_value()
+    staged = store.stage(value, later)
+    assert store.read(Stage.PENDING) == value
+    expect(store, current=first, pending=staged)
+
+
+def test_discard_does_not_touch_current(store: SecretStore) -> None:
+    old, new = new_value(), new_value()
+    first = store.create(old)
+    rotation = new_rotation()
+    staged = store.stage(new, rotation)
+    store.promote(rotation)
+    store.discard(rotation)
+    expect(store, current=staged, previous=first)
+    assert store.read() == new
+    assert store.read(Stage.PREVIOUS) == old
+
+
+def test_describe_and_repr_never_contain_a_value(store: SecretStore) -> None:
+    values = [new_value() for _ in range(3)]
+    store.create(values[0])
+    rotate(store, values[1])
+    store.stage(values[2], new_rotation())
+    description = store.describe()
+    shown = description.model_dump_json() + repr(description) + str(description) + repr(store) + str(store)
+    assert len(description.versions) == 3
+    for value in values:
+        assert value not in shown
+
+
+def _error_text(error: BaseException) -> str:
+    """Everything a log line or a traceback could show of an error, its causes included."""
+    parts: list[str] = []
+    seen: BaseException | None = error
+    while seen is not None:
+        parts += [str(seen), repr(seen), repr(seen.args)]
+        seen = seen.__cause__ or seen.__context__
+    return "\n".join(parts)
+
+
+def test_no_error_message_contains_the_value(store: SecretStore) -> None:
+    canary = new_value()
+    failures: list[Callable[[], object]] = [lambda: store.stage(canary, new_rotation())]  # secret missing
+    store.create(canary)
+    rotation = new_rotation()
+    store.stage(canary, rotation)
+    failures += [
+        lambda: store.create(canary),
+        lambda: store.stage(canary, new_rotation()),
+        lambda: store.read(Stage.PREVIOUS),
+        lambda: store.read_version(new_rotation()),
+        lambda: store.promote(new_rotation()),
+    ]
+    for failure in failures:
+        with pytest.raises(StoreError) as error:
+            failure()
+        assert canary not in _error_text(error.value)
+
+
+def test_list_contains_the_secret(store: SecretStore) -> None:
+    store.create(new_value())
+    assert store.uri.name in store.list()
+
+
+def test_several_rotations_keep_one_version_per_stage(store: SecretStore) -> None:
+    values = [new_value()]
+    versions = [store.create(values[0])]
+    for _ in range(4):
+        values.append(new_value())
+        versions.append(rotate(store, values[-1]))
+        expect(store, current=versions[-1], previous=versions[-2])
+        assert store.read() == values[-1]
+        assert store.read(Stage.PREVIOUS) == values[-2]
