@@ -1,0 +1,435 @@
+"""HashiCorp Vault, KV version 2: one Vault secret is one store secret; its stages live in custom metadata.
+
+Layout of ``vault://MOUNT/path/to/secret?namespace=NS``:
+
+- every Vault version's data is ``{"value": "..."}`` (a staged version also carries ``"rotation_id"``, which lets a
+  crashed ``stage`` find the version it wrote);
+- custom metadata ``stage.current``, ``stage.pending``, ``stage.previous`` hold version ids, and
+  ``version.<id>`` maps a staged version id (the rotation id) to its Vault version number. A version with no entry
+  is named ``kv-<number>``: the first version written by :meth:`create`, and versions written outside this tool.
+- A secret written by other tools (no ``stage.current``) has its latest live version as CURRENT.
+
+Readers must resolve ``stage.current`` (or use this store): Vault's "latest" version is the PENDING one while a
+rotation is staged. Every data write uses check-and-set with the version number just read, and every metadata write
+re-reads the metadata first and refuses to go on if it changed, so a concurrent writer gets
+:class:`~stores.errors.StagingConflict` instead of a lost update.
+
+Credentials: ``VAULT_ADDR``, ``VAULT_NAMESPACE`` (or ``?namespace=``), ``VAULT_CACERT`` (TLS is always verified),
+then ``VAULT_TOKEN``, or AppRole (``VAULT_ROLE_ID`` + ``VAULT_SECRET_ID``, mount ``VAULT_APPROLE_MOUNT``), or
+Kubernetes auth (``VAULT_K8S_ROLE``, the service-account token file, mount ``VAULT_K8S_MOUNT``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import hvac
+import requests
+from hvac import exceptions as vault_errors
+
+from stores.base import SecretDescription, SecretStore, Stage, VersionInfo
+from stores.errors import (
+    InvalidStoreURI,
+    SecretExists,
+    SecretNotFound,
+    StagingConflict,
+    StoreError,
+    StorePermissionDenied,
+    StoreUnavailable,
+    VersionNotFound,
+)
+from stores.uri import SecretURI
+
+K8S_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+_CAS_MISMATCH = "check-and-set parameter did not match"
+_ROTATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,100}")
+_KV_ID = re.compile(r"kv-(\d+)")
+_KEPT_UNSTAGED = 16  # version-map entries kept for versions without a stage; Vault allows 64 metadata keys
+_STAGE_KEYS = {Stage.CURRENT: "stage.current", Stage.PENDING: "stage.pending", Stage.PREVIOUS: "stage.previous"}
+_T = TypeVar("_T")
+
+
+def _parse_time(stamp: str | None) -> datetime | None:
+    """Vault's RFC 3339 timestamps carry nanoseconds; Python keeps microseconds."""
+    if not stamp:
+        return None
+    match = re.fullmatch(r"(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", stamp)
+    if match is None:
+        return None
+    head, fraction, zone = match.groups()
+    return datetime.fromisoformat(f"{head}.{(fraction or '0')[:6]:0<6}{'+00:00' if zone == 'Z' else zone}")
+
+
+def _check_rotation_id(rotation_id: str) -> None:
+    if not _ROTATION_ID.fullmatch(rotation_id) or _KV_ID.fullmatch(rotation_id):
+        raise ValueError(
+            f"rotation id {rotation_id!r} cannot name a Vault version: use 1-100 letters, digits, '.', '_', ':' or "
+            "'-', not of the form kv-NUMBER"
+        )
+
+
+@dataclass(frozen=True)
+class _State:
+    """What one metadata read says: Vault's version numbers and this store's stage keys."""
+
+    custom: dict[str, str]
+    latest: int  # Vault's current_version: the number of the last version written (0: none)
+    versions: dict[int, dict[str, Any]]
+
+    def live(self, number: int) -> bool:
+        v = self.versions.get(number)
+        return v is not None and not v.get("destroyed") and not v.get("deletion_time")
+
+    def number_of(self, version_id: str) -> int | None:
+        mapped = self.custom.get(f"version.{version_id}")
+        if mapped is not None:
+            return int(mapped)
+        match = _KV_ID.fullmatch(version_id)
+        return int(match.group(1)) if match and int(match.group(1)) in self.versions else None
+
+    def id_of(self, number: int) -> str:
+        for key, value in self.custom.items():
+            if key.startswith("version.") and value == str(number):
+                return key.removeprefix("version.")
+        return f"kv-{number}"
+
+    def at(self, stage: Stage) -> str | None:
+        found = self.custom.get(_STAGE_KEYS[stage])
+        if found is None and stage is Stage.CURRENT:
+            live = [n for n in self.versions if self.live(n)]
+            return f"kv-{max(live)}" if live else None
+        return found
+
+    def with_stages(self, **stages: str | None) -> dict[str, str]:
+        """The custom metadata with some stages moved, and the map pruned to staged and recent versions."""
+        custom = dict(self.custom)
+        if "current" not in stages and "stage.current" not in custom and self.at(Stage.CURRENT):
+            custom["stage.current"] = self.at(Stage.CURRENT) or ""  # pin it before a newer version hides it
+        for name, version_id in stages.items():
+            if version_id is None:
+                custom.pop(f"stage.{name}", None)
+            else:
+                custom[f"stage.{name}"] = version_id
+        staged = {v for k, v in custom.items() if k.startswith("stage.")}
+        unstaged = sorted(
+            (k for k in custom if k.startswith("version.") and k.removeprefix("version.") not in staged),
+            key=lambda k: int(custom[k]),
+        )
+        for key in unstaged[:-_KEPT_UNSTAGED]:
+            del custom[key]
+        return custom
+
+
+class VaultStore(SecretStore):
+    """A secret in a Vault KV version 2 mount (see the module docstring for the layout)."""
+
+    def __init__(self, uri: SecretURI) -> None:
+        super().__init__(uri)
+        unknown = set(uri.options) - {"namespace"}
+        if unknown:
+            raise InvalidStoreURI(
+                f"unknown option(s) {', '.join(sorted(unknown))} in {uri.display}: the vault store accepts only "
+                "?namespace=NS"
+            )
+        self.mount, self.path = uri.location, uri.name.strip("/")
+        self.address = os.environ.get("VAULT_ADDR", "")
+        if not self.address:
+            raise StorePermissionDenied(
+                f"VAULT_ADDR is not set: set it to your Vault's address (https://HOST:8200) to use {uri.display}"
+            )
+        self._client: hvac.Client | None = None
+
+    # --- connection -----------------------------------------------------------------------------------------------
+    @property
+    def client(self) -> hvac.Client:
+        if self._client is None:
+            self._client = self._login()
+        return self._client
+
+    def _login(self) -> hvac.Client:
+        namespace = self.uri.options.get("namespace") or os.environ.get("VAULT_NAMESPACE") or None
+        verify: str | bool = os.environ.get("VAULT_CACERT") or True
+        client = hvac.Client(url=self.address, namespace=namespace, verify=verify)
+        env = os.environ
+        if env.get("VAULT_TOKEN"):
+            client.token = env["VAULT_TOKEN"]
+        elif env.get("VAULT_ROLE_ID") and env.get("VAULT_SECRET_ID"):
+            self._call(
+                "log in with AppRole (VAULT_ROLE_ID, VAULT_SECRET_ID)",
+                lambda: client.auth.approle.login(
+                    role_id=env["VAULT_ROLE_ID"],
+                    secret_id=env["VAULT_SECRET_ID"],
+                    mount_point=env.get("VAULT_APPROLE_MOUNT", "approle"),
+                ),
+                login=True,
+            )
+        elif env.get("VAULT_K8S_ROLE"):
+            token_file = Path(env.get("VAULT_K8S_TOKEN_PATH", K8S_TOKEN_FILE))
+            try:
+                jwt = token_file.read_text().strip()
+            except OSError as exc:
+                raise StorePermissionDenied(
+                    f"VAULT_K8S_ROLE is set but the service-account token {token_file} cannot be read "
+                    f"({exc.strerror}): run inside a Pod or set VAULT_TOKEN"
+                ) from None
+            self._call(
+                f"log in with Kubernetes auth as role {env['VAULT_K8S_ROLE']!r}",
+                lambda: client.auth.kubernetes.login(
+                    role=env["VAULT_K8S_ROLE"], jwt=jwt, mount_point=env.get("VAULT_K8S_MOUNT", "kubernetes")
+                ),
+                login=True,
+            )
+        else:
+            raise StorePermissionDenied(
+                f"no Vault credentials for {self.uri.display}: set VAULT_TOKEN, or VAULT_ROLE_ID and VAULT_SECRET_ID "
+                "(AppRole), or VAULT_K8S_ROLE (Kubernetes auth)"
+            )
+        return client
+
+    def _call(self, action: str, fn: Callable[[], _T], login: bool = False) -> _T:
+        """Run one Vault call and turn its failures into store errors that name the secret, never a value."""
+        where = f"{self.uri.display} at {self.address}"
+        try:
+            return fn()
+        except vault_errors.InvalidRequest as exc:
+            if _CAS_MISMATCH in str(exc):
+                raise StagingConflict(
+                    f"could not {action} for {where}: another writer changed the secret since it was read "
+                    "(check-and-set failed); nothing was written, retry the step"
+                ) from None
+            raise StoreError(f"Vault refused to {action} for {where}: {'; '.join(exc.errors or [])}") from None
+        except (vault_errors.Forbidden, vault_errors.Unauthorized):
+            # Vault answers 403 for a missing mount too, so that mounts cannot be discovered: name both causes.
+            raise StorePermissionDenied(
+                f"Vault denied permission to {action} for {where}: check the token's policies on "
+                f"{self.mount}/data/{self.path} and {self.mount}/metadata/{self.path}, that mount {self.mount!r} "
+                "exists, and the Vault namespace"
+            ) from None
+        except vault_errors.InvalidPath as exc:
+            if "no handler for route" in str(exc):
+                raise SecretNotFound(self._no_mount()) from None
+            if not login:
+                self._check_mount()
+            raise SecretNotFound(f"secret {where} does not exist: check the path, or create it first") from None
+        except (vault_errors.VaultDown, vault_errors.InternalServerError, vault_errors.BadGateway) as exc:
+            raise StoreUnavailable(
+                f"Vault at {self.address} could not {action} for {self.uri.display}: {type(exc).__name__}"
+            ) from None
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise StoreUnavailable(
+                f"Vault at {self.address} is unreachable ({type(exc).__name__}) for {self.uri.display}: "
+                "check VAULT_ADDR and the network"
+            ) from None
+        except vault_errors.VaultError as exc:
+            raise StoreError(f"Vault failed to {action} for {where}: {type(exc).__name__}") from None
+
+    def _no_mount(self) -> str:
+        return (
+            f"Vault at {self.address} has no mount {self.mount!r} (store {self.uri.display}): check the mount name "
+            "in the URI and the Vault namespace"
+        )
+
+    def _check_mount(self) -> None:
+        """Raise a clear error when the mount does not exist or is not KV version 2 (Vault's CLI checks this too)."""
+        try:
+            mount = self.client.adapter.get(f"/v1/sys/internal/ui/mounts/{self.mount}")
+        except vault_errors.InvalidPath:
+            raise SecretNotFound(self._no_mount()) from None
+        except vault_errors.VaultError:
+            return  # 403: this token may not see the mount; the caller's own error says what failed
+        data = (mount or {}).get("data") or {}
+        if data.get("type") not in ("kv", "generic") or str((data.get("options") or {}).get("version")) != "2":
+            raise InvalidStoreURI(
+                f"mount {self.mount!r} at {self.address} is not a KV version 2 secrets engine (type "
+                f"{data.get('type')!r}, options {data.get('options')!r}): the vault store needs KV v2"
+            )
+
+    # --- reads ----------------------------------------------------------------------------------------------------
+    def _state(self) -> _State:
+        meta = self._call(
+            "read the metadata",
+            lambda: self.client.secrets.kv.v2.read_secret_metadata(path=self.path, mount_point=self.mount),
+        )["data"]
+        versions = {int(n): v for n, v in (meta.get("versions") or {}).items()}
+        return _State(dict(meta.get("custom_metadata") or {}), int(meta.get("current_version") or 0), versions)
+
+    def _read_number(self, number: int, what: str) -> dict[str, Any]:
+        try:
+            response = self._call(
+                f"read {what}",
+                lambda: self.client.secrets.kv.v2.read_secret_version(
+                    path=self.path, version=number, mount_point=self.mount, raise_on_deleted_version=True
+                ),
+            )
+        except SecretNotFound:
+            raise VersionNotFound(f"{what} of {self.uri.display} was deleted or destroyed") from None
+        return response["data"]["data"] or {}
+
+    def _value(self, number: int, what: str) -> str:
+        data = self._read_number(number, what)
+        if not isinstance(data.get("value"), str):
+            raise VersionNotFound(
+                f"{what} of {self.uri.display} has no string field 'value': this store keeps the secret as "
+                '{"value": "..."}; write it in that shape'
+            )
+        return data["value"]
+
+    def read(self, stage: Stage = Stage.CURRENT) -> str:
+        state = self._state()
+        version_id = state.at(stage)
+        number = state.number_of(version_id) if version_id else None
+        if number is None:
+            raise VersionNotFound(f"no version of {self.uri.display} is {stage.value}")
+        return self._value(number, f"the {stage.value} version {version_id}")
+
+    def read_version(self, version_id: str) -> str:
+        number = self._state().number_of(version_id)
+        if number is None:
+            raise VersionNotFound(f"{self.uri.display} has no version {version_id!r}")
+        return self._value(number, f"version {version_id}")
+
+    def describe(self) -> SecretDescription:
+        state = self._state()
+        stages: dict[str, list[Stage]] = {}
+        for stage in Stage:
+            version_id = state.at(stage)
+            if version_id:
+                stages.setdefault(version_id, []).append(stage)
+        versions = []
+        for number in sorted(n for n in state.versions if state.live(n)):
+            version_id = state.id_of(number)
+            created = _parse_time(state.versions[number].get("created_time"))
+            staged = tuple(stages.get(version_id, ()))
+            versions.append(VersionInfo(version_id=version_id, stages=staged, created_at=created))
+        return SecretDescription(uri=self.uri.display, versions=tuple(versions))
+
+    def list(self) -> list[str]:
+        """Secrets in the same folder of the mount as this one (Vault lists one folder level at a time)."""
+        folder = self.path.rpartition("/")[0]
+        try:
+            keys = self._call(
+                "list secrets",
+                lambda: self.client.secrets.kv.v2.list_secrets(path=folder, mount_point=self.mount),
+            )["data"]["keys"]
+        except SecretNotFound:
+            return []
+        return sorted(f"{folder}/{k}" if folder else k for k in keys if not k.endswith("/"))
+
+    # --- writes ---------------------------------------------------------------------------------------------------
+    def _write(self, data: dict[str, str], cas: int, action: str) -> int:
+        written = self._call(
+            action,
+            lambda: self.client.secrets.kv.v2.create_or_update_secret(
+                path=self.path, secret=data, cas=cas, mount_point=self.mount
+            ),
+        )
+        return int(written["data"]["version"])
+
+    def _set_custom(self, read: _State, custom: dict[str, str], action: str) -> None:
+        """Write the custom metadata if nobody changed the secret since ``read`` (Vault has no CAS for metadata)."""
+        now = self._state()
+        if now.custom != read.custom or now.latest != read.latest:
+            raise StagingConflict(
+                f"could not {action} for {self.uri.display}: another writer changed the secret's versions or stages "
+                "meanwhile; nothing was changed by this step, retry it"
+            )
+        self._call(
+            action,
+            lambda: self.client.secrets.kv.v2.update_metadata(
+                path=self.path, custom_metadata=custom, mount_point=self.mount
+            ),
+        )
+
+    def create(self, value: str) -> str:
+        try:
+            number = self._write({"value": value}, cas=0, action="create the secret")
+        except StagingConflict:
+            raise SecretExists(f"secret {self.uri.display} already exists; nothing was written") from None
+        version_id = f"kv-{number}"
+        state = self._state()
+        self._set_custom(state, state.with_stages(current=version_id), "record the CURRENT stage")
+        return version_id
+
+    def stage(self, value: str, rotation_id: str) -> str:
+        _check_rotation_id(rotation_id)
+        state = self._state()
+        if state.number_of(rotation_id) is not None:
+            return rotation_id
+        pending = state.at(Stage.PENDING)
+        if pending is not None:
+            raise StagingConflict(
+                f"{self.uri.display} already has a PENDING version staged by rotation {pending!r}: finish or roll "
+                f"back that rotation before staging {rotation_id!r}"
+            )
+        number = self._written_by(state, rotation_id)
+        if number is None:
+            number = self._write({"value": value, "rotation_id": rotation_id}, state.latest, "stage a new version")
+            state = _State(state.custom, number, state.versions)
+        custom = state.with_stages(pending=rotation_id)
+        custom[f"version.{rotation_id}"] = str(number)
+        self._set_custom(state, custom, "record the PENDING stage")
+        return rotation_id
+
+    def _written_by(self, state: _State, rotation_id: str) -> int | None:
+        """The latest version if an earlier, interrupted ``stage`` of this rotation wrote it."""
+        latest = f"kv-{state.latest}"
+        staged = {state.at(stage) for stage in Stage}
+        if not state.live(state.latest) or state.id_of(state.latest) != latest or latest in staged:
+            return None
+        data = self._read_number(state.latest, f"version kv-{state.latest}")
+        return state.latest if data.get("rotation_id") == rotation_id else None
+
+    def promote(self, rotation_id: str) -> None:
+        state = self._state()
+        if state.number_of(rotation_id) is None:
+            raise VersionNotFound(f"{self.uri.display} has no version staged by rotation {rotation_id!r}")
+        current, pending = state.at(Stage.CURRENT), state.at(Stage.PENDING)
+        if pending not in (None, rotation_id):
+            raise StagingConflict(
+                f"{self.uri.display}: PENDING belongs to rotation {pending!r}, not {rotation_id!r}; nothing changed"
+            )
+        if current == rotation_id and pending is None:
+            return
+        if current == rotation_id:
+            custom = state.with_stages(pending=None)
+        else:
+            custom = state.with_stages(current=rotation_id, previous=current, pending=None)
+        self._set_custom(state, custom, "promote the PENDING version")
+
+    def revert(self, rotation_id: str, previous_version: str | None) -> None:
+        state = self._state()
+        if state.at(Stage.CURRENT) != rotation_id:
+            return
+        restored = state.custom.get("stage.previous")
+        if restored is None:
+            raise VersionNotFound(
+                f"cannot revert rotation {rotation_id!r} of {self.uri.display}: no PREVIOUS version to make CURRENT"
+            )
+        keep_previous = previous_version if previous_version and state.number_of(previous_version) else None
+        custom = state.with_stages(current=restored, previous=keep_previous)
+        self._set_custom(state, custom, "revert the promotion")
+
+    def discard(self, rotation_id: str) -> None:
+        """Destroy the staged version (its data is erased for good, not soft-deleted) and forget its stages.
+
+        Destroying rather than deleting means a value that never went live cannot be undeleted later. A version
+        that is CURRENT is left alone.
+        """
+        state = self._state()
+        number = state.number_of(rotation_id)
+        if number is None or state.at(Stage.CURRENT) == rotation_id:
+            return
+        self._call(
+            "destroy the staged version",
+            lambda: self.client.secrets.kv.v2.destroy_secret_versions(
+                path=self.path, versions=[number], mount_point=self.mount
+            ),
+        )
+        custom = {k: v for k, v in state.custom.items() if v != rotation_id and k != f"version.{rotation_id}"}
+        self._set_custom(state, custom, "forget the discarded version")
