@@ -194,40 +194,43 @@ class VaultStore(SecretStore):
 
     def _call(self, action: str, fn: Callable[[], _T], login: bool = False) -> _T:
         """Run one Vault call and turn its failures into store errors that name the secret, never a value."""
-        where = f"{self.uri.display} at {self.address}"
         try:
             return fn()
-        except vault_errors.InvalidRequest as exc:
-            if _CAS_MISMATCH in str(exc):
-                raise StagingConflict(
-                    f"could not {action} for {where}: another writer changed the secret since it was read "
-                    "(check-and-set failed); nothing was written, retry the step"
-                ) from None
-            raise StoreError(f"Vault refused to {action} for {where}: {'; '.join(exc.errors or [])}") from None
-        except (vault_errors.Forbidden, vault_errors.Unauthorized):
+        except (vault_errors.VaultError, requests.ConnectionError, requests.Timeout) as exc:
+            error = self._translate(action, exc, login)
+        # Raised outside the except block so that the SDK's exception is not chained onto ours.
+        raise error
+
+    def _translate(self, action: str, exc: Exception, login: bool) -> StoreError:
+        where = f"{self.uri.display} at {self.address}"
+        if isinstance(exc, vault_errors.InvalidRequest) and _CAS_MISMATCH in str(exc):
+            return StagingConflict(
+                f"could not {action} for {where}: another writer changed the secret since it was read "
+                "(check-and-set failed); nothing was written, retry the step"
+            )
+        if isinstance(exc, vault_errors.InvalidRequest):
+            return StoreError(f"Vault refused to {action} for {where}: {'; '.join(exc.errors or [])}")
+        if isinstance(exc, vault_errors.Forbidden | vault_errors.Unauthorized):
             # Vault answers 403 for a missing mount too, so that mounts cannot be discovered: name both causes.
-            raise StorePermissionDenied(
+            return StorePermissionDenied(
                 f"Vault denied permission to {action} for {where}: check the token's policies on "
                 f"{self.mount}/data/{self.path} and {self.mount}/metadata/{self.path}, that mount {self.mount!r} "
                 "exists, and the Vault namespace"
-            ) from None
-        except vault_errors.InvalidPath as exc:
+            )
+        if isinstance(exc, vault_errors.InvalidPath):
             if "no handler for route" in str(exc):
-                raise SecretNotFound(self._no_mount()) from None
+                return SecretNotFound(self._no_mount())
             if not login:
                 self._check_mount()
-            raise SecretNotFound(f"secret {where} does not exist: check the path, or create it first") from None
-        except (vault_errors.VaultDown, vault_errors.InternalServerError, vault_errors.BadGateway) as exc:
-            raise StoreUnavailable(
-                f"Vault at {self.address} could not {action} for {self.uri.display}: {type(exc).__name__}"
-            ) from None
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise StoreUnavailable(
+            return SecretNotFound(f"secret {where} does not exist: check the path, or create it first")
+        if isinstance(exc, requests.ConnectionError | requests.Timeout):
+            return StoreUnavailable(
                 f"Vault at {self.address} is unreachable ({type(exc).__name__}) for {self.uri.display}: "
                 "check VAULT_ADDR and the network"
-            ) from None
-        except vault_errors.VaultError as exc:
-            raise StoreError(f"Vault failed to {action} for {where}: {type(exc).__name__}") from None
+            )
+        if isinstance(exc, vault_errors.VaultDown | vault_errors.InternalServerError | vault_errors.BadGateway):
+            return StoreUnavailable(f"Vault at {self.address} could not {action} for {where}: {type(exc).__name__}")
+        return StoreError(f"Vault failed to {action} for {where}: {type(exc).__name__}")
 
     def _no_mount(self) -> str:
         return (
@@ -239,8 +242,6 @@ class VaultStore(SecretStore):
         """Raise a clear error when the mount does not exist or is not KV version 2 (Vault's CLI checks this too)."""
         try:
             mount = self.client.adapter.get(f"/v1/sys/internal/ui/mounts/{self.mount}")
-        except vault_errors.InvalidPath:
-            raise SecretNotFound(self._no_mount()) from None
         except vault_errors.VaultError:
             return  # 403: this token may not see the mount; the caller's own error says what failed
         data = (mount or {}).get("data") or {}
@@ -403,7 +404,11 @@ class VaultStore(SecretStore):
         self._set_custom(state, custom, "promote the PENDING version")
 
     def revert(self, rotation_id: str, previous_version: str | None) -> None:
+        """Undo a promotion; a rotation that was only staged loses its PENDING stage (its version stays readable)."""
         state = self._state()
+        if state.at(Stage.PENDING) == rotation_id:
+            self._set_custom(state, state.with_stages(pending=None), "drop the PENDING stage")
+            return
         if state.at(Stage.CURRENT) != rotation_id:
             return
         restored = state.custom.get("stage.previous")
