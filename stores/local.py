@@ -231,11 +231,15 @@ class LocalStore(SecretStore):
                     db.execute("ROLLBACK")
                     raise
                 db.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise _unusable(self.path, exc) from None
             raise StoreUnavailable(
-                f"local store file {self.path} could not be used ({exc}): check that it is a readable and writable "
-                "SQLite file and retry"
+                f"local store file {self.path} stayed locked by another writer for {_BUSY_TIMEOUT_S:.0f} s: "
+                "retry when the other rotation's step has finished"
             ) from None
+        except sqlite3.Error as exc:
+            raise _unusable(self.path, exc) from None
 
     def _connect(self, *, create: bool) -> sqlite3.Connection:
         if not create and not self.path.exists():
@@ -381,6 +385,13 @@ def _create_key_file(path: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _unusable(path: Path, error: sqlite3.Error) -> StoreUnavailable:
+    return StoreUnavailable(
+        f"local store file {path} could not be used ({error}): check that it is a readable and writable SQLite "
+        "file of this store and retry"
+    )
 
 
 def _check_value(value: str) -> None:

@@ -1,0 +1,279 @@
+"""What only the local store promises: a private key file, ciphertext on disk, and safety across processes and crashes.
+
+The behaviour every store shares is in test_store_contract.py.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from stores import Stage, open_store
+from stores.errors import InvalidStoreURI, StagingConflict, StorePermissionDenied
+from stores.local import LocalKeyError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def uri(path: Path, secret: str = "db-password", **options: str) -> str:
+    query = "".join(f"&{name}={value}" for name, value in options.items())
+    return f"local://{path}?secret={secret}{query}"
+
+
+def canary() -> str:
+    return f"canary-{uuid.uuid4().hex}"
+
+
+def test_key_file_and_folder_are_created_private_whatever_the_umask(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "folder" / "store.db"
+    old_umask = os.umask(0)
+    try:
+        store = open_store(uri(path))
+        value = canary()
+        store.create(value)
+    finally:
+        os.umask(old_umask)
+    key = path.with_name("store.db.key")
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    assert open_store(uri(path)).read() == value
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_key_file_others_can_read_is_refused_and_nothing_changes(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    store = open_store(uri(path))
+    store.create(canary())
+    key = path.with_name("store.db.key")
+    key.chmod(0o644)
+    for call in (store.read, lambda: store.stage(canary(), "r1")):
+        with pytest.raises(StorePermissionDenied) as error:
+            call()
+        assert f"chmod 600 {key}" in str(error.value)
+    key.chmod(0o600)
+    assert store.describe().version_at(Stage.PENDING) is None
+
+
+def test_the_key_option_names_another_key_file(tmp_path: Path) -> None:
+    key = tmp_path / "keys" / "rotate.key"
+    store = open_store(uri(tmp_path / "store.db", key=str(key)))
+    value = canary()
+    store.create(value)
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / "store.db.key").exists()
+    assert store.read() == value
+
+
+def test_values_on_disk_are_ciphertext_wal_included(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    store = open_store(uri(path, secret="smtp-password"))
+    values = [canary() for _ in range(4)]
+    store.create(values[0])
+    # A second open connection keeps SQLite from folding the WAL into the main file when the store's closes.
+    holder = sqlite3.connect(path)
+    try:
+        holder.execute("SELECT count(*) FROM versions").fetchone()
+        for number, value in enumerate(values[1:]):
+            store.stage(value, f"rotation-{number}")
+            store.promote(f"rotation-{number}")
+        wal = Path(f"{path}-wal").read_bytes()
+        assert b"smtp-password" in wal  # the WAL does hold the writes...
+        for value in values:
+            assert value.encode() not in wal  # ...but not one value in clear
+    finally:
+        holder.close()
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("store.db") and p.is_file())
+    assert b"smtp-password" in raw
+    for value in values:
+        assert value.encode() not in raw
+
+
+def test_a_wrong_key_gives_a_clear_error_naming_the_key_file(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    value = canary()
+    open_store(uri(path)).create(value)
+    other_key = tmp_path / "other.key"
+    open_store(uri(tmp_path / "other.db", key=str(other_key))).create(canary())
+    with pytest.raises(LocalKeyError) as error:
+        open_store(uri(path, key=str(other_key))).read()
+    message = str(error.value)
+    assert str(other_key) in message and "db-password" in message
+    assert value not in message
+
+
+def test_a_ciphertext_moved_to_another_secret_does_not_decrypt(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    open_store(uri(path, secret="a")).create(canary())
+    open_store(uri(path, secret="b")).create(canary())
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "UPDATE versions SET (ciphertext, nonce) = "
+            "(SELECT ciphertext, nonce FROM versions WHERE secret = 'a') WHERE secret = 'b'"
+        )
+    with pytest.raises(LocalKeyError):
+        open_store(uri(path, secret="b")).read()
+
+
+def test_a_missing_key_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    store = open_store(uri(path))
+    store.create(canary())
+    path.with_name("store.db.key").unlink()
+    with pytest.raises(LocalKeyError, match="missing"):
+        store.read()
+
+
+def test_reading_a_store_that_does_not_exist_creates_nothing(tmp_path: Path) -> None:
+    store = open_store(uri(tmp_path / "absent" / "store.db"))
+    assert store.list() == []
+    assert not (tmp_path / "absent").exists()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["local:///tmp/store.db?secret=s&keyfile=/tmp/k", "local:///tmp/store.db?secret=s&key=relative.key"],
+)
+def test_bad_options_are_refused(bad: str) -> None:
+    with pytest.raises(InvalidStoreURI):
+        open_store(bad)
+
+
+# -- several processes ---------------------------------------------------------------------------------------------
+
+
+def _create_at_once(uri_text: str, barrier: multiprocessing.synchronize.Barrier) -> None:
+    barrier.wait()
+    open_store(uri_text).create(f"value-of-{uri_text}")
+
+
+def _rotate_in_turn(uri_text: str, worker: int, rotations: int, report: str) -> None:
+    """Stage (waiting while another worker holds PENDING), note which CURRENT it replaces, promote."""
+    store = open_store(uri_text)
+    links = []
+    for number in range(rotations):
+        rotation = f"w{worker}-r{number}"
+        while True:
+            try:
+                store.stage(f"value-{rotation}", rotation)
+                break
+            except StagingConflict:
+                time.sleep(0.001)
+        # Only the holder of PENDING may promote, so CURRENT cannot move between these two calls.
+        links.append((store.describe().version_at(Stage.CURRENT), rotation))
+        store.promote(rotation)
+    Path(report).write_text(json.dumps(links))
+
+
+def test_processes_creating_secrets_in_a_new_file_at_once_share_one_key(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(4)
+    uris = [uri(tmp_path / "store.db", secret=f"s{n}") for n in range(4)]
+    workers = [context.Process(target=_create_at_once, args=(u, barrier)) for u in uris]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [w.exitcode for w in workers] == [0] * 4
+    assert [open_store(u).read() for u in uris] == [f"value-of-{u}" for u in uris]
+    assert sorted(open_store(uris[0]).list()) == ["s0", "s1", "s2", "s3"]
+
+
+def test_concurrent_rotations_serialize_with_no_lost_update(tmp_path: Path) -> None:
+    store_uri = uri(tmp_path / "store.db")
+    first = open_store(store_uri).create("initial")
+    context = multiprocessing.get_context("spawn")
+    workers, rotations = 4, 15
+    reports = [tmp_path / f"worker-{n}.json" for n in range(workers)]
+    processes = [
+        context.Process(target=_rotate_in_turn, args=(store_uri, n, rotations, str(reports[n]))) for n in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(120)
+    # A worker that met "database is locked" (or any error but StagingConflict) exits non-zero.
+    assert [p.exitcode for p in processes] == [0] * workers
+
+    replaced_by = {}
+    for report in reports:
+        for base, rotation in json.loads(report.read_text()):
+            assert base not in replaced_by, f"two rotations both replaced version {base}: a lost update"
+            replaced_by[base] = rotation
+    chain, version = [], first
+    while version in replaced_by:
+        version = replaced_by[version]
+        chain.append(version)
+    assert len(chain) == workers * rotations
+    store = open_store(store_uri)
+    description = store.describe()
+    assert description.version_at(Stage.CURRENT) == chain[-1]
+    assert description.version_at(Stage.PREVIOUS) == chain[-2]
+    assert description.version_at(Stage.PENDING) is None
+    assert len(description.versions) == 1 + workers * rotations
+    assert all(store.read_version(rotation) == f"value-{rotation}" for rotation in chain)
+
+
+_WRITER = """
+import sys, uuid
+from stores import Stage, open_store
+stores = [open_store(f"local://{sys.argv[1]}?secret=s{n}") for n in range(3)]
+for store in stores:
+    if not store.list() or store.uri.name not in store.list():
+        store.create(uuid.uuid4().hex)
+    pending = store.describe().version_at(Stage.PENDING)
+    if pending:  # left by the writer killed before: roll it back, as recovery would
+        store.discard(pending)
+print("writing", flush=True)
+number = 0
+while True:
+    for store in stores:
+        rotation = uuid.uuid4().hex
+        store.stage(uuid.uuid4().hex, rotation)
+        if number % 3:
+            store.promote(rotation)
+        else:
+            store.revert(rotation, None)
+            store.discard(rotation)
+    number += 1
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_a_readable_store(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for _ in range(3):
+        writer = subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT
+        )
+        try:
+            assert writer.stdout is not None and writer.stdout.readline() == "writing\n"
+            time.sleep(random.uniform(0.2, 0.5))
+            assert writer.poll() is None, "the writer stopped before it was killed"
+        finally:
+            writer.send_signal(signal.SIGKILL)
+            writer.wait(10)
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+        for name in ("s0", "s1", "s2"):
+            store = open_store(uri(path, secret=name))
+            held = [(stage, version.version_id) for version in store.describe().versions for stage in version.stages]
+            stages = [stage for stage, _ in held]
+            assert stages.count(Stage.CURRENT) == 1
+            assert stages.count(Stage.PREVIOUS) <= 1 and stages.count(Stage.PENDING) <= 1
+            # A half-done promote or revert would leave one version with two stages.
+            assert len({version for _, version in held}) == len(held)
+            store.read()
+    assert len(open_store(uri(path, secret="s0")).describe().versions) > 3
