@@ -15,13 +15,16 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from stores import Stage, open_store
 from stores.errors import InvalidStoreURI, StagingConflict, StorePermissionDenied
-from stores.local import LocalKeyError
+from stores.local import LocalKeyError, LocalStore
+from stores.uri import SecretURI
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -277,3 +280,95 @@ def test_a_writer_killed_mid_write_leaves_a_readable_store(tmp_path: Path) -> No
             assert len({version for _, version in held}) == len(held)
             store.read()
     assert len(open_store(uri(path, secret="s0")).describe().versions) > 3
+
+
+_STEPS = (
+    ("stage", "r1"),
+    ("promote", "r1"),
+    ("revert", "r1"),
+    ("discard", "r1"),
+    ("stage", "r2"),
+    ("promote", "r2"),
+    ("stage", "r3"),
+    ("discard", "r3"),
+)
+
+
+def _prepare(path: Path) -> tuple[LocalStore, str]:
+    """A secret with CURRENT and PREVIOUS, ready for the steps above."""
+    store = LocalStore(SecretURI.parse(uri(path)))
+    first = store.create("value-v0")
+    store.stage("value-r0", "r0")
+    store.promote("r0")
+    return store, first
+
+
+def _run_steps(store: LocalStore, first: str, after_each: Callable[[], None] = lambda: None) -> None:
+    for operation, rotation in _STEPS:
+        if operation == "stage":
+            store.stage(f"value-{rotation}", rotation)
+        elif operation == "revert":
+            store.revert(rotation, first)
+        else:
+            getattr(store, operation)(rotation)
+        after_each()
+
+
+class _DyingConnection(sqlite3.Connection):
+    """Kills its own process with SIGKILL when it is about to run statement number ``left``."""
+
+    left = -1
+
+    def execute(self, *args: Any) -> sqlite3.Cursor:
+        _DyingConnection.left -= 1
+        if _DyingConnection.left == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().execute(*args)
+
+
+def _crash_at_every_statement(folder: str) -> None:
+    """For k = 1, 2, ...: a forked child runs the steps on its own store file and SIGKILLs itself at statement k."""
+    real_connect = sqlite3.connect
+    sqlite3.connect = lambda *args, **kwargs: real_connect(*args, factory=_DyingConnection, **kwargs)  # type: ignore[assignment]
+    for point in range(1, 1000):
+        store, first = _prepare(Path(folder) / str(point) / "store.db")
+        child = os.fork()
+        if child == 0:
+            _DyingConnection.left = point
+            _run_steps(store, first)
+            os._exit(0)
+        _, status = os.waitpid(child, 0)
+        if os.WIFEXITED(status):  # the steps ran out of statements before the kill point: every point was tried
+            assert os.WEXITSTATUS(status) == 0
+            return
+        assert os.WTERMSIG(status) == signal.SIGKILL
+
+
+def _state(store: LocalStore) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Versions and their stages, with the first version's random id named v0."""
+    versions = store.describe().versions
+    name = {versions[0].version_id: "v0"}
+    return tuple((name.get(v.version_id, v.version_id), tuple(v.stages)) for v in versions)
+
+
+def test_a_kill_at_any_statement_leaves_the_state_between_two_calls(tmp_path: Path) -> None:
+    reference, first = _prepare(tmp_path / "reference" / "store.db")
+    legal = [_state(reference)]
+    _run_steps(reference, first, lambda: legal.append(_state(reference)))
+
+    context = multiprocessing.get_context("spawn")
+    crasher = context.Process(target=_crash_at_every_statement, args=(str(tmp_path / "k"),))
+    crasher.start()
+    crasher.join(120)
+    assert crasher.exitcode == 0
+
+    seen = set()
+    points = sorted((tmp_path / "k").iterdir(), key=lambda p: int(p.name))
+    assert len(points) > 3 * len(_STEPS)  # several statements per call, so kills landed inside transactions
+    for point in points:
+        store = LocalStore(SecretURI.parse(uri(point / "store.db")))
+        state = _state(store)
+        assert state in legal, f"killed at statement {point.name}: {state} is no state between two calls"
+        assert store.read() in ("value-v0", "value-r0", "value-r1", "value-r2")
+        seen.add(state)
+    assert seen == set(legal)
