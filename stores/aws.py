@@ -48,7 +48,7 @@ _STAGES = {label: stage for stage, label in _LABELS.items()}
 # AWS's rule for ClientRequestToken and VersionId.
 _ID_LENGTH = range(32, 65)
 # An unreachable endpoint must fail in seconds, not after botocore's default 60 s timeouts and 5 attempts.
-_CONFIG = Config(connect_timeout=3, read_timeout=15, retries={"max_attempts": 2, "mode": "standard"})
+_CONFIG = Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"})
 _DENIED = frozenset(
     {"AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException", "ExpiredTokenException"}
 )
@@ -242,10 +242,12 @@ class AwsStore(SecretStore):
     def _stages(self) -> dict[str, set[Stage]]:
         """Version id -> its stages, from ``describe_secret`` (which lists only labelled versions)."""
         answer = self._call("describe_secret", None, SecretId=self.secret_id)
-        return {
+        stages = {
             version_id: {_STAGES[label] for label in labels if label in _STAGES}
             for version_id, labels in answer.get("VersionIdsToStages", {}).items()
         }
+        # moto also lists unlabelled versions (with no stage); AWS leaves them out: drop them so both answer alike.
+        return {version_id: held for version_id, held in stages.items() if held}
 
     def _versions(self) -> list[dict[str, Any]]:
         """Every version, labelled or not (AWS calls unlabelled ones deprecated), without values."""
