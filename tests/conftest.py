@@ -12,5 +12,5 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 pytest_plugins = sorted(
     f"tests.fixtures.{path.stem}"
     for path in (Path(__file__).parent / "fixtures").glob("*.py")
-    if path.stem != "__init__"
+    if path.stem not in ("__init__", "ports")  # ports is a helper module, not a plugin
 )
