@@ -175,11 +175,25 @@ class KubernetesDouble(HttpDouble):
         meta = obj.setdefault("metadata", {})
         meta.update(namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp=_now(), resourceVersion=self._bump())
         if resource != "secrets":
+            self._default_workload(resource, obj.setdefault("spec", {}))
             meta["generation"] = 1
-            obj["status"] = {}
+            # StatefulSetStatus.replicas is a required field: the API server reports 0 before the controller runs.
+            obj["status"] = {"replicas": 0, "availableReplicas": 0} if resource == "statefulsets" else {}
             self._rollout_started[key] = time.monotonic()
         self.objects[key] = obj
         return 201, copy.deepcopy(obj)
+
+    @staticmethod
+    def _default_workload(resource: str, spec: dict[str, Any]) -> None:
+        """The API server's defaulting of the fields that rollouts depend on."""
+        spec.setdefault("replicas", 1)
+        if resource == "deployments":
+            spec.setdefault("progressDeadlineSeconds", 600)
+            spec.setdefault(
+                "strategy", {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}
+            )
+        else:
+            spec.setdefault("updateStrategy", {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}})
 
     def _replace(self, key: tuple[str, str, str], body: dict[str, Any]) -> tuple[int, Any]:
         stored = self.objects.get(key)
