@@ -1,0 +1,105 @@
+"""The runbook core on a real Prefect server and a local store: order of undo steps, lock, audit, resume keys."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from prefect import flow, task
+
+from flows.rotation import RotationOptions, RotationRolledBack, Undo, rotation
+from stores import Stage, open_store
+from stores.journal import Journal, RotationState
+from tasks.consumers import CommandRestart, Consumer
+
+
+def _recorder(log: Path, word: str, secret: str) -> Consumer:
+    """A consumer whose restart appends ``word`` and the fingerprint of the store's CURRENT value to ``log``."""
+    script = (
+        "import sys; from stores import open_store; from tasks.redaction import fingerprint; "
+        "open(sys.argv[1], 'a').write(sys.argv[2] + ' ' + fingerprint(open_store(sys.argv[3]).read()) + '\\n')"
+    )
+    return Consumer(name=word, restart=CommandRestart(command=[sys.executable, "-c", script, str(log), word, secret]))
+
+
+@task
+def failing_check() -> None:
+    raise RuntimeError("the new credential was refused")
+
+
+@flow(persist_result=False)
+def toy_runbook(secret: str, log: str, fail: bool, options: RotationOptions) -> dict:
+    with rotation(secret, "toy", options) as r:
+        r.stage(lambda current: current + "-next")
+        applied = _recorder(Path(log), "apply", secret)
+        undo = _recorder(Path(log), "undo-apply", secret)
+        r.apply(
+            lambda: __import__("tasks.consumers").consumers.restart_consumers([applied]),
+            undo=Undo(task="tasks.consumers:restart_consumers", kwargs={"consumers": [undo.model_dump()]}),
+        )
+        r.promote()
+        r.restart([_recorder(Path(log), "restart", secret)])
+        if fail:
+            r.verify(failing_check)
+    return r.summary()
+
+
+@pytest.fixture
+def secret(local_store_factory) -> str:
+    store = local_store_factory()
+    store.create("value-one-0123456789")
+    return store.uri.display
+
+
+def test_a_rotation_completes_and_releases_its_lock(prefect_server, secret, tmp_path) -> None:
+    options = RotationOptions(approve_promote=False, journal=str(tmp_path / "j.db"))
+    summary = toy_runbook(secret, str(tmp_path / "log"), False, options)
+    store = open_store(secret)
+    assert store.read(Stage.CURRENT) == "value-one-0123456789-next"
+    assert store.read(Stage.PREVIOUS) == "value-one-0123456789"
+    journal = Journal(tmp_path / "j.db")
+    assert journal.get(summary["rotation_id"]).state is RotationState.COMPLETED
+    assert journal.list(active_only=True) == []
+    steps = [(s.step, s.status) for s in journal.steps(summary["rotation_id"])]
+    assert ("rotation", "completed") in steps
+    assert ("3:promote", "completed") in steps
+
+
+def test_a_failed_verification_undoes_in_reverse_and_restarts_consumers_last(prefect_server, secret, tmp_path):
+    store = open_store(secret)
+    before = store.describe()
+    options = RotationOptions(approve_promote=False, journal=str(tmp_path / "j.db"))
+    with pytest.raises(RotationRolledBack, match="refused"):
+        toy_runbook(secret, str(tmp_path / "log"), True, options)
+    assert store.read(Stage.CURRENT) == "value-one-0123456789"
+    after = store.describe()
+    assert after.version_at(Stage.CURRENT) == before.version_at(Stage.CURRENT)
+    assert after.version_at(Stage.PENDING) is None
+    lines = (tmp_path / "log").read_text().split("\n")[:-1]
+    words = [line.split()[0] for line in lines]
+    assert words == ["apply", "restart", "undo-apply", "restart"]
+    # The last restart happened after the store was reverted: the consumer loaded the old value again.
+    assert lines[-1].split()[1] == lines[0].split()[1]
+    assert lines[1].split()[1] != lines[0].split()[1]
+    journal = Journal(tmp_path / "j.db")
+    (record,) = journal.list()
+    assert record.state is RotationState.ROLLED_BACK
+    assert "refused" in record.reason
+    assert all(u.done for u in journal.undos(record.id))
+
+
+def test_an_undo_is_recorded_before_its_step_runs(prefect_server, secret, tmp_path) -> None:
+    journal = Journal(tmp_path / "j.db")
+    seen: list[list[str]] = []
+
+    @flow(persist_result=False)
+    def peeking(secret: str) -> None:
+        with rotation(secret, "toy", RotationOptions(approve_promote=False, journal=str(journal.path))) as r:
+            r.apply(
+                lambda: seen.append([u.task for u in journal.undos(r.id)]),
+                undo=Undo(task="tasks.secrets:discard_secret", kwargs={"secret": secret, "rotation_id": r.id}),
+            )
+
+    peeking(secret)
+    assert seen == [["tasks.secrets:discard_secret"]]
