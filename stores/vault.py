@@ -208,6 +208,8 @@ class VaultStore(SecretStore):
                 f"could not {action} for {where}: another writer changed the secret since it was read "
                 "(check-and-set failed); nothing was written, retry the step"
             )
+        if isinstance(exc, vault_errors.InvalidRequest) and login:
+            return StorePermissionDenied(f"Vault refused to {action} for {where}: {'; '.join(exc.errors or [])}")
         if isinstance(exc, vault_errors.InvalidRequest):
             return StoreError(f"Vault refused to {action} for {where}: {'; '.join(exc.errors or [])}")
         if isinstance(exc, vault_errors.Forbidden | vault_errors.Unauthorized):

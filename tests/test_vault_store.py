@@ -1,0 +1,219 @@
+"""Vault-specific behaviour of the Vault store, against the Vault protocol double (or a real Vault: VAULT_ADDR)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from stores import SecretStore, Stage, open_store
+from stores.errors import InvalidStoreURI, SecretNotFound, StagingConflict, StoreError, StorePermissionDenied
+from stores.vault import VaultStore
+from tests.fixtures.vault_store import VaultTarget
+
+
+def canary() -> str:
+    return f"canary-{uuid.uuid4().hex}"
+
+
+def error_text(error: BaseException) -> str:
+    parts, seen = [], error
+    while seen is not None:
+        parts += [str(seen), repr(seen)]
+        seen = seen.__cause__ or seen.__context__
+    return "\n".join(parts)
+
+
+def test_value_and_stages_are_laid_out_as_documented(vault_store_factory: Callable[[], SecretStore]) -> None:
+    store = vault_store_factory()
+    assert isinstance(store, VaultStore)
+    value, staged_value, rotation = canary(), canary(), str(uuid.uuid4())
+    first = store.create(value)
+    store.stage(staged_value, rotation)
+    kv = store.client.secrets.kv.v2
+    meta = kv.read_secret_metadata(path=store.path, mount_point=store.mount)["data"]
+    custom = meta["custom_metadata"]
+    assert custom["stage.current"] == first == "kv-1"
+    assert custom["stage.pending"] == rotation
+    number = int(custom[f"version.{rotation}"])
+    assert number == meta["current_version"] == 2
+    pending = kv.read_secret_version(
+        path=store.path, version=number, mount_point=store.mount, raise_on_deleted_version=True
+    )
+    assert pending["data"]["data"] == {"value": staged_value, "rotation_id": rotation}
+
+
+def test_a_writer_in_between_makes_stage_fail_with_a_conflict_and_change_nothing(
+    vault_store_factory: Callable[[], SecretStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = vault_store_factory()
+    assert isinstance(store, VaultStore)
+    store.create(canary())
+    other_value, mine = canary(), canary()
+    real_state = store._state
+
+    def state_then_another_writer() -> object:
+        seen = real_state()
+        # Another writer (a human with the vault CLI, say) writes a version right after this store read.
+        store.client.secrets.kv.v2.create_or_update_secret(
+            path=store.path, secret={"value": other_value}, cas=seen.latest, mount_point=store.mount
+        )
+        monkeypatch.setattr(store, "_state", real_state)
+        return seen
+
+    monkeypatch.setattr(store, "_state", state_then_another_writer)
+    with pytest.raises(StagingConflict) as error:
+        store.stage(mine, str(uuid.uuid4()))
+    assert store.uri.display in str(error.value)
+    assert mine not in error_text(error.value) and other_value not in error_text(error.value)
+    meta = store.client.secrets.kv.v2.read_secret_metadata(path=store.path, mount_point=store.mount)["data"]
+    assert meta["current_version"] == 2  # the other writer's version, and no version of ours
+    assert "stage.pending" not in (meta["custom_metadata"] or {})
+    with pytest.raises(StoreError):
+        store.read(Stage.PENDING)
+
+
+def test_a_metadata_change_in_between_makes_promote_fail_and_change_nothing(
+    vault_store_factory: Callable[[], SecretStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = vault_store_factory()
+    assert isinstance(store, VaultStore)
+    first = store.create(canary())
+    rotation = str(uuid.uuid4())
+    store.stage(canary(), rotation)
+    real_state = store._state
+
+    def state_then_metadata_edit() -> object:
+        seen = real_state()
+        custom = {**seen.custom, "owner": "someone-else"}
+        store.client.secrets.kv.v2.update_metadata(path=store.path, custom_metadata=custom, mount_point=store.mount)
+        monkeypatch.setattr(store, "_state", real_state)
+        return seen
+
+    monkeypatch.setattr(store, "_state", state_then_metadata_edit)
+    with pytest.raises(StagingConflict):
+        store.promote(rotation)
+    description = store.describe()
+    assert description.version_at(Stage.CURRENT) == first
+    assert description.version_at(Stage.PENDING) == rotation
+
+
+def test_a_refused_token_is_permission_denied_and_names_the_secret(
+    vault_store_factory: Callable[[], SecretStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = vault_store_factory()
+    value = canary()
+    store.create(value)
+    monkeypatch.setenv("VAULT_TOKEN", "not-a-valid-token")
+    refused = open_store(store.uri)
+    for call in (refused.read, lambda: refused.stage(value, str(uuid.uuid4())), refused.describe):
+        with pytest.raises(StorePermissionDenied) as error:
+            call()
+        assert store.uri.name in str(error.value)
+        assert value not in error_text(error.value)
+
+
+def test_a_read_only_token_cannot_stage_and_nothing_changes(
+    vault_store_factory: Callable[[], SecretStore], vault_env: VaultTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if vault_env.double is None:
+        pytest.skip("a read-only token needs a policy set up in the real Vault; covered by the refused-token test")
+    store = vault_store_factory()
+    first = store.create(canary())
+    monkeypatch.setenv("VAULT_TOKEN", vault_env.double.issue_token("read"))
+    reader = open_store(store.uri)
+    assert reader.describe().version_at(Stage.CURRENT) == first
+    with pytest.raises(StorePermissionDenied):
+        reader.stage(canary(), str(uuid.uuid4()))
+    assert [v.version_id for v in reader.describe().versions] == [first]
+
+
+def test_a_wrong_mount_is_named(vault_env: VaultTarget) -> None:
+    store = open_store(f"vault://no-such-mount-{uuid.uuid4().hex[:6]}/auth/jwt")
+    with pytest.raises((SecretNotFound, StorePermissionDenied)) as error:
+        store.read()
+    assert store.uri.location in str(error.value)
+    assert "mount" in str(error.value)
+
+
+def test_a_missing_secret_is_not_found_and_names_it(vault_store_factory: Callable[[], SecretStore]) -> None:
+    store = vault_store_factory()
+    with pytest.raises(SecretNotFound) as error:
+        store.read()
+    assert store.uri.display in str(error.value)
+    with pytest.raises(SecretNotFound):
+        store.promote(str(uuid.uuid4()))
+
+
+def test_a_secret_written_by_another_tool_is_adopted(vault_store_factory: Callable[[], SecretStore]) -> None:
+    store = vault_store_factory()
+    assert isinstance(store, VaultStore)
+    kv = store.client.secrets.kv.v2
+    old, current = canary(), canary()
+    kv.create_or_update_secret(path=store.path, secret={"value": old}, mount_point=store.mount)
+    kv.create_or_update_secret(path=store.path, secret={"value": current}, mount_point=store.mount)
+    assert store.read() == current
+    rotation = str(uuid.uuid4())
+    store.stage(canary(), rotation)
+    assert store.read() == current  # Vault's latest version is now the staged one; CURRENT stayed pinned
+    store.promote(rotation)
+    assert store.describe().version_at(Stage.PREVIOUS) == "kv-2"
+
+
+def test_discard_destroys_the_staged_version(vault_store_factory: Callable[[], SecretStore]) -> None:
+    store = vault_store_factory()
+    assert isinstance(store, VaultStore)
+    store.create(canary())
+    rotation = str(uuid.uuid4())
+    store.stage(canary(), rotation)
+    store.discard(rotation)
+    meta = store.client.secrets.kv.v2.read_secret_metadata(path=store.path, mount_point=store.mount)["data"]
+    assert meta["versions"]["2"]["destroyed"] is True
+
+
+def test_approle_login(
+    vault_env: VaultTarget, vault_store_factory: Callable[[], SecretStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if vault_env.double is None:
+        pytest.skip("needs an AppRole set up in the real Vault")
+    store = vault_store_factory()
+    value = canary()
+    store.create(value)
+    role_id, secret_id = vault_env.double.add_approle()
+    monkeypatch.delenv("VAULT_TOKEN")
+    monkeypatch.setenv("VAULT_ROLE_ID", role_id)
+    monkeypatch.setenv("VAULT_SECRET_ID", secret_id)
+    assert open_store(store.uri).read() == value
+    monkeypatch.setenv("VAULT_SECRET_ID", "wrong")
+    with pytest.raises(StorePermissionDenied) as error:
+        open_store(store.uri).read()
+    assert "AppRole" in str(error.value)
+
+
+def test_kubernetes_auth_reads_the_service_account_token(
+    vault_env: VaultTarget, vault_store_factory: Callable[[], SecretStore], monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    if vault_env.double is None:
+        pytest.skip("needs Kubernetes auth set up in the real Vault")
+    store = vault_store_factory()
+    value = canary()
+    store.create(value)
+    jwt_file = tmp_path / "token"
+    jwt_file.write_text("service-account-jwt\n")
+    vault_env.double.add_kubernetes_role("rotation", "service-account-jwt")
+    monkeypatch.delenv("VAULT_TOKEN")
+    monkeypatch.setenv("VAULT_K8S_ROLE", "rotation")
+    monkeypatch.setenv("VAULT_K8S_TOKEN_PATH", str(jwt_file))
+    assert open_store(store.uri).read() == value
+
+
+def test_bad_configuration_is_refused_clearly(vault_env: VaultTarget, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(InvalidStoreURI, match="namespace"):
+        open_store("vault://secret/auth/jwt?region=eu")
+    monkeypatch.delenv("VAULT_ADDR")
+    with pytest.raises(StoreError, match="VAULT_ADDR"):
+        open_store("vault://secret/auth/jwt")
+    with pytest.raises(ValueError, match="rotation id"):
+        monkeypatch.setenv("VAULT_ADDR", vault_env.address)
+        open_store("vault://secret/auth/jwt").stage("x", "kv-3")
