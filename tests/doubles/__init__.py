@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 
@@ -55,8 +55,6 @@ class DoubleServer(ThreadingHTTPServer):
 
 class HttpDouble:
     """Base of the doubles: owns the server thread; subclasses implement ``route`` under ``self.lock``."""
-
-    allowed_methods: ClassVar[tuple[str, ...]] = ("GET", "POST", "PUT", "PATCH", "DELETE", "LIST")
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
