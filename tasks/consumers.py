@@ -44,6 +44,7 @@ class KubernetesRollout(BaseModel):
     namespace: str
     workload: Literal["Deployment", "StatefulSet"] = "Deployment"
     name: str
+    context: str | None = Field(default=None, description="kubeconfig context (default: in-cluster or current)")
     timeout_seconds: float = 300
 
 

@@ -28,7 +28,7 @@ def rollout_restart(rollout: KubernetesRollout, poll_seconds: float = 1.0) -> No
     """Restart the workload and block until its rollout is complete; see the module docstring."""
     workload = f"{rollout.workload} {rollout.namespace}/{rollout.name}"
     try:
-        apps = k8s.AppsV1Api(kube_api_client())
+        apps = k8s.AppsV1Api(kube_api_client(rollout.context))
     except StoreError as exc:
         raise ConsumerRestartFailed(f"cannot restart {workload}: {exc}") from None
     is_deployment = rollout.workload == "Deployment"
