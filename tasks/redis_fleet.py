@@ -132,11 +132,11 @@ def add_password(fleet: Fleet, username: str, password_hash: str, logger: loggin
                 changes.append(NodeChange(node=node.address, changed=changed, persisted=persist(admin, node, username)))
     except RedisRotationError as exc:
         try:
-            remove_password(fleet, username, password_hash, logger, nodes=touched)
+            undone = remove_password(fleet, username, password_hash, logger, nodes=touched)
         except RedisRotationError as undo_exc:
             raise type(exc)(f"{exc}. Removing the new password again also failed: {undo_exc}") from None
-        undone = ", ".join(n.address for n in touched) or "no node"
-        raise type(exc)(f"{exc}. Nothing is left changed: the new password was removed again from {undone}") from None
+        where = ", ".join(c.node for c in undone if c.changed) or "no node (it had not been added anywhere)"
+        raise type(exc)(f"{exc}. Nothing is left changed: the new password was removed again from {where}") from None
     _warn_unsaved(changes, username, logger)
     return changes
 
