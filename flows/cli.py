@@ -37,10 +37,9 @@ JournalOption = Annotated[
 @contextmanager
 def _clear_errors() -> Iterator[None]:
     """Turn the errors a user can act on into one red line and exit status 1; anything else is a bug: raise it."""
-    from tasks.jwt_keyset import KeysetError
-
     from flows.rotation import RollbackFailed, RotationRolledBack
     from tasks.approval import ApprovalRejected
+    from tasks.jwt_keyset import KeysetError
 
     try:
         yield
@@ -80,7 +79,7 @@ def jwt(
     no_approval: Annotated[bool, typer.Option("--no-approval", help="Do not ask before promoting")] = False,
     approve_retire: Annotated[bool, typer.Option(help="Ask before removing the old key")] = False,
     allow_self_approval: Annotated[bool, typer.Option(help="Let the starter approve")] = False,
-    approver: Annotated[str, typer.Option(help="Name recorded for --yes approvals")] = "",
+    approver: Annotated[str, typer.Option(help="Name recorded for --yes approvals (default: the OS user)")] = "",
     journal: JournalOption = None,
 ) -> None:
     """Rotate a JWT signing key: stage, promote, verify, wait, retire the old key."""
@@ -105,7 +104,7 @@ def jwt(
             Journal(options.journal),
             open_store(secret).uri.display,
             yes=yes,
-            approver=approver or f"{getpass.getuser()} (--yes)",
+            approver=approver or getpass.getuser(),
         )
         console.print_json(json.dumps(summary, default=str))
 
@@ -180,7 +179,7 @@ def rollback(
 def resume(
     rotation_id: Annotated[str, typer.Argument(help="The rotation to carry on")],
     yes: Annotated[bool, typer.Option("--yes", help="Approve every step without asking")] = False,
-    approver: Annotated[str, typer.Option(help="Name recorded for --yes approvals")] = "",
+    approver: Annotated[str, typer.Option(help="Name recorded for --yes approvals (default: the OS user)")] = "",
     journal: JournalOption = None,
 ) -> None:
     """Resume a rotation whose run stopped; finished steps are not repeated."""
@@ -194,7 +193,7 @@ def resume(
             book,
             record.secret,
             yes=yes,
-            approver=approver or f"{getpass.getuser()} (--yes)",
+            approver=approver or getpass.getuser(),
         )
         console.print_json(json.dumps(summary, default=str))
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 from rich.table import Table
-from tasks.jwt_keyset import JwtKeyset, new_key
 
 from flows.jwt import rotate_jwt_signing_key
 from flows.rotation import RotationOptions
@@ -22,6 +21,7 @@ from stores.errors import SecretNotFound
 from stores.journal import Journal
 from tasks.consumers import Consumer, HttpReload
 from tasks.jwt import JwtPolicy
+from tasks.jwt_keyset import JwtKeyset, new_key
 
 
 def _start_service(uri: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -84,7 +84,7 @@ def run_demo(folder: Path, *, yes: bool, wait_seconds: float, console: Console) 
             journal,
             store.uri.display,
             yes=yes,
-            approver=f"{getpass.getuser()} (--yes)",
+            approver=getpass.getuser(),
         )
         after = httpx.get(f"{base}/health", timeout=5).json()
         new_token = httpx.post(f"{base}/token", json={"sub": "demo-user"}, timeout=5).json()["access_token"]

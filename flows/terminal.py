@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +29,10 @@ def _pending_approval(journal: Journal, secret: str) -> tuple[str, str, str] | N
 
 
 def run_with_approvals(run: Callable[[], Any], journal: Journal, secret: str, *, yes: bool, approver: str) -> Any:
-    """Run a runbook in a thread and answer its approvals here: ``--yes`` approves, otherwise ask at the terminal."""
+    """Run a runbook in a thread and answer its approvals here: ``--yes`` approves, a terminal asks; without
+    either (no terminal on standard input) the run waits for an approval from the UI, the API or ``rotate approve``.
+    """
+    interactive = sys.stdin is not None and sys.stdin.isatty()
     outcome: dict[str, Any] = {}
 
     def target() -> None:
@@ -46,6 +50,13 @@ def run_with_approvals(run: Callable[[], Any], journal: Journal, secret: str, *,
         if pending is None or pending[1] in answered:
             continue
         flow_run_id, step, question = pending
+        answered.add(step)
+        if not yes and not interactive:
+            console.print(
+                f"[cyan]waiting for approval[/cyan] {question}\n"
+                f"  rotate approve {flow_run_id} --approver NAME [--reject] --reason TEXT  (or in the Prefect UI)"
+            )
+            continue
         if yes:
             console.print(f"[cyan]approval[/cyan] {question} -> approved by {approver} (--yes)")
             decision = {"approved": True, "approver": approver, "reason": "approved with --yes"}
@@ -60,7 +71,6 @@ def run_with_approvals(run: Callable[[], Any], journal: Journal, secret: str, *,
                 break
             except NotWaitingForApproval:
                 time.sleep(0.25)
-        answered.add(step)
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("result")
