@@ -17,11 +17,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
-from prefect import get_run_logger, task
+from prefect import get_client, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import ObjectNotFound
 from prefect.runtime import deployment, flow_run
+from prefect.states import Crashed
 from pydantic import BaseModel, Field
 from pydantic_core import to_jsonable_python
 
@@ -300,6 +303,24 @@ def _resume(journal: Journal, options: RotationOptions, secret: str) -> Rotation
     return record
 
 
+def _close_stale_run(stale_id: str | None) -> None:
+    """Mark the run a resumed rotation replaces as Crashed.
+
+    A run killed without warning stays Running or Paused on the server forever; left so, the UI would still offer
+    its approval. It is only called once the owner process is known to be gone.
+    """
+    if not stale_id or stale_id == str(flow_run.id):
+        return
+    with get_client(sync_client=True) as client:
+        try:
+            stale = client.read_flow_run(UUID(stale_id))
+        except ObjectNotFound:
+            return
+        if stale.state is not None and not stale.state.is_final():
+            message = f"superseded: its rotation was resumed by flow run {flow_run.id}"
+            client.set_flow_run_state(stale.id, Crashed(message=message), force=True)
+
+
 @contextmanager
 def rotation(secret: str, runbook: str, options: RotationOptions) -> Iterator[Rotation]:
     """Lock ``secret``, journal and audit a rotation, and roll it back on any failure before retirement."""
@@ -309,6 +330,7 @@ def rotation(secret: str, runbook: str, options: RotationOptions) -> Iterator[Ro
     journal = Journal(options.journal)
     if options.resume:
         record = _resume(journal, options, uri)
+        _close_stale_run(record.flow_run_id)
     else:
         description = store.describe()  # a missing secret or an unreachable store fails here, before any change
         parameters = to_jsonable_python(flow_run.parameters or {})

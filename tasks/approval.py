@@ -7,6 +7,7 @@ Prefect API (turn API authentication on in production).
 
 from __future__ import annotations
 
+import re
 import time
 from uuid import UUID
 
@@ -56,7 +57,7 @@ def request_approval(
                 wait_for_input=ApprovalDecision.with_initial_data(description=question),
                 timeout=max(1, int(remaining)),
                 poll_interval=poll_seconds,
-                key=f"{key}-{attempt}",
+                key=re.sub(r"[^a-z0-9-]", "-", f"{key}-{attempt}".lower()),  # the only characters Prefect allows
             )
         except FlowPauseTimeout:
             raise ApprovalRejected(f"no approval for {question!r} within {timeout_seconds:.0f}s") from None

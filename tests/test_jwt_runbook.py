@@ -1,0 +1,243 @@
+"""The JWT runbook end to end: the example auth service serving while its key rotates, on the local and AWS stores."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from flows.jwt import rotate_jwt_signing_key
+from flows.rotation import RotationOptions, RotationRolledBack
+from stores import SecretStore, Stage
+from stores.journal import Journal, RotationInProgress, RotationState
+from tasks.approval import NotWaitingForApproval, give_decision
+from tasks.consumers import Consumer, HttpReload, NoRestart
+from tasks.jwt import JwtPolicy
+from tasks.jwt_keyset import JwtKeyset, new_key
+
+SHORT = JwtPolicy(token_lifetime_seconds=2, grace_seconds=1)
+
+
+@pytest.fixture(params=["local", "aws"])
+def keyset_store(request: pytest.FixtureRequest) -> SecretStore:
+    store: SecretStore = request.getfixturevalue(f"{request.param}_store_factory")()
+    store.create(JwtKeyset(keys=[new_key("HS256", 512)]).to_secret())
+    return store
+
+
+@pytest.fixture
+def journal(tmp_path) -> Journal:
+    return Journal(tmp_path / "journal.db")
+
+
+def options(journal: Journal, **overrides: object) -> RotationOptions:
+    values = {"started_by": "alice", "journal": str(journal.path), "approval_timeout_seconds": 60, **overrides}
+    return RotationOptions(**values)
+
+
+def consumer_of(service) -> Consumer:
+    return Consumer(
+        name="auth", restart=HttpReload(url=f"{service.base_url}/reload"), verify_url=f"{service.base_url}/me"
+    )
+
+
+def token(service) -> str:
+    return httpx.post(f"{service.base_url}/token", json={"sub": "client"}, timeout=5).json()["access_token"]
+
+
+def accepted(service, bearer: str) -> bool:
+    return httpx.get(f"{service.base_url}/me", headers={"Authorization": f"Bearer {bearer}"}, timeout=5).is_success
+
+
+def signing_kid(service) -> str:
+    return httpx.get(f"{service.base_url}/health", timeout=5).json()["signing_kid"]
+
+
+class Approver:
+    """Answers the approvals of rotations in ``journal`` from another thread, as a person in the UI would."""
+
+    def __init__(self, journal: Journal, answers: list[dict]) -> None:
+        self.journal, self.answers = journal, list(answers)
+        self.given: list[dict] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while self.answers and not self._stop.is_set():
+            for record in self.journal.list(active_only=True):
+                steps = self.journal.steps(record.id)
+                if record.flow_run_id and steps and steps[-1].status == "waiting" and "approve" in steps[-1].step:
+                    try:
+                        give_decision(record.flow_run_id, **self.answers[0])
+                    except NotWaitingForApproval:
+                        continue
+                    self.given.append(self.answers.pop(0))
+                    time.sleep(0.5)
+            time.sleep(0.2)
+
+    def __enter__(self) -> Approver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+BOB_APPROVES = {"approved": True, "approver": "bob", "reason": "change 42"}
+
+
+@dataclass
+class Client:
+    """Calls the service with valid tokens about every 20 ms; a token is renewed before it expires."""
+
+    service: object
+    calls: int = 0
+    rejections: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        bearer, issued = token(self.service), time.monotonic()
+        while not self.stop.is_set():
+            if time.monotonic() - issued > 1.0:  # the service's tokens live 2 s
+                bearer, issued = token(self.service), time.monotonic()
+            self.calls += 1
+            if not accepted(self.service, bearer):
+                self.rejections.append(f"call {self.calls}")
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def steady_client() -> Iterator[Callable[[object], Client]]:
+    clients: list[tuple[Client, threading.Thread]] = []
+
+    def start(service) -> Client:
+        client = Client(service)
+        thread = threading.Thread(target=client.run, daemon=True)
+        thread.start()
+        clients.append((client, thread))
+        return client
+
+    yield start
+    for client, thread in clients:
+        client.stop.set()
+        thread.join(10)
+
+
+def test_a_full_rotation_with_a_client_that_never_sees_a_rejection(
+    prefect_server, keyset_store, journal, auth_service, steady_client
+) -> None:
+    service = auth_service(keyset_store.uri.display, token_lifetime=2)
+    old_kid = signing_kid(service)
+    old_token = token(service)
+    client = steady_client(service)
+    with Approver(journal, [BOB_APPROVES]) as approver:
+        summary = rotate_jwt_signing_key(
+            keyset_store.uri.display, consumers=[consumer_of(service)], policy=SHORT, options=options(journal)
+        )
+    client.stop.set()
+    time.sleep(0.1)
+    print(f"client: {client.calls} calls, {len(client.rejections)} rejections")
+    assert client.calls > 50
+    assert client.rejections == []
+    assert approver.given == [BOB_APPROVES]
+
+    assert summary["state"] == RotationState.COMPLETED
+    current = JwtKeyset.from_secret(keyset_store.read(Stage.CURRENT))
+    new_kid = summary["facts"]["new_kid"]
+    assert [k.kid for k in current.keys] == [new_kid] != [old_kid]
+    assert {k.kid for k in JwtKeyset.from_secret(keyset_store.read(Stage.PREVIOUS)).keys} == {new_kid, old_kid}
+    assert keyset_store.describe().version_at(Stage.PENDING) is None
+    assert signing_kid(service) == new_kid
+    assert not accepted(service, old_token)
+    assert accepted(service, token(service))
+    record = journal.get(summary["rotation_id"])
+    assert record.retired_at is not None
+    approvals = [s for s in journal.steps(record.id) if s.status == "approved"]
+    assert [a.details["approver"] for a in approvals] == ["bob"]
+
+
+def test_a_failed_verification_rolls_back_to_the_old_keyset(
+    prefect_server, keyset_store, journal, auth_service
+) -> None:
+    service = auth_service(keyset_store.uri.display)
+    stale = auth_service(keyset_store.uri.display)  # never reloaded: it will refuse tokens of the new key
+    before = keyset_store.describe()
+    old_kid, old_token = signing_kid(service), token(service)
+    consumers = [consumer_of(service), Consumer(name="stale", restart=NoRestart(), verify_url=f"{stale.base_url}/me")]
+    with pytest.raises(RotationRolledBack, match="stale rejected a token"):
+        rotate_jwt_signing_key(
+            keyset_store.uri.display,
+            consumers=consumers,
+            policy=SHORT,
+            options=options(journal, approve_promote=False),
+        )
+    after = keyset_store.describe()
+    assert after.version_at(Stage.CURRENT) == before.version_at(Stage.CURRENT)
+    assert after.version_at(Stage.PREVIOUS) == before.version_at(Stage.PREVIOUS)
+    assert after.version_at(Stage.PENDING) is None
+    assert signing_kid(service) == old_kid  # restarted again after the revert
+    assert accepted(service, old_token)
+    (record,) = journal.list()
+    assert record.state is RotationState.ROLLED_BACK
+    assert journal.list(active_only=True) == []
+
+
+@pytest.mark.parametrize(
+    ("answers", "overrides", "reason"),
+    [
+        ([{"approved": False, "approver": "bob", "reason": "not during the release"}], {}, "bob rejected"),
+        ([], {"approval_timeout_seconds": 3}, "no approval"),
+        (
+            [{"approved": True, "approver": "alice", "reason": "mine"}],
+            {"approval_timeout_seconds": 6},
+            "no approval",
+        ),
+    ],
+    ids=["rejected", "timed-out", "self-approval-refused"],
+)
+def test_a_rejection_or_no_approval_rolls_back(
+    prefect_server, local_store_factory, journal, auth_service, answers, overrides, reason
+) -> None:
+    store = local_store_factory()
+    store.create(JwtKeyset(keys=[new_key("HS256", 512)]).to_secret())
+    service = auth_service(store.uri.display)
+    before, old_kid = store.describe(), signing_kid(service)
+    with Approver(journal, answers), pytest.raises(RotationRolledBack, match=reason):
+        rotate_jwt_signing_key(
+            store.uri.display, consumers=[consumer_of(service)], policy=SHORT, options=options(journal, **overrides)
+        )
+    after = store.describe()
+    assert after.version_at(Stage.CURRENT) == before.version_at(Stage.CURRENT)
+    assert after.version_at(Stage.PENDING) is None
+    assert signing_kid(service) == old_kid
+    assert journal.list()[0].state is RotationState.ROLLED_BACK
+
+
+def test_a_second_rotation_of_the_same_secret_is_refused(prefect_server, local_store_factory, journal) -> None:
+    store = local_store_factory()
+    store.create(JwtKeyset(keys=[new_key("HS256", 512)]).to_secret())
+    first: dict[str, object] = {}
+
+    def run_first() -> None:
+        try:
+            rotate_jwt_signing_key(store.uri.display, policy=SHORT, options=options(journal))
+        except Exception as exc:
+            first["error"] = exc
+
+    thread = threading.Thread(target=run_first, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not journal.list(active_only=True) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (running,) = journal.list(active_only=True)
+    with pytest.raises(RotationInProgress, match=f"rotation {running.id} .* already in progress"):
+        rotate_jwt_signing_key(store.uri.display, policy=SHORT, options=options(journal))
+    with Approver(journal, [{"approved": False, "approver": "bob", "reason": "test over"}]):
+        thread.join(60)
+    assert isinstance(first["error"], RotationRolledBack)
+    assert len(journal.list()) == 1
