@@ -1,0 +1,208 @@
+"""Role changes on PostgreSQL as the administrator: passwords as SCRAM verifiers, identifiers via ``psycopg2.sql``.
+
+The alternating-users layout: one NOLOGIN owner role owns the application's objects and holds its privileges; two
+login users (``app`` and ``app_clone``) are members of it and start every session as it
+(``ALTER ROLE ... SET role = owner``), so whatever either creates is owned by the owner role and stays usable by the
+other. An existing single login user is adopted in one transaction: it is renamed to the owner role (keeping its
+objects, grants, memberships and attributes) and a login user with its old name and its SCRAM verifier is created as
+a member, so no login fails and nothing changes owner.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+from psycopg2 import sql
+from pydantic import BaseModel
+
+from tasks.postgres_login import PostgresRotationError
+from tasks.redaction import register_secret
+
+Connection = psycopg2.extensions.connection
+
+# Attributes a login user of the application may need (not SUPERUSER: never handed out by a rotation).
+_CARRIED = {
+    "rolcreatedb": "CREATEDB",
+    "rolcreaterole": "CREATEROLE",
+    "rolreplication": "REPLICATION",
+    "rolbypassrls": "BYPASSRLS",
+}
+
+
+class UnknownUser(PostgresRotationError):
+    """The user to rotate does not exist."""
+
+
+class NotPermitted(PostgresRotationError):
+    """The administrator may not do what the runbook needs."""
+
+
+class RoleInfo(BaseModel):
+    """What the runbook needs to know about a role: no password, no verifier."""
+
+    name: str
+    exists: bool
+    can_login: bool = False
+    attributes: list[str] = []
+    connection_limit: int = -1
+    settings: list[str] = []  # ALTER ROLE ... SET entries ("search_path=app"), without "role"
+    member_of: list[str] = []
+
+
+def verifier(conn: Connection, username: str, password: str) -> str:
+    """The SCRAM-SHA-256 verifier of ``password``, computed client-side: the password never reaches the server."""
+    return register_secret(psycopg2.extensions.encrypt_password(password, username, conn, "scram-sha-256"))
+
+
+def role_info(conn: Connection, name: str) -> RoleInfo:
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT rolcanlogin, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls, rolconnlimit "
+            "FROM pg_roles WHERE rolname = %s",
+            (name,),
+        )
+        row = cur.fetchone()
+        if row is None:
+            return RoleInfo(name=name, exists=False)
+        cur.execute(
+            "SELECT unnest(setconfig) FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
+            "WHERE r.rolname = %s AND s.setdatabase = 0",
+            (name,),
+        )
+        settings = [s for (s,) in cur.fetchall() if not s.startswith("role=")]
+        cur.execute(
+            "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
+            "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s ORDER BY 1",
+            (name,),
+        )
+        member_of = [g for (g,) in cur.fetchall()]
+    attributes = [keyword for (column, keyword), value in zip(_CARRIED.items(), row[1:5], strict=True) if value]
+    return RoleInfo(
+        name=name,
+        exists=True,
+        can_login=row[0],
+        attributes=attributes,
+        connection_limit=row[5],
+        settings=settings,
+        member_of=member_of,
+    )
+
+
+def admin_may_manage_roles(conn: Connection) -> bool:
+    with conn.cursor() as cur:
+        cur.execute("SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user")
+        row = cur.fetchone()
+    return bool(row and row[0])
+
+
+def _settings(conn: Connection, name: str, settings: list[str]) -> None:
+    with conn.cursor() as cur:
+        for entry in settings:
+            key, _, value = entry.partition("=")
+            cur.execute(
+                sql.SQL("ALTER ROLE {} SET {} = %s").format(sql.Identifier(name), sql.Identifier(key)), (value,)
+            )
+
+
+def create_login_user(conn: Connection, name: str, owner: str, like: RoleInfo) -> None:
+    """Create ``name`` without LOGIN as a member of ``owner`` that acts as it, with ``like``'s attributes,
+    settings and memberships. The password and LOGIN come later (``set_password``)."""
+    options = sql.SQL(" ").join(sql.SQL(a) for a in like.attributes)
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL("CREATE ROLE {} NOLOGIN {} CONNECTION LIMIT %s IN ROLE {}").format(
+                sql.Identifier(name), options, sql.Identifier(owner)
+            ),
+            (like.connection_limit,),
+        )
+        for group in like.member_of:
+            if group != owner:
+                cur.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(name)))
+        cur.execute(sql.SQL("ALTER ROLE {} SET role = %s").format(sql.Identifier(name)), (owner,))
+    _settings(conn, name, like.settings)
+
+
+def scram_verifier_of(conn: Connection, name: str) -> str | None:
+    """The role's stored SCRAM verifier (needs a superuser), or None if it has none or it cannot be read."""
+    with conn.cursor() as cur:
+        try:
+            cur.execute("SAVEPOINT read_verifier")
+            cur.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (name,))
+            row = cur.fetchone()
+            cur.execute("RELEASE SAVEPOINT read_verifier")
+        except psycopg2.errors.InsufficientPrivilege:
+            cur.execute("ROLLBACK TO SAVEPOINT read_verifier")
+            return None
+    stored = row[0] if row else None
+    return register_secret(stored) if stored and stored.startswith("SCRAM-SHA-256$") else None
+
+
+def adopt_single_user(conn: Connection, user: str, owner: str, fallback_password: str) -> None:
+    """In the caller's transaction: rename ``user`` to ``owner`` (NOLOGIN) and recreate ``user`` as a login member
+    with the same SCRAM verifier (or ``fallback_password``'s), so its password keeps working without a gap."""
+    info = role_info(conn, user)
+    stored = scram_verifier_of(conn, user) or verifier(conn, user, fallback_password)
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("ALTER ROLE {} RENAME TO {}").format(sql.Identifier(user), sql.Identifier(owner)))
+        cur.execute(sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(sql.Identifier(owner)))
+    create_login_user(conn, user, owner, info.model_copy(update={"member_of": []}))
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(user)), (stored,))
+
+
+def undo_adoption(conn: Connection, user: str, owner: str) -> None:
+    """In the caller's transaction: the reverse of :func:`adopt_single_user` (the login's verifier moves back)."""
+    stored = scram_verifier_of(conn, user)
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(user)))
+        cur.execute(sql.SQL("ALTER ROLE {} RENAME TO {}").format(sql.Identifier(owner), sql.Identifier(user)))
+        cur.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(user)), (stored,))
+
+
+def set_password(conn: Connection, name: str, password: str | None, login: bool = True) -> None:
+    """Give ``name`` a password as a SCRAM verifier (None: no password) and LOGIN or NOLOGIN."""
+    stored = verifier(conn, name, password) if password is not None else None
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL("ALTER ROLE {} {} PASSWORD %s").format(
+                sql.Identifier(name), sql.SQL("LOGIN" if login else "NOLOGIN")
+            ),
+            (stored,),
+        )
+
+
+def end_sessions(conn: Connection, name: str, started_before: str | None = None) -> int:
+    """Terminate the sessions of login user ``name`` (only those begun before ``started_before``, if given)."""
+    query = (
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()"
+    )
+    params: tuple[Any, ...] = (name,)
+    if started_before:
+        query += " AND backend_start < %s::timestamptz"
+        params += (started_before,)
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+        return int(cur.fetchone()[0])
+
+
+def drop_login_user(conn: Connection, name: str, owner: str) -> None:
+    """Drop a login user, handing anything it still owns in this database to ``owner``."""
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("REASSIGN OWNED BY {} TO {}").format(sql.Identifier(name), sql.Identifier(owner)))
+        cur.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+        cur.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+def readable_tables(conn: Connection, reference_user: str, limit: int = 100) -> list[str]:
+    """Tables of this database (outside the system schemas) that ``reference_user`` may read, as qualified names."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'v', 'm') "
+            "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%%' "
+            "AND has_table_privilege(%s, c.oid, 'SELECT') ORDER BY 1 LIMIT %s",
+            (reference_user, limit),
+        )
+        return [name for (name,) in cur.fetchall()]
