@@ -85,7 +85,7 @@ def jwt(
     """Rotate a JWT signing key: stage, promote, verify, wait, retire the old key."""
     from flows.jwt import rotate_jwt_signing_key
     from flows.rotation import RotationOptions
-    from tasks.jwt import JwtPolicy
+    from tasks.jwt import JwtPolicy, inspect_current_keyset
 
     with _clear_errors():
         policy = JwtPolicy(
@@ -99,6 +99,7 @@ def jwt(
             journal=str(journal) if journal else None,
         )
         consumers = _consumers(consumers_file, reload_url, verify_url)
+        inspect_current_keyset.fn(secret)  # bad input fails here, in one line, before a flow run starts
         summary = run_with_approvals(
             lambda: rotate_jwt_signing_key(secret, consumers=consumers, policy=policy, options=options),
             Journal(options.journal),

@@ -89,7 +89,7 @@ class SecretURI(BaseModel):
             head, options = self.location, {"secret": self.name, **options}
         else:
             head = f"{self.location}/{self.name}" if self.location else self.name
-        query = urlencode(options)
+        query = urlencode(options, safe=":/")
         return f"{self.scheme}://{head}" + (f"?{query}" if query else "")
 
     def __str__(self) -> str:

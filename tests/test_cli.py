@@ -1,0 +1,99 @@
+"""The ``rotate`` command line: the quick start, and bad input refused with one clear line and nothing changed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from stores import open_store
+from stores.journal import Journal
+from tests.fixtures.ports import free_port
+
+ROTATE = str(Path(sys.executable).parent / "rotate")
+
+
+def test_the_quick_start_demo_rotates_the_example_service(prefect_server, tmp_path) -> None:
+    demo = subprocess.run(
+        [ROTATE, "demo", "--yes", "--dir", str(tmp_path / "demo"), "--grace", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    output = demo.stdout + demo.stderr
+    assert demo.returncode == 0, output
+    assert ": completed" in output
+    assert "rejected (401)" in output  # the token issued before the rotation no longer works
+    (record,) = Journal(tmp_path / "demo" / "journal.db").list()
+    assert record.state == "completed"
+    assert record.retired_at is not None
+
+
+def _bad(tmp_path: Path, *args: str) -> tuple[str, Journal]:
+    journal = Journal(tmp_path / "journal.db")
+    result = CliRunner().invoke(app, [*args, "--journal", str(journal.path), "--yes"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("error:"), result.output
+    assert "Traceback" not in result.output
+    assert journal.list() == []  # no rotation was started
+    return " ".join(result.output.split()), journal
+
+
+def test_an_unknown_store_scheme(prefect_server, tmp_path) -> None:
+    message, _ = _bad(tmp_path, "jwt", "ftp://host/secret")
+    assert "unknown store scheme 'ftp'" in message
+    assert "local, aws, vault, k8s, azure, gcp" in message
+
+
+def test_a_missing_secret(prefect_server, tmp_path) -> None:
+    uri = f"local://{tmp_path}/store.db?secret=nope"
+    message, _ = _bad(tmp_path, "jwt", uri)
+    assert "nope" in message
+    assert ("not" in message and "exist" in message) or "not found" in message
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('{"keys": []}', "signing key"),
+        ("{not json", "JSON"),
+        ("tooshort", "256 bits"),
+    ],
+    ids=["no-signing-key", "not-json", "short-key"],
+)
+def test_a_malformed_keyset_changes_nothing(prefect_server, local_store_factory, tmp_path, value, expected) -> None:
+    store = local_store_factory()
+    store.create(value)
+    before = store.describe()
+    message, _ = _bad(tmp_path, "jwt", store.uri.display)
+    assert expected in message
+    assert value not in message
+    assert store.describe() == before
+
+
+def test_a_key_shorter_than_256_bits_is_refused(prefect_server, local_store_factory, tmp_path) -> None:
+    store = local_store_factory()
+    store.create('{"keys": []}')
+    message, _ = _bad(tmp_path, "jwt", store.uri.display, "--bits", "128")
+    assert "key_bits" in message and "256" in message
+
+
+def test_an_unreachable_aws_endpoint(prefect_server, moto_server, tmp_path) -> None:
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    message, _ = _bad(tmp_path, "jwt", f"aws://auth/jwt?region=us-east-1&endpoint_url={endpoint}")
+    assert endpoint in message
+
+
+def test_describe_shows_stages_and_never_the_value(local_store_factory) -> None:
+    store = local_store_factory()
+    store.create("canary-describe-0123456789abcdef")
+    result = CliRunner().invoke(app, ["describe", store.uri.display])
+    assert result.exit_code == 0, result.output
+    assert "CURRENT" in result.output
+    assert "canary-describe" not in result.output
+    assert open_store(store.uri.display).read() == "canary-describe-0123456789abcdef"
