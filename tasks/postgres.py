@@ -214,6 +214,7 @@ def unprepare_alternating_users(
     done: list[str] = []
     with _admin(current, admin_secret) as conn:
         if created and role_info(conn, target).exists:
+            conn.rollback()  # end the transaction role_info opened before switching to autocommit
             conn.autocommit = True
             set_password(conn, target, None, login=False)
             end_sessions(conn, target)
@@ -265,6 +266,7 @@ def restore_login_password(
     with _admin(current, admin_secret) as conn:
         if not role_info(conn, user).exists:
             return "absent"
+        conn.rollback()  # end the transaction role_info opened before switching to autocommit
         conn.autocommit = True
         set_password(conn, user, password, login=could_login)
         if not could_login:
@@ -282,6 +284,7 @@ def change_password_and_promote(secret: str, rotation_id: str, admin_secret: str
     store = open_store(secret)
     new = _version(secret, rotation_id)
     with _admin(new, admin_secret) as conn:
+        conn.rollback()  # end the transaction role_info opened before switching to autocommit
         conn.autocommit = True
         statement = sql.SQL("ALTER ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(new.username))
         stored = verifier(conn, new.username, new.secret)
@@ -309,6 +312,7 @@ def restore_single_user(
     with _admin(old, admin_secret) as conn:
         if not role_info(conn, user).exists:
             raise UnknownUser(f"user {user!r} disappeared from {old.host}:{old.port}; restore it by hand")
+        conn.rollback()  # end the transaction role_info opened before switching to autocommit
         conn.autocommit = True
         statement = sql.SQL("ALTER ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(user))
         stored = verifier(conn, user, old.secret)
@@ -388,6 +392,7 @@ def retire_user(secret: str, rotation_id: str, admin_secret: str, user: str, own
     with _admin(current, admin_secret) as conn:
         if not role_info(conn, user).exists:
             return "absent"
+        conn.rollback()  # end the transaction role_info opened before switching to autocommit
         conn.autocommit = True
         set_password(conn, user, None, login=False)  # first, so that ended sessions cannot log in again
         ended = end_sessions(conn, user)
@@ -406,5 +411,6 @@ def end_old_sessions(secret: str, rotation_id: str, admin_secret: str, changed_a
         return 0
     current = _version(secret, rotation_id)
     with _admin(current, admin_secret) as conn:
+        conn.rollback()  # end the transaction role_info opened before switching to autocommit
         conn.autocommit = True
         return end_sessions(conn, current.username, started_before=changed_at)
