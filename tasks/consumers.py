@@ -91,10 +91,20 @@ def _restart(consumer: Consumer) -> None:
         rollout_restart(how)
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=3)
 def restart_consumers(consumers: list[Consumer] | list[dict]) -> list[str]:
-    """Restart every consumer in order; returns their names. Accepts models or their JSON form (from the journal)."""
+    """Restart every consumer in order; returns their names. Accepts models or their JSON form (from the journal).
+
+    One that fails does not stop the others (a rollback must still reload the ones that can); the failures are
+    raised together at the end.
+    """
     consumers = [Consumer.model_validate(c) for c in consumers]
+    failures: list[str] = []
     for consumer in consumers:
-        _restart(consumer)
+        try:
+            _restart(consumer)
+        except ConsumerRestartFailed as exc:
+            failures.append(str(exc))
+    if failures:
+        raise ConsumerRestartFailed("; ".join(failures))
     return [c.name for c in consumers]
