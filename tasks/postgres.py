@@ -186,7 +186,8 @@ def prepare_alternating_users(secret: str, version_id: str, admin_secret: str, p
 
     Returns what was done (names only).
     """
-    assert plan.owner_role, "alternating users need an owner role"
+    if not plan.owner_role:
+        raise PostgresRotationError("the alternating-users strategy needs an owner role; the plan has none")
     current = _version(secret, version_id)
     done: list[str] = []
     with _admin(current, admin_secret) as conn:
