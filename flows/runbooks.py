@@ -7,6 +7,7 @@ from typing import Any
 
 RUNBOOKS: dict[str, str] = {
     "jwt-signing-key": "flows.jwt:rotate_jwt_signing_key",
+    "postgres-credentials": "flows.postgres:rotate_postgres_credentials",
     "redis-password": "flows.redis:rotate_redis_password",
 }
 
