@@ -8,10 +8,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network
 
 import getpass
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import TypeAdapter, ValidationError
@@ -22,8 +22,9 @@ from flows.terminal import run_with_approvals
 from stores import open_store
 from stores.errors import StoreError
 from stores.journal import Journal
-from tasks.approval import NotWaitingForApproval, give_decision
+from tasks.approval import give_decision
 from tasks.consumers import Consumer, HttpReload
+from tasks.errors import RotationError
 
 app = typer.Typer(no_args_is_help=True, help="Secret-rotation runbooks on Prefect.", pretty_exceptions_enable=False)
 console = Console()
@@ -37,21 +38,14 @@ JournalOption = Annotated[
 @contextmanager
 def _clear_errors() -> Iterator[None]:
     """Turn the errors a user can act on into one red line and exit status 1; anything else is a bug: raise it."""
-    from flows.rotation import RollbackFailed, RotationRolledBack
-    from tasks.approval import ApprovalRejected
-    from tasks.jwt_keyset import KeysetError
-
     try:
         yield
-    except (StoreError, RotationRolledBack, RollbackFailed, ApprovalRejected, KeysetError, KeyError) as exc:
+    except (StoreError, RotationError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False))
         err.print(f"[red]error:[/red] invalid input: {problems}")
-        raise typer.Exit(1) from None
-    except NotWaitingForApproval as exc:
-        err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
 
 
@@ -65,49 +59,145 @@ def _consumers(consumers_file: Path | None, reload_url: str | None, verify_url: 
     return consumers
 
 
+Consumers = Annotated[Path | None, typer.Option("--consumers", help="JSON list of consumers to restart and verify")]
+ReloadUrl = Annotated[str | None, typer.Option(help="Reload endpoint of a single consumer")]
+Yes = Annotated[bool, typer.Option("--yes", help="Approve every step without asking")]
+NoApproval = Annotated[bool, typer.Option("--no-approval", help="Do not ask before promoting")]
+ApproveRetire = Annotated[bool, typer.Option(help="Ask before retiring the old credential")]
+SelfApproval = Annotated[bool, typer.Option(help="Let the person who starts the run approve it")]
+Approver = Annotated[str, typer.Option(help="Name recorded for --yes approvals (default: the OS user)")]
+Grace = Annotated[float, typer.Option(help="Grace period before the old credential is retired, seconds")]
+
+
+def _options(no_approval: bool, approve_retire: bool, allow_self_approval: bool, journal: Path | None):
+    from flows.rotation import RotationOptions
+
+    return RotationOptions(
+        started_by=getpass.getuser(),
+        approve_promote=not no_approval,
+        approve_retire=approve_retire,
+        allow_self_approval=allow_self_approval,
+        journal=str(journal) if journal else None,
+    )
+
+
+def _launch(secret: str, runbook: Callable[[], dict[str, Any]], journal: str | None, yes: bool, approver: str) -> None:
+    """Run ``runbook`` here, answering its approvals, and print its summary (ids and states only)."""
+    summary = run_with_approvals(
+        runbook, Journal(journal), open_store(secret).uri.display, yes=yes, approver=approver or getpass.getuser()
+    )
+    console.print_json(json.dumps(summary, default=str))
+
+
 @app.command()
 def jwt(
     secret: Annotated[str, typer.Argument(help="Store URI of the JWT keyset, e.g. local:///path/store.db?secret=jwt")],
-    consumers_file: Annotated[Path | None, typer.Option("--consumers", help="JSON list of consumers")] = None,
-    reload_url: Annotated[str | None, typer.Option(help="Reload endpoint of a single consumer")] = None,
+    consumers_file: Consumers = None,
+    reload_url: ReloadUrl = None,
     verify_url: Annotated[str | None, typer.Option(help="Endpoint that checks a bearer token")] = None,
     algorithm: Annotated[str, typer.Option(help="HS256, RS256 or ES256")] = "HS256",
     bits: Annotated[int, typer.Option(help="HS256 key length in bits (at least 256)")] = 512,
     token_lifetime: Annotated[float, typer.Option(help="Longest token lifetime, seconds")] = 3600,
-    grace: Annotated[float, typer.Option(help="Grace period after the token lifetime, seconds")] = 300,
-    yes: Annotated[bool, typer.Option("--yes", help="Approve every step without asking")] = False,
-    no_approval: Annotated[bool, typer.Option("--no-approval", help="Do not ask before promoting")] = False,
-    approve_retire: Annotated[bool, typer.Option(help="Ask before removing the old key")] = False,
-    allow_self_approval: Annotated[bool, typer.Option(help="Let the starter approve")] = False,
-    approver: Annotated[str, typer.Option(help="Name recorded for --yes approvals (default: the OS user)")] = "",
+    grace: Grace = 300,
+    yes: Yes = False,
+    no_approval: NoApproval = False,
+    approve_retire: ApproveRetire = False,
+    allow_self_approval: SelfApproval = False,
+    approver: Approver = "",
     journal: JournalOption = None,
 ) -> None:
     """Rotate a JWT signing key: stage, promote, verify, wait, retire the old key."""
     from flows.jwt import rotate_jwt_signing_key
-    from flows.rotation import RotationOptions
     from tasks.jwt import JwtPolicy, inspect_current_keyset
 
     with _clear_errors():
         policy = JwtPolicy(
             algorithm=algorithm, key_bits=bits, token_lifetime_seconds=token_lifetime, grace_seconds=grace
         )
-        options = RotationOptions(
-            started_by=getpass.getuser(),
-            approve_promote=not no_approval,
-            approve_retire=approve_retire,
-            allow_self_approval=allow_self_approval,
-            journal=str(journal) if journal else None,
-        )
+        options = _options(no_approval, approve_retire, allow_self_approval, journal)
         consumers = _consumers(consumers_file, reload_url, verify_url)
         inspect_current_keyset.fn(secret)  # bad input fails here, in one line, before a flow run starts
-        summary = run_with_approvals(
+        _launch(
+            secret,
             lambda: rotate_jwt_signing_key(secret, consumers=consumers, policy=policy, options=options),
-            Journal(options.journal),
-            open_store(secret).uri.display,
-            yes=yes,
-            approver=approver or getpass.getuser(),
+            options.journal,
+            yes,
+            approver,
         )
-        console.print_json(json.dumps(summary, default=str))
+
+
+@app.command()
+def postgres(
+    secret: Annotated[str, typer.Argument(help="Store URI of the application's PostgreSQL secret (AWS's JSON shape)")],
+    admin_secret: Annotated[str | None, typer.Option(help="Store URI of the admin secret (default: masterarn)")] = None,
+    strategy: Annotated[str, typer.Option(help="alternating-users or single-user")] = "alternating-users",
+    check: Annotated[
+        list[str] | None, typer.Option(help="A table or SQL statement the new login must be able to run")
+    ] = None,
+    retire: Annotated[str, typer.Option(help="What happens to the old login: keep, disable or drop")] = "keep",
+    consumers_file: Consumers = None,
+    reload_url: ReloadUrl = None,
+    grace: Grace = 300,
+    yes: Yes = False,
+    no_approval: NoApproval = False,
+    approve_retire: ApproveRetire = False,
+    allow_self_approval: SelfApproval = False,
+    approver: Approver = "",
+    journal: JournalOption = None,
+) -> None:
+    """Rotate PostgreSQL credentials: alternating users (no failed login) or a single user."""
+    from flows.postgres import rotate_postgres_credentials
+    from tasks.postgres import inspect_postgres_secret
+    from tasks.postgres_policy import PgPolicy
+
+    with _clear_errors():
+        policy = PgPolicy(
+            strategy=strategy, retire=retire, grace_seconds=grace, **({"privilege_checks": check} if check else {})
+        )
+        options = _options(no_approval, approve_retire, allow_self_approval, journal)
+        consumers = _consumers(consumers_file, reload_url, None)
+        inspect_postgres_secret.fn(secret, admin_secret, policy)
+        _launch(
+            secret,
+            lambda: rotate_postgres_credentials(
+                secret, admin_secret=admin_secret, consumers=consumers, policy=policy, options=options
+            ),
+            options.journal,
+            yes,
+            approver,
+        )
+
+
+@app.command()
+def redis(
+    secret: Annotated[str, typer.Argument(help="Store URI of the Redis credential (JSON: hosts, username, password)")],
+    admin_secret: Annotated[str, typer.Option(help="Store URI of the Redis administrator's credential")],
+    consumers_file: Consumers = None,
+    reload_url: ReloadUrl = None,
+    grace: Grace = 300,
+    yes: Yes = False,
+    no_approval: NoApproval = False,
+    approve_retire: ApproveRetire = False,
+    allow_self_approval: SelfApproval = False,
+    approver: Approver = "",
+    journal: JournalOption = None,
+) -> None:
+    """Rotate a Redis ACL password on every node: add beside the old one, move consumers, remove the old one."""
+    from flows.redis import RedisPolicy, rotate_redis_password
+    from tasks.redis_acl import inspect_redis_secret
+
+    with _clear_errors():
+        policy = RedisPolicy(grace_seconds=grace)
+        options = _options(no_approval, approve_retire, allow_self_approval, journal)
+        consumers = _consumers(consumers_file, reload_url, None)
+        inspect_redis_secret.fn(secret, admin_secret)
+        _launch(
+            secret,
+            lambda: rotate_redis_password(secret, admin_secret, consumers=consumers, policy=policy, options=options),
+            options.journal,
+            yes,
+            approver,
+        )
 
 
 @app.command()

@@ -34,6 +34,7 @@ from stores.journal import Journal, RotationRecord, RotationState
 from tasks.approval import request_approval
 from tasks.audit import audit
 from tasks.consumers import Consumer, restart_consumers
+from tasks.errors import RotationError
 from tasks.redaction import redact
 from tasks.scheduling import schedule_resume
 from tasks.secrets import promote_secret, stage_secret
@@ -62,7 +63,7 @@ class Undo(BaseModel):
     kwargs: dict[str, Any] = {}
 
 
-class RotationRolledBack(Exception):
+class RotationRolledBack(RotationError):
     """A rotation failed before its point of no return and was rolled back to the previous working state."""
 
 
@@ -70,7 +71,7 @@ class RotationRefused(StoreError):
     """A resume or rollback that does not fit the rotation's state (finished, retired, running elsewhere)."""
 
 
-class RollbackFailed(Exception):
+class RollbackFailed(RotationError):
     """An undo step failed; the rotation keeps its lock until ``rotate rollback`` succeeds."""
 
 

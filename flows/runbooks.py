@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from tasks.errors import RotationError
+
 RUNBOOKS: dict[str, str] = {
     "jwt-signing-key": "flows.jwt:rotate_jwt_signing_key",
     "postgres-credentials": "flows.postgres:rotate_postgres_credentials",
@@ -15,6 +17,6 @@ RUNBOOKS: dict[str, str] = {
 def runbook_flow(name: str) -> Any:
     """The flow of the runbook ``name``."""
     if name not in RUNBOOKS:
-        raise KeyError(f"unknown runbook {name!r}; known runbooks: {', '.join(sorted(RUNBOOKS))}")
+        raise RotationError(f"unknown runbook {name!r}; known runbooks: {', '.join(sorted(RUNBOOKS))}")
     module, _, attribute = RUNBOOKS[name].partition(":")
     return getattr(importlib.import_module(module), attribute)

@@ -17,6 +17,8 @@ from prefect.flow_runs import pause_flow_run, resume_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
+from tasks.errors import RotationError
+
 
 class ApprovalDecision(RunInput):
     """What an approver answers. Every field is required."""
@@ -26,7 +28,7 @@ class ApprovalDecision(RunInput):
     reason: str = Field(description="why; recorded in the audit trail")
 
 
-class ApprovalRejected(Exception):
+class ApprovalRejected(RotationError):
     """The approver said no, or nobody answered in time."""
 
 
@@ -72,7 +74,7 @@ def request_approval(
         return decision
 
 
-class NotWaitingForApproval(Exception):
+class NotWaitingForApproval(RotationError):
     """The flow run named is not paused for an approval."""
 
 

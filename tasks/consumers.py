@@ -14,8 +14,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
+from tasks.errors import RotationError
 
-class ConsumerRestartFailed(Exception):
+
+class ConsumerRestartFailed(RotationError):
     """A consumer did not come back after its restart; treated as a failed verification."""
 
 

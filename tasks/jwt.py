@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from stores import Stage, open_store
 from stores.errors import VersionNotFound
 from tasks.consumers import Consumer
+from tasks.errors import RotationError
 from tasks.jwt_keyset import JwtKeyset, KeysetError, new_key, rotated, sign_token, without_previous
 from tasks.redaction import register_secret
 from tasks.retrying import is_transient
@@ -36,7 +37,7 @@ class JwtPolicy(BaseModel):
     grace_seconds: float = Field(default=300, ge=0, description="Extra time for clocks and caches.")
 
 
-class VerificationFailed(Exception):
+class VerificationFailed(RotationError):
     """A consumer did not accept or reject a token as the runbook expects."""
 
 

@@ -33,6 +33,8 @@ from jose import jwk, jwt
 from jose.exceptions import ExpiredSignatureError, JOSEError, JWTClaimsError, JWTError
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, model_validator
 
+from tasks.errors import RotationError
+
 Algorithm = Literal["HS256", "RS256", "ES256"]
 KeyStatus = Literal["signing", "verify"]
 ALGORITHMS: tuple[str, ...] = ("HS256", "RS256", "ES256")
@@ -47,7 +49,7 @@ _HEX = frozenset(string.hexdigits)
 _BASE64 = frozenset(string.ascii_letters + string.digits + "-_+/=")
 
 
-class KeysetError(Exception):
+class KeysetError(RotationError):
     """A keyset that cannot be used, or a request it cannot serve. The message never holds key material.
 
     Not a ``ValueError`` on purpose: pydantic passes it through unchanged instead of wrapping it in a
@@ -55,7 +57,7 @@ class KeysetError(Exception):
     """
 
 
-class TokenRejected(Exception):
+class TokenRejected(RotationError):
     """A token that the keyset does not accept. The message never holds the token."""
 
 

@@ -11,11 +11,12 @@ from contextlib import contextmanager
 import psycopg2
 import psycopg2.extensions
 
+from tasks.errors import RotationError
 from tasks.postgres_secret import PgCredential
 from tasks.redaction import redact
 
 
-class PostgresRotationError(Exception):
+class PostgresRotationError(RotationError):
     """A PostgreSQL step failed; the message names the server, the user and what to do."""
 
 

@@ -15,13 +15,14 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from tasks.errors import RotationError
 from tasks.redis_secret import RedisNode, TlsSettings
 
 Persistence = Literal["aclfile", "config", "none"]
 TIMEOUT_SECONDS = 5.0
 
 
-class RedisRotationError(Exception):
+class RedisRotationError(RotationError):
     """A Redis step failed; the message names the node and the user and says what to do."""
 
 

@@ -97,3 +97,22 @@ def test_describe_shows_stages_and_never_the_value(local_store_factory) -> None:
     assert "CURRENT" in result.output
     assert "canary-describe" not in result.output
     assert open_store(store.uri.display).read() == "canary-describe-0123456789abcdef"
+
+
+def test_postgres_with_a_malformed_secret(prefect_server, local_store_factory, tmp_path) -> None:
+    store = local_store_factory()
+    store.create('{"engine": "postgres", "host": "127.0.0.1", "username": "app"')
+    before = store.describe()
+    message, _ = _bad(tmp_path, "postgres", store.uri.display)
+    assert "JSON" in message
+    assert store.describe() == before
+
+
+def test_redis_with_an_unreachable_node(prefect_server, local_store_factory, tmp_path) -> None:
+    port = free_port()
+    app, admin = local_store_factory(), local_store_factory()
+    app.create(f'{{"host": "127.0.0.1", "port": {port}, "username": "app", "password": "app-password-0123456789"}}')
+    admin.create('{"username": "admin", "password": "admin-password-0123456789"}')
+    message, _ = _bad(tmp_path, "redis", app.uri.display, "--admin-secret", admin.uri.display)
+    assert f"127.0.0.1:{port}" in message
+    assert "app-password" not in message and "admin-password" not in message
