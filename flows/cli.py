@@ -311,3 +311,18 @@ def demo(
 
     with _clear_errors():
         run_demo(folder.resolve(), yes=yes, wait_seconds=grace, console=console)
+
+
+@app.command()
+def automations(
+    notify_block: Annotated[
+        str | None, typer.Option(help="Id of a notification block (Slack, email...) to tell people of approvals")
+    ] = None,
+) -> None:
+    """Install the Prefect automations of deployments/automations.py on the Prefect server in use."""
+    from uuid import UUID
+
+    from deployments.automations import install
+
+    for name in install(UUID(notify_block) if notify_block else None):
+        console.print(f"installed: {name}")

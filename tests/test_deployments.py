@@ -16,6 +16,7 @@ import pytest
 from prefect import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState
 from prefect.deployments import run_deployment
+from prefect.events import emit_event
 from prefect.states import Scheduled
 
 from flows.jwt import rotate_jwt_signing_key
@@ -58,7 +59,15 @@ def test_prefect_yaml_deploys_every_runbook(worker) -> None:
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     with get_client(sync_client=True) as client:
         names = {d.name for d in client.read_deployments()}
-    assert {"jwt-staging", "jwt-production", "rollback-rotation", "resume-rotation"} <= names
+    assert {
+        "jwt-staging",
+        "jwt-production",
+        "orders-db-production",
+        "postgres-fleet-production",
+        "cache-production",
+        "rollback-rotation",
+        "resume-rotation",
+    } <= names
 
 
 def _wait_for_final(flow_run_id: UUID, timeout: float = 180):
@@ -115,3 +124,24 @@ def test_a_long_grace_period_is_handed_to_a_scheduled_follow_up_run(worker, loca
     (again,) = _follow_ups(deployment_id)
     assert abs((again.expected_start_time - due).total_seconds()) < 1
     assert len(JwtKeyset.from_secret(store.read(Stage.CURRENT)).keys) == 2
+
+
+def test_a_failed_rollback_pauses_the_deployment_that_started_it(worker) -> None:
+    from deployments.automations import install
+
+    assert install() == install()  # installing twice replaces, never duplicates
+    deployment_id = rotate_jwt_signing_key.from_source(str(ROOT), "flows/jwt.py:rotate_jwt_signing_key").deploy(
+        name="jwt-automation", work_pool_name=worker, build=False, print_next_steps=False
+    )
+    emit_event(
+        event="secret-rotation.step.failed",
+        resource={"prefect.resource.id": "secret-rotation.rotation.test", "step": "undo:3:promote"},
+        related=[{"prefect.resource.id": f"prefect.deployment.{deployment_id}", "prefect.resource.role": "deployment"}],
+        payload={"error": "undo tasks.secrets:revert_secret failed"},
+    )
+    deadline = time.monotonic() + 60
+    with get_client(sync_client=True) as client:
+        while not client.read_deployment(deployment_id).paused:
+            assert time.monotonic() < deadline, "the deployment was not paused"
+            time.sleep(0.5)
+        assert len(client.read_automations_by_name(name=install()[0])) == 1
