@@ -1,18 +1,29 @@
 """HashiCorp Vault, KV version 2: one Vault secret is one store secret; its stages live in custom metadata.
 
+Invariant, for consumers: between two calls of this store, Vault's latest version (``vault kv get``, Vault Agent
+templates, the Vault CSI provider, External Secrets) holds the CURRENT value, in its ``value`` field. A staged
+(PENDING) value is never Vault's latest version, and no call of this store deletes or destroys the latest version.
+So consumers may read the latest version and need know nothing of stages; only a rotation's own steps read PENDING.
+
 Layout of ``vault://MOUNT/path/to/secret?namespace=NS``:
 
-- every Vault version's data is ``{"value": "..."}`` (a staged version also carries ``"rotation_id"``, which lets a
-  crashed ``stage`` find the version it wrote);
+- every Vault version's data is ``{"value": "..."}``; a staged version also carries ``"rotation_id"`` and a value
+  written again as the latest carries ``"copy_of"`` (its version id), so that a crashed call's writes can be found;
 - custom metadata ``stage.current``, ``stage.pending``, ``stage.previous`` hold version ids, and
-  ``version.<id>`` maps a staged version id (the rotation id) to its Vault version number. A version with no entry
-  is named ``kv-<number>``: the first version written by :meth:`create`, and versions written outside this tool.
-- A secret written by other tools (no ``stage.current``) has its latest live version as CURRENT.
+  ``version.<id>`` lists the Vault version numbers holding that id's value (``"4,7"``): :meth:`stage` writes the
+  PENDING value and then the CURRENT value again on top of it, :meth:`promote` writes the PENDING value again as the
+  latest, :meth:`revert` the restored one. A version id names one value for good, whichever numbers hold it. A
+  number in no list is named ``kv-<number>``: the first version written by :meth:`create`, and versions written
+  outside this tool. A secret written by other tools (no ``stage.current``) has its latest live version as CURRENT.
+- A rotation writes three Vault versions (stage two, promote one; a revert one more), so keep ``max_versions`` (per
+  secret or per mount; Vault's default is 10) at 10 or more, or PREVIOUS may be pruned before it is needed.
 
-Readers must resolve ``stage.current`` (or use this store): Vault's "latest" version is the PENDING one while a
-rotation is staged. Every data write uses check-and-set with the version number just read, and every metadata write
-re-reads the metadata first and refuses to go on if it changed, so a concurrent writer gets
-:class:`~stores.errors.StagingConflict` instead of a lost update.
+Crash safety: every mutating call first finishes what a crashed call left (versions newer than the last one
+recorded: a staged value becomes PENDING, a copy is recorded) and, if Vault's latest version does not hold CURRENT,
+writes CURRENT again as the latest. A latest version written outside this store is refused, not overwritten. Every
+data write uses check-and-set with the version number just read, and every metadata write re-reads the metadata
+first and refuses to go on if it changed, so a concurrent writer gets :class:`~stores.errors.StagingConflict`
+instead of a lost update.
 
 Credentials: ``VAULT_ADDR``, ``VAULT_NAMESPACE`` (or ``?namespace=``), ``VAULT_CACERT`` (TLS is always verified),
 then ``VAULT_TOKEN``, or AppRole (``VAULT_ROLE_ID`` + ``VAULT_SECRET_ID``, mount ``VAULT_APPROLE_MOUNT``), or
@@ -51,6 +62,7 @@ _CAS_MISMATCH = "check-and-set parameter did not match"
 _ROTATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,100}")
 _KV_ID = re.compile(r"kv-(\d+)")
 _KEPT_UNSTAGED = 16  # version-map entries kept for versions without a stage; Vault allows 64 metadata keys
+_KEPT_COPIES = 32  # Vault version numbers kept per version id; a metadata value may hold 512 bytes
 _STAGE_KEYS = {Stage.CURRENT: "stage.current", Stage.PENDING: "stage.pending", Stage.PREVIOUS: "stage.previous"}
 _T = TypeVar("_T")
 
@@ -74,6 +86,11 @@ def _check_rotation_id(rotation_id: str) -> None:
         )
 
 
+def _numbers(mapped: str) -> list[int]:
+    """A ``version.<id>`` entry: the Vault version numbers holding that value, oldest first."""
+    return [int(n) for n in mapped.split(",") if n.strip()]
+
+
 @dataclass(frozen=True)
 class _State:
     """What one metadata read says: Vault's version numbers and this store's stage keys."""
@@ -86,16 +103,27 @@ class _State:
         v = self.versions.get(number)
         return v is not None and not v.get("destroyed") and not v.get("deletion_time")
 
-    def number_of(self, version_id: str) -> int | None:
+    def managed(self) -> bool:
+        """Whether this store has pinned CURRENT; before that, Vault's latest live version is CURRENT by definition."""
+        return "stage.current" in self.custom
+
+    def numbers_of(self, version_id: str) -> list[int]:
+        """Every Vault version holding the value named ``version_id`` (a value re-written as latest has several)."""
         mapped = self.custom.get(f"version.{version_id}")
         if mapped is not None:
-            return int(mapped)
+            return _numbers(mapped)
         match = _KV_ID.fullmatch(version_id)
-        return int(match.group(1)) if match and int(match.group(1)) in self.versions else None
+        return [int(match.group(1))] if match and int(match.group(1)) in self.versions else []
+
+    def number_of(self, version_id: str) -> int | None:
+        """The newest live Vault version holding ``version_id`` (the newest one at all if none is live)."""
+        numbers = self.numbers_of(version_id)
+        live = [n for n in numbers if self.live(n)]
+        return max(live or numbers, default=None)
 
     def id_of(self, number: int) -> str:
         for key, value in self.custom.items():
-            if key.startswith("version.") and value == str(number):
+            if key.startswith("version.") and number in _numbers(value):
                 return key.removeprefix("version.")
         return f"kv-{number}"
 
@@ -106,9 +134,24 @@ class _State:
             return f"kv-{max(live)}" if live else None
         return found
 
-    def with_stages(self, **stages: str | None) -> dict[str, str]:
+    def recorded_up_to(self) -> int:
+        """The highest Vault version this store has recorded; later ones were written by a call that crashed."""
+        ids = {v for k, v in self.custom.items() if k.startswith("stage.")}
+        ids |= {k.removeprefix("version.") for k in self.custom if k.startswith("version.")}
+        return max((n for i in ids for n in self.numbers_of(i)), default=0)
+
+    def written(self, number: int, meta: dict[str, Any]) -> _State:
+        """This state after a data write of ours created version ``number``."""
+        return _State(self.custom, number, {**self.versions, number: meta})
+
+    def holding(self, version_id: str, number: int) -> dict[str, str]:
+        """The custom metadata with Vault version ``number`` recorded as holding ``version_id``'s value."""
+        kept = [n for n in self.numbers_of(version_id) if n in self.versions and n != number]
+        return {**self.custom, f"version.{version_id}": ",".join(map(str, [*kept, number][-_KEPT_COPIES:]))}
+
+    def with_stages(self, custom: dict[str, str] | None = None, **stages: str | None) -> dict[str, str]:
         """The custom metadata with some stages moved, and the map pruned to staged and recent versions."""
-        custom = dict(self.custom)
+        custom = dict(self.custom if custom is None else custom)
         if "current" not in stages and "stage.current" not in custom and self.at(Stage.CURRENT):
             custom["stage.current"] = self.at(Stage.CURRENT) or ""  # pin it before a newer version hides it
         for name, version_id in stages.items():
@@ -119,7 +162,7 @@ class _State:
         staged = {v for k, v in custom.items() if k.startswith("stage.")}
         unstaged = sorted(
             (k for k in custom if k.startswith("version.") and k.removeprefix("version.") not in staged),
-            key=lambda k: int(custom[k]),
+            key=lambda k: max(_numbers(custom[k]), default=0),
         )
         for key in unstaged[:-_KEPT_UNSTAGED]:
             del custom[key]
@@ -298,18 +341,24 @@ class VaultStore(SecretStore):
         return self._value(number, f"version {version_id}")
 
     def describe(self) -> SecretDescription:
+        """One entry per version id, dated by its first write (later re-writes as latest hold the same value)."""
         state = self._state()
         stages: dict[str, list[Stage]] = {}
         for stage in Stage:
             version_id = state.at(stage)
             if version_id:
                 stages.setdefault(version_id, []).append(stage)
-        versions = []
+        first: dict[str, int] = {}
         for number in sorted(n for n in state.versions if state.live(n)):
-            version_id = state.id_of(number)
-            created = _parse_time(state.versions[number].get("created_time"))
-            staged = tuple(stages.get(version_id, ()))
-            versions.append(VersionInfo(version_id=version_id, stages=staged, created_at=created))
+            first.setdefault(state.id_of(number), number)
+        versions = [
+            VersionInfo(
+                version_id=version_id,
+                stages=tuple(stages.get(version_id, ())),
+                created_at=_parse_time(state.versions[number].get("created_time")),
+            )
+            for version_id, number in first.items()
+        ]
         return SecretDescription(uri=self.uri.display, versions=tuple(versions))
 
     def list(self) -> list[str]:
@@ -325,16 +374,29 @@ class VaultStore(SecretStore):
         return sorted(f"{folder}/{k}" if folder else k for k in keys if not k.endswith("/"))
 
     # --- writes ---------------------------------------------------------------------------------------------------
-    def _write(self, data: dict[str, str], cas: int, action: str) -> int:
+    def _write(self, state: _State, data: dict[str, str], action: str) -> _State:
+        """Write ``data`` as the newest version, checked against ``state.latest``; the state with that version."""
         written = self._call(
             action,
             lambda: self.client.secrets.kv.v2.create_or_update_secret(
-                path=self.path, secret=data, cas=cas, mount_point=self.mount
+                path=self.path, secret=data, cas=state.latest, mount_point=self.mount
             ),
-        )
-        return int(written["data"]["version"])
+        )["data"]
+        return state.written(int(written["version"]), written)
 
-    def _set_custom(self, read: _State, custom: dict[str, str], action: str) -> None:
+    def _write_copy(self, state: _State, version_id: str, action: str) -> tuple[_State, dict[str, str]]:
+        """Re-write version ``version_id``'s value as Vault's latest; the state and the metadata recording it."""
+        number = state.number_of(version_id) if version_id else None
+        if number is None:
+            raise VersionNotFound(
+                f"{self.uri.display} has no version {version_id or 'CURRENT'!r} to write as Vault's latest version: "
+                "write a value with `vault kv put` or create the secret again"
+            )
+        value = self._value(number, f"version {version_id}")
+        state = self._write(state, {"value": value, "copy_of": version_id}, action)
+        return state, state.holding(version_id, state.latest)
+
+    def _set_custom(self, read: _State, custom: dict[str, str], action: str) -> _State:
         """Write the custom metadata if nobody changed the secret since ``read`` (Vault has no CAS for metadata)."""
         now = self._state()
         if now.custom != read.custom or now.latest != read.latest:
@@ -348,21 +410,53 @@ class VaultStore(SecretStore):
                 path=self.path, custom_metadata=custom, mount_point=self.mount
             ),
         )
+        return _State(custom, now.latest, now.versions)
+
+    def _settled(self, state: _State, becoming: str | None = None) -> _State:
+        """Finish what a crashed call left, so that Vault's latest version holds CURRENT (or ``becoming``).
+
+        Versions newer than the last recorded one were written by a call that crashed before recording them: a
+        staged value (``rotation_id``) becomes PENDING as its ``stage`` meant, a re-written value (``copy_of``) is
+        recorded as its version. A latest version written outside this store is refused, not overwritten.
+        """
+        if not state.managed():
+            return state
+        custom, recorded = dict(state.custom), state.recorded_up_to()
+        for number in sorted(n for n in state.versions if n > recorded and state.live(n)):
+            data = self._read_number(number, f"version kv-{number}")
+            staged, copied = data.get("rotation_id"), data.get("copy_of")
+            if isinstance(copied, str) and _State(custom, state.latest, state.versions).numbers_of(copied):
+                custom = _State(custom, state.latest, state.versions).holding(copied, number)
+            elif isinstance(staged, str) and custom.get("stage.pending") in (None, staged):
+                custom = {**custom, "stage.pending": staged, f"version.{staged}": str(number)}
+            elif number == state.latest:
+                raise StagingConflict(
+                    f"Vault's latest version kv-{number} of {self.uri.display} was written outside this store, so "
+                    f"consumers read it while this store's CURRENT is {state.at(Stage.CURRENT)!r}: write the CURRENT "
+                    "value back with `vault kv put`, or delete that version, then retry"
+                )
+        if custom != state.custom:
+            state = self._set_custom(state, custom, "record the versions of an interrupted call")
+        if state.id_of(state.latest) in (state.at(Stage.CURRENT), becoming) and state.live(state.latest):
+            return state
+        written, custom = self._write_copy(state, state.at(Stage.CURRENT) or "", "write CURRENT back as the latest")
+        return self._set_custom(written, custom, "record CURRENT as the latest version")
 
     def create(self, value: str) -> str:
         try:
-            number = self._write({"value": value}, cas=0, action="create the secret")
+            state = self._write(_State({}, 0, {}), {"value": value}, "create the secret")
         except StagingConflict:
             raise SecretExists(f"secret {self.uri.display} already exists; nothing was written") from None
-        version_id = f"kv-{number}"
+        version_id = f"kv-{state.latest}"
         state = self._state()
         self._set_custom(state, state.with_stages(current=version_id), "record the CURRENT stage")
         return version_id
 
     def stage(self, value: str, rotation_id: str) -> str:
+        """Write the value, then CURRENT's value again on top of it, so Vault's latest version stays CURRENT."""
         _check_rotation_id(rotation_id)
-        state = self._state()
-        if state.number_of(rotation_id) is not None:
+        state = self._settled(self._state())
+        if state.numbers_of(rotation_id):
             return rotation_id
         pending = state.at(Stage.PENDING)
         if pending is not None:
@@ -370,26 +464,19 @@ class VaultStore(SecretStore):
                 f"{self.uri.display} already has a PENDING version staged by rotation {pending!r}: finish or roll "
                 f"back that rotation before staging {rotation_id!r}"
             )
-        number = self._written_by(state, rotation_id)
-        if number is None:
-            number = self._write({"value": value, "rotation_id": rotation_id}, state.latest, "stage a new version")
-            state = _State(state.custom, number, state.versions)
-        custom = state.with_stages(pending=rotation_id)
-        custom[f"version.{rotation_id}"] = str(number)
+        if not state.managed():
+            state = self._set_custom(state, state.with_stages(), "pin the CURRENT version")
+        state = self._write(state, {"value": value, "rotation_id": rotation_id}, "stage a new version")
+        staged = state.latest
+        state, custom = self._write_copy(state, state.at(Stage.CURRENT) or "", "write CURRENT back as the latest")
+        custom = state.with_stages(custom, pending=rotation_id)
+        custom[f"version.{rotation_id}"] = str(staged)
         self._set_custom(state, custom, "record the PENDING stage")
         return rotation_id
 
-    def _written_by(self, state: _State, rotation_id: str) -> int | None:
-        """The latest version if an earlier, interrupted ``stage`` of this rotation wrote it."""
-        latest = f"kv-{state.latest}"
-        staged = {state.at(stage) for stage in Stage}
-        if not state.live(state.latest) or state.id_of(state.latest) != latest or latest in staged:
-            return None
-        data = self._read_number(state.latest, f"version kv-{state.latest}")
-        return state.latest if data.get("rotation_id") == rotation_id else None
-
     def promote(self, rotation_id: str) -> None:
-        state = self._state()
+        """Write the staged value as Vault's latest version, then move the stages onto it."""
+        state = self._settled(self._state(), becoming=rotation_id)
         if state.number_of(rotation_id) is None:
             raise VersionNotFound(f"{self.uri.display} has no version staged by rotation {rotation_id!r}")
         current, pending = state.at(Stage.CURRENT), state.at(Stage.PENDING)
@@ -399,43 +486,50 @@ class VaultStore(SecretStore):
             )
         if current == rotation_id and pending is None:
             return
+        custom = state.custom
+        if state.id_of(state.latest) != rotation_id:
+            state, custom = self._write_copy(state, rotation_id, "write the promoted version as the latest")
         if current == rotation_id:
-            custom = state.with_stages(pending=None)
+            custom = state.with_stages(custom, pending=None)
         else:
-            custom = state.with_stages(current=rotation_id, previous=current, pending=None)
+            custom = state.with_stages(custom, current=rotation_id, previous=current, pending=None)
         self._set_custom(state, custom, "promote the PENDING version")
 
     def revert(self, rotation_id: str, previous_version: str | None) -> None:
         """Undo a promotion; a rotation that was only staged loses its PENDING stage (its version stays readable)."""
         state = self._state()
+        restored = state.custom.get("stage.previous")
+        state = self._settled(state, becoming=restored if state.at(Stage.CURRENT) == rotation_id else None)
         if state.at(Stage.PENDING) == rotation_id:
             self._set_custom(state, state.with_stages(pending=None), "drop the PENDING stage")
             return
         if state.at(Stage.CURRENT) != rotation_id:
             return
-        restored = state.custom.get("stage.previous")
         if restored is None:
             raise VersionNotFound(
                 f"cannot revert rotation {rotation_id!r} of {self.uri.display}: no PREVIOUS version to make CURRENT"
             )
-        keep_previous = previous_version if previous_version and state.number_of(previous_version) else None
-        custom = state.with_stages(current=restored, previous=keep_previous)
-        self._set_custom(state, custom, "revert the promotion")
+        custom = state.custom
+        if state.id_of(state.latest) != restored:
+            state, custom = self._write_copy(state, restored, "write the restored version as the latest")
+        kept = state.number_of(previous_version) if previous_version else None
+        keep_previous = previous_version if kept is not None and state.live(kept) else None
+        self._set_custom(state, state.with_stages(custom, current=restored, previous=keep_previous), "revert")
 
     def discard(self, rotation_id: str) -> None:
         """Destroy the staged version (its data is erased for good, not soft-deleted) and forget its stages.
 
         Destroying rather than deleting means a value that never went live cannot be undeleted later. A version
-        that is CURRENT is left alone.
+        that is CURRENT is left alone, and the version destroyed is never Vault's latest one.
         """
-        state = self._state()
-        number = state.number_of(rotation_id)
-        if number is None or state.at(Stage.CURRENT) == rotation_id:
+        state = self._settled(self._state())
+        numbers = state.numbers_of(rotation_id)
+        if not numbers or state.at(Stage.CURRENT) == rotation_id:
             return
         self._call(
             "destroy the staged version",
             lambda: self.client.secrets.kv.v2.destroy_secret_versions(
-                path=self.path, versions=[number], mount_point=self.mount
+                path=self.path, versions=numbers, mount_point=self.mount
             ),
         )
         custom = {k: v for k, v in state.custom.items() if v != rotation_id and k != f"version.{rotation_id}"}

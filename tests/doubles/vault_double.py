@@ -15,6 +15,7 @@ from tests.doubles import HttpDouble
 
 _DENIED = {"errors": ["1 error occurred:\n\t* permission denied\n\n"]}
 _CAS_ERROR = "check-and-set parameter did not match the current version"
+_DEFAULT_MAX_VERSIONS = 10
 
 
 def _now() -> str:
@@ -144,6 +145,9 @@ class VaultDouble(HttpDouble):
         entry["versions"][number] = version
         entry["current_version"] = number
         entry["updated_time"] = stamp
+        # Vault keeps max_versions versions (the key's setting, else 10, the mount default) and drops the oldest.
+        for old in sorted(entry["versions"])[: -(entry["max_versions"] or _DEFAULT_MAX_VERSIONS)]:
+            del entry["versions"][old]
         return 200, {"data": self._version_meta(entry, number)}
 
     def _new_entry(self) -> dict[str, Any]:
