@@ -432,8 +432,8 @@ class VaultStore(SecretStore):
             elif number == state.latest:
                 raise StagingConflict(
                     f"Vault's latest version kv-{number} of {self.uri.display} was written outside this store, so "
-                    f"consumers read it while this store's CURRENT is {state.at(Stage.CURRENT)!r}: write the CURRENT "
-                    "value back with `vault kv put`, or delete that version, then retry"
+                    f"consumers read it while this store's CURRENT is {state.at(Stage.CURRENT)!r}: delete it "
+                    f"(`vault kv delete -versions={number}`) and retry, and this store writes CURRENT back as latest"
                 )
         if custom != state.custom:
             state = self._set_custom(state, custom, "record the versions of an interrupted call")

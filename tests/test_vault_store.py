@@ -190,7 +190,8 @@ def test_a_latest_version_written_outside_the_store_is_refused_not_overwritten(
 ) -> None:
     store = vault_store_factory()
     assert isinstance(store, VaultStore)
-    store.create(canary())
+    first_value = canary()
+    store.create(first_value)
     kv = store.client.secrets.kv.v2
     outside = canary()
     kv.create_or_update_secret(path=store.path, secret={"value": outside}, cas=1, mount_point=store.mount)
@@ -200,6 +201,10 @@ def test_a_latest_version_written_outside_the_store_is_refused_not_overwritten(
     assert latest(store) == {"value": outside}
     meta = kv.read_secret_metadata(path=store.path, mount_point=store.mount)["data"]
     assert meta["current_version"] == 2 and "stage.pending" not in meta["custom_metadata"]
+    kv.delete_secret_versions(path=store.path, versions=[2], mount_point=store.mount)  # what the error advises
+    rotation = str(uuid.uuid4())
+    store.stage(canary(), rotation)
+    assert latest(store)["value"] == store.read() == first_value
 
 
 def test_many_rotations_stay_within_vaults_version_and_metadata_limits(
