@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_random
 
 from stores.errors import StoreError
 
@@ -115,8 +116,19 @@ class Journal:
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path or os.environ.get("ROTATE_JOURNAL") or DEFAULT_PATH).expanduser()
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._create_schema()
+
+    @retry(
+        # Switching a new file to WAL needs it alone: SQLite answers "locked" at once, without its busy wait.
+        retry=retry_if_exception(lambda exc: isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)),
+        wait=wait_random(0.01, 0.2),
+        stop=stop_after_delay(30),
+        reraise=True,
+    )
+    def _create_schema(self) -> None:
         db = self._connect()
         try:
+            db.execute("PRAGMA journal_mode=WAL")  # a property of the file: readers never block the writer
             db.executescript(_SCHEMA)
         finally:
             db.close()
@@ -124,7 +136,6 @@ class Journal:
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         return db
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_random
 
 from stores.base import SecretDescription, SecretStore, Stage, VersionInfo
 from stores.errors import (
@@ -264,6 +265,14 @@ class LocalStore(SecretStore):
         return db
 
     @staticmethod
+    @retry(
+        # Switching a new file to WAL needs it alone: SQLite answers "locked" at once, without its busy wait,
+        # when several processes open a new store together.
+        retry=retry_if_exception(lambda exc: isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)),
+        wait=wait_random(0.01, 0.2),
+        stop=stop_after_delay(_BUSY_TIMEOUT_S),
+        reraise=True,
+    )
     def _init_schema(db: sqlite3.Connection) -> None:
         # WAL is a property of the file, set once: readers then never block the writer nor the other way round.
         db.execute("PRAGMA journal_mode = WAL")
