@@ -14,3 +14,12 @@ pytest_plugins = sorted(
     for path in (Path(__file__).parent / "fixtures").glob("*.py")
     if path.stem not in ("__init__", "ports")  # ports is a helper module, not a plugin
 )
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Show what the tests measured (``record_property``), so that CI's output reports it."""
+    rows = [r for r in terminalreporter.stats.get("passed", []) if r.when == "call" and r.user_properties]
+    if rows:
+        terminalreporter.section("measured")
+        for report in rows:
+            terminalreporter.line(f"{report.nodeid}: " + ", ".join(f"{k}={v}" for k, v in report.user_properties))

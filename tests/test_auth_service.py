@@ -205,7 +205,7 @@ def test_a_failed_reload_keeps_serving_the_previous_keyset(
 
 
 def test_requests_in_flight_during_reloads_are_never_rejected(
-    auth_service: Start, store: SecretStore, store_uri: str, first_key: JwtKey
+    auth_service: Start, store: SecretStore, store_uri: str, first_key: JwtKey, record_property
 ) -> None:
     service = auth_service(store_uri)
     token = _issue(service)
@@ -236,7 +236,8 @@ def test_requests_in_flight_during_reloads_are_never_rejected(
         stop.set()
         for thread in threads:
             thread.join(timeout=30)
-    print(f"{len(calls)} calls during 20 reloads, {len(rejections)} rejected")
+    record_property("calls", len(calls))
+    record_property("rejected", len(rejections))
     assert len(calls) >= 20
     assert rejections == []
 

@@ -129,7 +129,7 @@ def steady_client() -> Iterator[Callable[[object], Client]]:
 
 
 def test_a_full_rotation_with_a_client_that_never_sees_a_rejection(
-    prefect_server, keyset_store, journal, auth_service, steady_client
+    prefect_server, keyset_store, journal, auth_service, steady_client, record_property
 ) -> None:
     service = auth_service(keyset_store.uri.display, token_lifetime=2)
     old_kid = signing_kid(service)
@@ -141,7 +141,8 @@ def test_a_full_rotation_with_a_client_that_never_sees_a_rejection(
         )
     client.stop.set()
     time.sleep(0.1)
-    print(f"client: {client.calls} calls, {len(client.rejections)} rejections")
+    record_property("calls", client.calls)
+    record_property("rejections", len(client.rejections))
     assert client.calls > 50
     assert client.rejections == []
     assert approver.given == [BOB_APPROVES]
@@ -241,3 +242,24 @@ def test_a_second_rotation_of_the_same_secret_is_refused(prefect_server, local_s
         thread.join(60)
     assert isinstance(first["error"], RotationRolledBack)
     assert len(journal.list()) == 1
+
+
+def test_an_es256_keyset_rotates_and_its_jwks_follows(prefect_server, local_store_factory, journal, auth_service):
+    store = local_store_factory()
+    store.create(JwtKeyset(keys=[new_key("ES256")]).to_secret())
+    service = auth_service(store.uri.display)
+    old_kid, old_token = signing_kid(service), token(service)
+    jwks = httpx.get(f"{service.base_url}/.well-known/jwks.json", timeout=5).json()
+    assert [k["kid"] for k in jwks["keys"]] == [old_kid]
+    summary = rotate_jwt_signing_key(
+        store.uri.display,
+        consumers=[consumer_of(service)],
+        policy=JwtPolicy(algorithm="ES256", token_lifetime_seconds=1, grace_seconds=1),
+        options=options(journal, approve_promote=False),
+    )
+    new_kid = summary["facts"]["new_kid"]
+    jwks = httpx.get(f"{service.base_url}/.well-known/jwks.json", timeout=5).json()
+    assert [(k["kid"], k["kty"], k["crv"]) for k in jwks["keys"]] == [(new_kid, "EC", "P-256")]
+    assert all("d" not in k for k in jwks["keys"])  # public keys only
+    assert not accepted(service, old_token)
+    assert accepted(service, token(service))

@@ -172,11 +172,11 @@ def test_tls_verify_full_is_honoured_and_never_downgraded(
 
 
 def test_reconnecting_client_sees_no_failed_login_through_ten_rotations(
+    record_property,
     prefect_server: PrefectServer,
     pg_app: Callable[..., PgApp],
     options: RotationOptions,
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A client reads the CURRENT secret and logs in anew about every 15 ms, through 10 alternating rotations."""
     app = pg_app()
@@ -210,8 +210,9 @@ def test_reconnecting_client_sees_no_failed_login_through_ten_rotations(
         stop.set()
         thread.join(timeout=10)
     elapsed = time.monotonic() - started
-    with capsys.disabled():
-        print(f"\n[postgres 10 alternating rotations] {elapsed:.1f}s, {logins[0]} logins, {len(failures)} failed")
+    record_property("logins", logins[0])
+    record_property("failed_logins", len(failures))
+    record_property("seconds", round(elapsed, 1))
     assert failures == [] and logins[0] > 100
     assert users == {app.user, f"{app.user}_clone"}
 
