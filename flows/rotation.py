@@ -335,11 +335,12 @@ def rotation(secret: str, runbook: str, options: RotationOptions) -> Iterator[Ro
     else:
         description = store.describe()  # a missing secret or an unreachable store fails here, before any change
         parameters = to_jsonable_python(flow_run.parameters or {})
-        record = journal.begin(uri, runbook, options.started_by or getpass.getuser(), parameters)
-        journal.mark(
-            record.id,
-            "versions",
-            {"current": description.version_at(Stage.CURRENT), "previous": description.version_at(Stage.PREVIOUS)},
+        versions = {
+            "current": description.version_at(Stage.CURRENT),
+            "previous": description.version_at(Stage.PREVIOUS),
+        }
+        record = journal.begin(
+            uri, runbook, options.started_by or getpass.getuser(), parameters, marks={"versions": versions}
         )
     record = journal.claim(record.id, flow_run.id)
     journal.set_state(record.id, RotationState.RUNNING)

@@ -162,8 +162,19 @@ class Journal:
 
     # rotations and locks
 
-    def begin(self, secret: str, runbook: str, started_by: str, parameters: dict[str, Any]) -> RotationRecord:
-        """Start a rotation of ``secret``, or refuse if one is already in progress."""
+    def begin(
+        self,
+        secret: str,
+        runbook: str,
+        started_by: str,
+        parameters: dict[str, Any],
+        marks: dict[str, dict[str, Any]] | None = None,
+    ) -> RotationRecord:
+        """Start a rotation of ``secret``, or refuse if one is already in progress.
+
+        ``marks`` (the versions the rotation starts from, say) are recorded in the same transaction, so a crash
+        cannot leave a rotation without them.
+        """
         rotation_id = str(uuid.uuid4())
         now = _now().isoformat()
         with self._write() as db:
@@ -186,6 +197,8 @@ class Journal:
                     json.dumps(parameters),
                 ),
             )
+            for key, value in (marks or {}).items():
+                db.execute("INSERT INTO marks VALUES (?, ?, ?)", (rotation_id, key, json.dumps(value)))
         return self.get(rotation_id)
 
     def _in_progress_message(self, db: sqlite3.Connection, secret: str, rotation_id: str) -> str:

@@ -64,3 +64,8 @@ def test_marks_and_due_times_keep_their_first_value(journal: Journal) -> None:
 def test_an_unknown_rotation_is_named(journal: Journal) -> None:
     with pytest.raises(RotationNotFound, match="no rotation nope"):
         journal.get("nope")
+
+
+def test_marks_given_to_begin_are_recorded_with_the_rotation(journal: Journal) -> None:
+    rid = journal.begin("aws://x", "r", "alice", {}, marks={"versions": {"current": "v1", "previous": None}}).id
+    assert journal.mark(rid, "versions") == {"current": "v1", "previous": None}
