@@ -16,6 +16,12 @@ from stores.errors import InvalidStoreURI, SecretNotFound, StagingConflict, Stor
 from stores.k8s import VERSIONS_ANNOTATION, KubernetesStore
 from tests.fixtures.kubernetes_api import KubernetesAPI
 
+# A real cluster (KUBECONFIG set) needs a read-only context named by K8S_TEST_READONLY_CONTEXT.
+reader_context = pytest.mark.skipif(
+    bool(os.environ.get("KUBECONFIG")) and not os.environ.get("K8S_TEST_READONLY_CONTEXT"),
+    reason="set K8S_TEST_READONLY_CONTEXT to a kubeconfig context that may only read Secrets",
+)
+
 
 def canary() -> str:
     return f"canary-{uuid.uuid4().hex}"
@@ -78,12 +84,11 @@ def test_a_writer_in_between_makes_stage_fail_with_a_conflict_and_change_nothing
     assert secret.metadata.labels["touched-by"] == "someone-else"
 
 
+@reader_context
 def test_a_read_only_identity_is_denied_and_nothing_changes(
     k8s_store_factory: Callable[[], SecretStore], kubernetes_api: KubernetesAPI
 ) -> None:
     context = "double-reader" if kubernetes_api.double else os.environ.get("K8S_TEST_READONLY_CONTEXT")
-    if context is None:
-        pytest.skip("set K8S_TEST_READONLY_CONTEXT to a kubeconfig context that may only read Secrets")
     store = k8s_store_factory()
     value = canary()
     first = store.create(value)
