@@ -48,6 +48,10 @@ def _start_service(uri: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError(f"the example auth service did not start; see {log}")
 
 
+def _short(kid: str) -> str:
+    return kid[:12] + "…" if len(kid) > 13 else kid
+
+
 def _accepted(base: str, token: str) -> str:
     answer = httpx.get(f"{base}/me", headers={"Authorization": f"Bearer {token}"}, timeout=5)
     return "accepted" if answer.is_success else f"rejected ({answer.status_code})"
@@ -89,8 +93,8 @@ def run_demo(folder: Path, *, yes: bool, wait_seconds: float, console: Console) 
         after = httpx.get(f"{base}/health", timeout=5).json()
         new_token = httpx.post(f"{base}/token", json={"sub": "demo-user"}, timeout=5).json()["access_token"]
         table = Table("", "before", "after", title=f"rotation {summary['rotation_id']}: {summary['state']}")
-        table.add_row("signing key", before["signing_kid"], after["signing_kid"])
-        table.add_row("keys loaded", ", ".join(before["kids"]), ", ".join(after["kids"]))
+        table.add_row("signing key", _short(before["signing_kid"]), _short(after["signing_kid"]))
+        table.add_row("keys loaded", ", ".join(map(_short, before["kids"])), ", ".join(map(_short, after["kids"])))
         table.add_row("token issued before the rotation", "accepted", _accepted(base, old_token))
         table.add_row("token issued after the rotation", "", _accepted(base, new_token))
         console.print(table)
