@@ -11,7 +11,7 @@ from prefect import flow, task
 from flows.rotation import RotationOptions, RotationRolledBack, Undo, rotation
 from stores import Stage, open_store
 from stores.journal import Journal, RotationState
-from tasks.consumers import CommandRestart, Consumer
+from tasks.consumers import CommandRestart, Consumer, restart_consumers
 
 
 def _recorder(log: Path, word: str, secret: str) -> Consumer:
@@ -35,7 +35,8 @@ def toy_runbook(secret: str, log: str, fail: bool, options: RotationOptions) -> 
         applied = _recorder(Path(log), "apply", secret)
         undo = _recorder(Path(log), "undo-apply", secret)
         r.apply(
-            lambda: __import__("tasks.consumers").consumers.restart_consumers([applied]),
+            restart_consumers,
+            [applied],
             undo=Undo(task="tasks.consumers:restart_consumers", kwargs={"consumers": [undo.model_dump()]}),
         )
         r.promote()
