@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 from functools import cached_property
-from typing import Any
+from typing import Any, ClassVar
 
 import boto3
 from botocore.config import Config
@@ -42,7 +42,6 @@ from stores.errors import (
 )
 from stores.uri import SecretURI
 
-_OPTIONS = frozenset({"region", "endpoint_url"})
 _LABELS = {Stage.CURRENT: "AWSCURRENT", Stage.PENDING: "AWSPENDING", Stage.PREVIOUS: "AWSPREVIOUS"}
 _STAGES = {label: stage for stage, label in _LABELS.items()}
 # AWS's rule for ClientRequestToken and VersionId.
@@ -62,14 +61,10 @@ class InvalidRotationId(StoreError, ValueError):
 class AwsStore(SecretStore):
     """One secret in AWS Secrets Manager (or anything answering its API, such as moto_server)."""
 
+    OPTIONS: ClassVar[dict[str, str]] = {"region": "region=REGION", "endpoint_url": "endpoint_url=URL"}
+
     def __init__(self, uri: SecretURI) -> None:
         super().__init__(uri)
-        unknown = set(uri.options) - _OPTIONS
-        if unknown:
-            raise InvalidStoreURI(
-                f"unknown option(s) {', '.join(sorted(unknown))} in {uri.display}: "
-                "the aws store accepts only region=REGION and endpoint_url=URL"
-            )
         endpoint = uri.options.get("endpoint_url")
         if endpoint is not None and not endpoint.startswith(("https://", "http://")):
             raise InvalidStoreURI(

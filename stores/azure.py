@@ -42,7 +42,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 from azure.core.credentials import TokenCredential
@@ -71,7 +71,6 @@ from stores.errors import (
 )
 from stores.uri import SecretURI
 
-_OPTIONS = frozenset({"url", "ca_file", "verify_challenge_resource"})
 _VERSION_TAG = "rotation-version"
 _STAGE_TAGS = {
     Stage.CURRENT: "rotation-current",
@@ -116,14 +115,14 @@ class _State:
 class AzureStore(SecretStore):
     """One secret in Azure Key Vault (see the module docstring for the layout)."""
 
+    OPTIONS: ClassVar[dict[str, str]] = {
+        "url": "url=https://VAULT.vault.azure.net",
+        "ca_file": "ca_file=/path/ca.pem",
+        "verify_challenge_resource": "verify_challenge_resource=false (with url=)",
+    }
+
     def __init__(self, uri: SecretURI, credential: TokenCredential | None = None) -> None:
         super().__init__(uri)
-        unknown = set(uri.options) - _OPTIONS
-        if unknown:
-            raise InvalidStoreURI(
-                f"unknown option(s) {', '.join(sorted(unknown))} in {uri.display}: the azure store accepts url=, "
-                "ca_file= and verify_challenge_resource=false"
-            )
         self.vault_url = uri.options.get("url") or f"https://{uri.location}.vault.azure.net"
         parts = urlsplit(self.vault_url)
         if parts.scheme != "https" or not parts.hostname or parts.path.strip("/"):

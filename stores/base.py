@@ -11,9 +11,11 @@ from __future__ import annotations
 import abc
 import enum
 from datetime import datetime
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from stores.errors import InvalidStoreURI
 from stores.uri import SecretURI
 
 
@@ -53,7 +55,17 @@ class SecretStore(abc.ABC):
     nothing, discarding a version that is gone does nothing.
     """
 
+    #: The URI options this store accepts, each with how to write it (for the error message).
+    OPTIONS: ClassVar[dict[str, str]] = {}
+
     def __init__(self, uri: SecretURI) -> None:
+        unknown = set(uri.options) - set(self.OPTIONS)
+        if unknown:
+            accepted = ", ".join(self.OPTIONS.values()) or "no options"
+            raise InvalidStoreURI(
+                f"unknown option(s) {', '.join(sorted(unknown))} in {uri.display}: the {uri.scheme} store accepts "
+                f"{accepted}"
+            )
         self.uri = uri
 
     def __repr__(self) -> str:

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -117,14 +117,10 @@ class _State:
 class GcpStore(SecretStore):
     """One secret in Google Secret Manager (see the module docstring for the layout)."""
 
+    OPTIONS: ClassVar[dict[str, str]] = {"endpoint": "endpoint=URL"}
+
     def __init__(self, uri: SecretURI, credentials: Credentials | None = None) -> None:
         super().__init__(uri)
-        unknown = set(uri.options) - {"endpoint"}
-        if unknown:
-            raise InvalidStoreURI(
-                f"unknown option(s) {', '.join(sorted(unknown))} in {uri.display}: the gcp store accepts only "
-                "?endpoint=URL"
-            )
         self.endpoint = uri.options.get("endpoint")
         if self.endpoint is not None:
             parts = urlsplit(self.endpoint)

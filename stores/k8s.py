@@ -24,7 +24,7 @@ import os
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import urllib3
 from kubernetes import client as k8s
@@ -34,7 +34,6 @@ from kubernetes.config.config_exception import ConfigException
 
 from stores.base import SecretDescription, SecretStore, Stage, VersionInfo
 from stores.errors import (
-    InvalidStoreURI,
     SecretExists,
     SecretNotFound,
     StagingConflict,
@@ -84,14 +83,10 @@ def _now() -> str:
 class KubernetesStore(SecretStore):
     """A Kubernetes Secret laid out as described in the module docstring."""
 
+    OPTIONS: ClassVar[dict[str, str]] = {"context": "context=CTX"}
+
     def __init__(self, uri: SecretURI) -> None:
         super().__init__(uri)
-        unknown = set(uri.options) - {"context"}
-        if unknown:
-            raise InvalidStoreURI(
-                f"unknown option(s) {', '.join(sorted(unknown))} in {uri.display}: the k8s store accepts only "
-                "?context=CTX"
-            )
         self.namespace, self.name = uri.location, uri.name
         self._api: k8s.CoreV1Api | None = None
 

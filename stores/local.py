@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ClassVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -52,7 +53,6 @@ _SCHEMA = (
         FOREIGN KEY (secret, version_id) REFERENCES versions (secret, version_id) ON DELETE CASCADE)""",
     f"PRAGMA user_version = {_SCHEMA_VERSION}",
 )
-_OPTIONS = frozenset({"key"})
 _KEY_BYTES = 32
 _BUSY_TIMEOUT_S = 30.0
 
@@ -64,14 +64,10 @@ class LocalKeyError(StorePermissionDenied):
 class LocalStore(SecretStore):
     """One secret in a local SQLite store file."""
 
+    OPTIONS: ClassVar[dict[str, str]] = {"key": "key=/abs/path/to/keyfile"}
+
     def __init__(self, uri: SecretURI) -> None:
         super().__init__(uri)
-        unknown = set(uri.options) - _OPTIONS
-        if unknown:
-            raise InvalidStoreURI(
-                f"unknown option(s) {', '.join(sorted(unknown))} in {uri.display}: "
-                "the local store accepts only key=/abs/path/to/keyfile"
-            )
         key = uri.options.get("key", uri.location + ".key")
         if not key.startswith("/"):
             raise InvalidStoreURI(

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import hvac
 import requests
@@ -172,14 +172,10 @@ class _State:
 class VaultStore(SecretStore):
     """A secret in a Vault KV version 2 mount (see the module docstring for the layout)."""
 
+    OPTIONS: ClassVar[dict[str, str]] = {"namespace": "namespace=NS"}
+
     def __init__(self, uri: SecretURI) -> None:
         super().__init__(uri)
-        unknown = set(uri.options) - {"namespace"}
-        if unknown:
-            raise InvalidStoreURI(
-                f"unknown option(s) {', '.join(sorted(unknown))} in {uri.display}: the vault store accepts only "
-                "?namespace=NS"
-            )
         self.mount, self.path = uri.location, uri.name.strip("/")
         self.address = os.environ.get("VAULT_ADDR", "")
         if not self.address:
