@@ -167,10 +167,6 @@ class Rotation:
         self._audit("completed", **recorded)
         return recorded
 
-    @property
-    def facts(self) -> dict[str, Any]:
-        return self.journal.get(self.id).facts
-
     def stage(self, build: Callable[[str], str]) -> str:
         """Stage ``build(current value)`` as PENDING (once per rotation); returns its fingerprint."""
         self._next("stage")
