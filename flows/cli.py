@@ -238,16 +238,18 @@ def status(
                 table.add_row(f"{step.at:%H:%M:%S}", step.step, step.status, json.dumps(step.details, default=str))
             console.print(table)
             return
-        table = Table("rotation", "secret", "runbook", "state", "started", "by", "retired")
+        table = Table(show_lines=True)
+        table.add_column("rotation", no_wrap=True, min_width=36)  # the id people paste into the next command
+        table.add_column("state", no_wrap=True)
+        table.add_column("started (UTC), by")
+        table.add_column("runbook: secret", overflow="fold")
         for record in book.list():
+            state = f"{record.state}, retired" if record.retired_at and not record.state.finished else record.state
             table.add_row(
                 record.id,
-                record.secret,
-                record.runbook,
-                record.state,
-                f"{record.started_at:%Y-%m-%d %H:%M}",
-                record.started_by,
-                "yes" if record.retired_at else "",
+                state,
+                f"{record.started_at:%Y-%m-%d %H:%M} {record.started_by}",
+                f"{record.runbook}: {record.secret}",
             )
         console.print(table)
 

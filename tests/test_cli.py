@@ -32,6 +32,10 @@ def test_the_quick_start_demo_rotates_the_example_service(prefect_server, tmp_pa
     (record,) = Journal(tmp_path / "demo" / "journal.db").list()
     assert record.state == "completed"
     assert record.retired_at is not None
+    listed = CliRunner().invoke(app, ["status", "--journal", str(tmp_path / "demo" / "journal.db")], terminal_width=80)
+    assert listed.exit_code == 0 and record.id in listed.output and "completed" in listed.output
+    trail = CliRunner().invoke(app, ["status", record.id, "--journal", str(tmp_path / "demo" / "journal.db")])
+    assert trail.exit_code == 0 and "approved" in trail.output and "retire" in trail.output
 
 
 def _bad(tmp_path: Path, *args: str) -> tuple[str, Journal]:
