@@ -31,7 +31,6 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from urllib.parse import urlencode
 
-import httpx
 from prefect import flow
 
 from flows.rotation import RotationOptions, rotation
@@ -46,7 +45,7 @@ from tests.fixtures.gcp_store import GcpTarget
 from tests.fixtures.kubernetes_api import _kubeconfig_for
 from tests.fixtures.moto import _wait_until_ready
 from tests.fixtures.ports import free_port
-from tests.fixtures.prefect import drain_prefect_workers
+from tests.fixtures.prefect import running_prefect_server
 
 OPERATIONS = ("read CURRENT", "stage+promote", "revert")
 
@@ -151,38 +150,6 @@ def bench_stores(base: Path, repetitions: int) -> None:
         print(f"{kind:<7}{cells}")
 
 
-@contextmanager
-def _prefect_server(home: Path) -> Iterator[str]:
-    """A Prefect server with its own PREFECT_HOME on a free port; this process's settings point at it."""
-    from prefect.context import refresh_global_settings_context
-
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_API_URL": "",
-        "PREFECT_UI_ENABLED": "false",
-    }
-    command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    with _process(command, home / "server.log", env) as server:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{api_url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the Prefect server did not start; see {home / 'server.log'}")
-            time.sleep(0.3)
-        os.environ.update({"PREFECT_API_URL": api_url, "PREFECT_HOME": str(home)})
-        refresh_global_settings_context()
-        yield api_url
-        drain_prefect_workers()
-
-
 def _new_value(current: str) -> str:
     return secrets.token_urlsafe(24)
 
@@ -207,7 +174,7 @@ def _direct(secret: str) -> None:
 def bench_core(base: Path, repetitions: int) -> None:
     home = base / "prefect-home"
     home.mkdir()
-    with _prefect_server(home):
+    with running_prefect_server(home):
         flow_secret = open_store(f"local://{base / 'core.db'}?secret=flow")
         direct_secret = open_store(f"local://{base / 'core.db'}?secret=direct")
         for store in (flow_secret, direct_secret):
