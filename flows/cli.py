@@ -99,6 +99,9 @@ def jwt(
     bits: Annotated[int, typer.Option(help="HS256 key length in bits (at least 256)")] = 512,
     token_lifetime: Annotated[float, typer.Option(help="Longest token lifetime, seconds")] = 3600,
     grace: Grace = 300,
+    publish_first: Annotated[
+        bool, typer.Option(help="Give every consumer the new key verify-only before it signs (replicated services)")
+    ] = False,
     yes: Yes = False,
     no_approval: NoApproval = False,
     approve_retire: ApproveRetire = False,
@@ -112,7 +115,11 @@ def jwt(
 
     with _clear_errors():
         policy = JwtPolicy(
-            algorithm=algorithm, key_bits=bits, token_lifetime_seconds=token_lifetime, grace_seconds=grace
+            algorithm=algorithm,
+            key_bits=bits,
+            token_lifetime_seconds=token_lifetime,
+            grace_seconds=grace,
+            publish_first=publish_first,
         )
         options = _options(no_approval, approve_retire, allow_self_approval, journal)
         consumers = _consumers(consumers_file, reload_url, verify_url)

@@ -4,6 +4,8 @@
 verifying only.  3. Approve.  4. Promote it and restart the consumers.  5. Verify: new-key tokens and old-key tokens
 are both accepted.  6. Wait the longest token lifetime plus a grace period.  7. Approve (optional).  8. Remove the
 old key.  9. Restart the consumers and verify that old-key tokens are rejected and new-key tokens accepted.
+With ``publish_first``, step 2 stages the new key verify-only, and only once every consumer has it (step 5) does
+it start signing (promoted, restarted and verified again).
 Any failure before step 8 rolls everything back: the old keyset is current again and the consumers reloaded.
 """
 
@@ -14,7 +16,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.rotation import RotationOptions, rotation
+from flows.rotation import RotationOptions, Undo, rotation
 from tasks.consumers import Consumer
 from tasks.jwt import (
     JwtPolicy,
@@ -23,6 +25,7 @@ from tasks.jwt import (
     inspect_current_keyset,
     inspect_keyset_version,
     next_keyset,
+    switch_signing_key,
 )
 
 
@@ -40,21 +43,31 @@ def rotate_jwt_signing_key(
 
     inspect_current_keyset(secret)  # a malformed keyset stops here, before anything changes
     with rotation(secret, "jwt-signing-key", options) as r:
-        r.stage(partial(next_keyset, algorithm=policy.algorithm, key_bits=policy.key_bits))
-        kids = r.verify(inspect_keyset_version, secret, r.id)
-        r.plan(new_kid=kids.signing, old_kids=kids.verify_only)
-        r.approve(
-            f"Promote JWT key {kids.signing} for {secret}? Key {', '.join(kids.verify_only)} keeps verifying.",
-            required=options.approve_promote,
+        r.stage(partial(next_keyset, **policy.model_dump(include={"algorithm", "key_bits", "publish_first"})))
+        staged = r.verify(inspect_keyset_version, secret, r.id)
+        new, old = (
+            (staged.verify_only[0], staged.signing) if policy.publish_first else (staged.signing, staged.verify_only[0])
         )
+        r.plan(new_kid=new, old_kid=old)
+        r.approve(f"Promote JWT key {new} for {secret}? Key {old} keeps verifying.", required=options.approve_promote)
         r.promote()
         r.restart(consumers)
-        r.verify(check_tokens, secret, consumers, accepted=[kids.signing, *kids.verify_only], rejected=[])
+        r.verify(check_tokens, secret, consumers, accepted=[new, old], rejected=[])
+        if policy.publish_first:  # every consumer now knows the new key: it may start signing
+            r.apply(
+                switch_signing_key,
+                secret,
+                r.id,
+                undo=Undo(
+                    task="tasks.jwt:undo_switch_signing_key",
+                    kwargs={"secret": secret, "rotation_id": r.id, "previous_version": r.versions_before["current"]},
+                ),
+            )
+            r.restart(consumers)
+            r.verify(check_tokens, secret, consumers, accepted=[new, old], rejected=[])
         r.wait(policy.token_lifetime_seconds + policy.grace_seconds, why="tokens signed with the old key expire")
-        r.approve(
-            f"Remove the old JWT key {', '.join(kids.verify_only)} from {secret}?", required=options.approve_retire
-        )
+        r.approve(f"Remove the old JWT key {old} from {secret}?", required=options.approve_retire)
         r.retire(drop_previous_key, secret, r.id)
         r.restart(consumers)
-        r.verify(check_tokens, secret, consumers, accepted=[kids.signing], rejected=kids.verify_only)
+        r.verify(check_tokens, secret, consumers, accepted=[new], rejected=[old])
     return r.summary()

@@ -209,9 +209,14 @@ class Rotation:
         self.journal.mark(self.id, key, answer)
         self._audit("approved", **answer)
 
+    @property
+    def versions_before(self) -> dict[str, str | None]:
+        """The versions CURRENT and PREVIOUS pointed at when the rotation began."""
+        return self.journal.mark(self.id, "versions")
+
     def promote(self) -> None:
         """Make the staged value CURRENT; on rollback CURRENT and PREVIOUS point back where they were."""
-        previous = self.journal.mark(self.id, "versions").get("previous")
+        previous = self.versions_before.get("previous")
         self._next("promote")
         self._push(
             Undo(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Literal
 
 import httpx
@@ -20,10 +21,10 @@ from stores import Stage, open_store
 from stores.errors import VersionNotFound
 from tasks.consumers import Consumer
 from tasks.errors import RotationError
-from tasks.jwt_keyset import JwtKeyset, KeysetError, new_key, rotated, sign_token, without_previous
+from tasks.jwt_keyset import JwtKeyset, KeysetError, new_key, published, rotated, sign_token, switched, without_previous
 from tasks.redaction import register_secret
 from tasks.retrying import is_transient
-from tasks.secrets import promote_secret, stage_secret
+from tasks.secrets import discard_secret, promote_secret, revert_secret, stage_secret
 
 Algorithm = Literal["HS256", "RS256", "ES256"]
 
@@ -34,6 +35,12 @@ class JwtPolicy(BaseModel):
     algorithm: Algorithm = "HS256"
     key_bits: int = Field(default=512, ge=256, multiple_of=8, description="HS256 secret length; at least 256 bits.")
     token_lifetime_seconds: float = Field(default=3600, ge=0, description="The longest lifetime of an issued token.")
+    publish_first: bool = Field(
+        default=False,
+        description="Publish the new key verify-only to every consumer before any consumer signs with it. Use it "
+        "when a consumer runs as several instances that restart one by one (a rolling restart): otherwise an "
+        "instance still on the old keyset rejects tokens signed by an instance already on the new one.",
+    )
     grace_seconds: float = Field(default=300, ge=0, description="Extra time for clocks and caches.")
 
 
@@ -75,19 +82,30 @@ def inspect_keyset_version(secret: str, version_id: str) -> Kids:
     return _kids(_keyset(open_store(secret).read_version(version_id), f"version {version_id} of {secret}"))
 
 
-def next_keyset(current: str, algorithm: Algorithm = "HS256", key_bits: int = 512) -> str:
-    """A new signing key beside the current one, which becomes verify-only (given to ``Rotation.stage``)."""
-    return rotated(_keyset(current, "the current keyset"), new_key(algorithm, key_bits)).to_secret()
+def next_keyset(current: str, algorithm: Algorithm = "HS256", key_bits: int = 512, publish_first: bool = False) -> str:
+    """The keyset a rotation stages (given to ``Rotation.stage``): a new key that signs while the current one only
+    verifies; or, with ``publish_first``, the new key verify-only beside the current signing key."""
+    keyset, key = _keyset(current, "the current keyset"), new_key(algorithm, key_bits)
+    return (published(keyset, key) if publish_first else rotated(keyset, key)).to_secret()
 
 
-def final_keyset(current: str) -> str:
-    """The keyset without its verify-only key (given to ``stage_secret`` when retiring the old key)."""
+def _switched_keyset(current: str) -> str:
+    return switched(_keyset(current, "the current keyset")).to_secret()
+
+
+def _final_keyset(current: str) -> str:
     return without_previous(_keyset(current, "the current keyset")).to_secret()
 
 
-def retire_version_id(rotation_id: str) -> str:
-    """The version id of the keyset that drops the old key: derived, so a resumed retire finds its own version."""
-    return str(uuid.uuid5(uuid.UUID(rotation_id), "retire-previous-key"))
+def _derived_version_id(rotation_id: str, step: str) -> str:
+    """The version id of a later keyset of the same rotation: derived, so a resumed step finds its own version."""
+    return str(uuid.uuid5(uuid.UUID(rotation_id), step))
+
+
+def _stage_and_promote(secret: str, version_id: str, build: Callable[[str], str]) -> str:
+    stage_secret.fn(secret, version_id, build)
+    promote_secret.fn(secret, version_id)
+    return version_id
 
 
 def _find_key_keyset(secret: str, kid: str) -> JwtKeyset:
@@ -140,10 +158,24 @@ def check_tokens(secret: str, consumers: list[Consumer], accepted: list[str], re
     return {"checks": checked}
 
 
-@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15], retry_condition_fn=is_transient)
+_FORWARD = {"retries": 3, "retry_delay_seconds": [1, 5, 15], "retry_condition_fn": is_transient}
+
+
+@task(cache_policy=NO_CACHE, **_FORWARD)
+def switch_signing_key(secret: str, rotation_id: str) -> str:
+    """Make CURRENT the keyset in which the published key signs and the old one verifies. Idempotent."""
+    return _stage_and_promote(secret, _derived_version_id(rotation_id, "switch-signing-key"), _switched_keyset)
+
+
+@task(cache_policy=NO_CACHE, **_FORWARD)
+def undo_switch_signing_key(secret: str, rotation_id: str, previous_version: str | None) -> None:
+    """Undo :func:`switch_signing_key`: the keyset with the published key verify-only is CURRENT again."""
+    version_id = _derived_version_id(rotation_id, "switch-signing-key")
+    revert_secret.fn(secret, version_id, previous_version)
+    discard_secret.fn(secret, version_id)
+
+
+@task(cache_policy=NO_CACHE, **_FORWARD)
 def drop_previous_key(secret: str, rotation_id: str) -> str:
     """Make CURRENT a keyset with the signing key alone; the dual-key keyset becomes PREVIOUS. Idempotent."""
-    version_id = retire_version_id(rotation_id)
-    stage_secret.fn(secret, version_id, final_keyset)
-    promote_secret.fn(secret, version_id)
-    return version_id
+    return _stage_and_promote(secret, _derived_version_id(rotation_id, "retire-previous-key"), _final_keyset)

@@ -357,12 +357,29 @@ def new_key(alg: str = "HS256", bits: int = DEFAULT_HS_BITS) -> JwtKey:
     return JwtKey(kid=kid, alg=alg, status="signing", created_at=created_at, pem=SecretStr(pem))
 
 
-def rotated(keyset: JwtKeyset, key: JwtKey) -> JwtKeyset:
-    """``key`` signs, the current signing key only verifies, older verify-only keys are dropped."""
+def published(keyset: JwtKeyset, key: JwtKey) -> JwtKeyset:
+    """``key`` beside the signing key, verify-only (older verify-only keys are dropped): consumers learn a key
+    before any token is signed with it."""
     if any(existing.kid == key.kid for existing in keyset.keys):
         raise KeysetError(f"duplicate kid {key.kid}: the new key is already in the keyset")
-    previous = keyset.signing_key.model_copy(update={"status": "verify"})
-    return JwtKeyset(keys=(key.model_copy(update={"status": "signing"}), previous))
+    return JwtKeyset(keys=(keyset.signing_key, key.model_copy(update={"status": "verify"})))
+
+
+def switched(keyset: JwtKeyset) -> JwtKeyset:
+    """The verify-only key signs; the signing key only verifies."""
+    if keyset.previous_key is None:
+        raise KeysetError("the keyset has no verify-only key to switch signing to")
+    return JwtKeyset(
+        keys=(
+            keyset.previous_key.model_copy(update={"status": "signing"}),
+            keyset.signing_key.model_copy(update={"status": "verify"}),
+        )
+    )
+
+
+def rotated(keyset: JwtKeyset, key: JwtKey) -> JwtKeyset:
+    """``key`` signs, the current signing key only verifies, older verify-only keys are dropped."""
+    return switched(published(keyset, key))
 
 
 def without_previous(keyset: JwtKeyset) -> JwtKeyset:

@@ -25,8 +25,10 @@ from tasks.jwt_keyset import (
     hs_strength_bits,
     new_key,
     public_jwks,
+    published,
     rotated,
     sign_token,
+    switched,
     thumbprint,
     verify_token,
     without_previous,
@@ -381,3 +383,13 @@ def test_an_hs256_token_made_with_a_public_rsa_key_is_rejected(rs_key: JwtKey) -
     mac = hmac.new(public_pem, head + b"." + body, "sha256").digest()
     token = b".".join([head, body, base64.urlsafe_b64encode(mac).rstrip(b"=")]).decode()
     assert f"the token's alg 'HS256' is not the alg of key {rs_key.kid} (RS256)" in _rejection(keyset, token)
+
+
+def test_published_then_switched_is_rotated() -> None:
+    keyset, key = JwtKeyset(keys=(new_key(),)), new_key()
+    first = published(keyset, key)
+    assert (first.signing_key.kid, first.previous_key.kid) == (keyset.signing_key.kid, key.kid)
+    second = switched(first)
+    assert (second.signing_key.kid, second.previous_key.kid) == (key.kid, keyset.signing_key.kid)
+    with pytest.raises(KeysetError, match="no verify-only key"):
+        switched(keyset)

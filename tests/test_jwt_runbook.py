@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from flows.rotation import RotationOptions, RotationRolledBack
 from stores import SecretStore, Stage
 from stores.journal import Journal, RotationInProgress, RotationState
 from tasks.approval import NotWaitingForApproval, give_decision
-from tasks.consumers import Consumer, HttpReload, NoRestart
+from tasks.consumers import CommandRestart, Consumer, HttpReload, NoRestart
 from tasks.jwt import JwtPolicy
 from tasks.jwt_keyset import JwtKeyset, new_key
 
@@ -93,30 +94,31 @@ BOB_APPROVES = {"approved": True, "approver": "bob", "reason": "change 42"}
 
 @dataclass
 class Client:
-    """Calls the service with valid tokens about every 20 ms; a token is renewed before it expires."""
+    """Calls ``verifier`` about every 20 ms with a valid token from ``issuer``, renewed before it expires."""
 
-    service: object
+    issuer: object
+    verifier: object
     calls: int = 0
     rejections: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
-        bearer, issued = token(self.service), time.monotonic()
+        bearer, issued = token(self.issuer), time.monotonic()
         while not self.stop.is_set():
-            if time.monotonic() - issued > 1.0:  # the service's tokens live 2 s
-                bearer, issued = token(self.service), time.monotonic()
+            if time.monotonic() - issued > 0.5:  # the service's tokens live 2 s
+                bearer, issued = token(self.issuer), time.monotonic()
             self.calls += 1
-            if not accepted(self.service, bearer):
+            if not accepted(self.verifier, bearer):
                 self.rejections.append(f"call {self.calls}")
             time.sleep(0.02)
 
 
 @pytest.fixture
-def steady_client() -> Iterator[Callable[[object], Client]]:
+def steady_client() -> Iterator[Callable[..., Client]]:
     clients: list[tuple[Client, threading.Thread]] = []
 
-    def start(service) -> Client:
-        client = Client(service)
+    def start(issuer, verifier=None) -> Client:
+        client = Client(issuer, verifier or issuer)
         thread = threading.Thread(target=client.run, daemon=True)
         thread.start()
         clients.append((client, thread))
@@ -263,3 +265,71 @@ def test_an_es256_keyset_rotates_and_its_jwks_follows(prefect_server, local_stor
     assert all("d" not in k for k in jwks["keys"])  # public keys only
     assert not accepted(service, old_token)
     assert accepted(service, token(service))
+
+
+@pytest.mark.parametrize("publish_first", [True, False], ids=["publish-first", "two-phase"])
+def test_replicas_reloading_one_by_one_accept_each_others_tokens_only_with_publish_first(
+    prefect_server, local_store_factory, journal, auth_service, steady_client, record_property, publish_first
+) -> None:
+    store = local_store_factory()
+    store.create(JwtKeyset(keys=[new_key("HS256", 512)]).to_secret())
+    first, second = (auth_service(store.uri.display, token_lifetime=2) for _ in range(2))
+    # The second replica reloads a second after the first, as in a rolling restart.
+    slow_reload = CommandRestart(
+        command=[sys.executable, "-c", SLOW_RELOAD, f"{second.base_url}/reload"], timeout_seconds=30
+    )
+    consumers = [consumer_of(first), Consumer(name="second", restart=slow_reload, verify_url=f"{second.base_url}/me")]
+    client = steady_client(first, second)  # tokens issued by the first replica, checked by the second
+    summary = rotate_jwt_signing_key(
+        store.uri.display,
+        consumers=consumers,
+        policy=JwtPolicy(token_lifetime_seconds=2, grace_seconds=1, publish_first=publish_first),
+        options=options(journal, approve_promote=False),
+    )
+    client.stop.set()
+    time.sleep(0.1)
+    record_property("calls", client.calls)
+    record_property("rejections", len(client.rejections))
+    assert summary["state"] == RotationState.COMPLETED
+    assert signing_kid(first) == signing_kid(second) == summary["facts"]["new_kid"]
+    if publish_first:
+        assert client.rejections == []
+        assert any(s.details.get("task") == "switch_signing_key" for s in journal.steps(summary["rotation_id"]))
+    else:  # why publish_first exists: for about a second the second replica refuses the first one's new tokens
+        assert len(client.rejections) > 5
+
+
+SLOW_RELOAD = "import sys, time, httpx; time.sleep(1); httpx.post(sys.argv[1], timeout=10).raise_for_status()"
+
+
+FAIL_SECOND_RESTART = (  # the second restart fails, retry included; the others succeed
+    "import pathlib, sys; p = pathlib.Path(sys.argv[1]); n = int(p.read_text() or 0) + 1 if p.exists() else 1; "
+    "p.write_text(str(n)); sys.exit(1 if n in (2, 3) else 0)"
+)
+
+
+def test_a_failure_after_the_switch_rolls_back_both_promotions(
+    prefect_server, local_store_factory, journal, auth_service, tmp_path
+) -> None:
+    store = local_store_factory()
+    store.create(JwtKeyset(keys=[new_key("HS256", 512)]).to_secret())
+    service = auth_service(store.uri.display)
+    before, old_kid, old_token = store.describe(), signing_kid(service), token(service)
+    flaky = CommandRestart(command=[sys.executable, "-c", FAIL_SECOND_RESTART, str(tmp_path / "calls")])
+    with pytest.raises(RotationRolledBack, match="exited with status 1"):
+        rotate_jwt_signing_key(
+            store.uri.display,
+            consumers=[consumer_of(service), Consumer(name="flaky", restart=flaky)],
+            policy=JwtPolicy(token_lifetime_seconds=1, grace_seconds=0, publish_first=True),
+            options=options(journal, approve_promote=False),
+        )
+    after = store.describe()
+    assert after.version_at(Stage.CURRENT) == before.version_at(Stage.CURRENT)
+    assert after.version_at(Stage.PREVIOUS) == before.version_at(Stage.PREVIOUS)
+    assert after.version_at(Stage.PENDING) is None
+    assert signing_kid(service) == old_kid
+    assert accepted(service, old_token)
+    (record,) = journal.list()
+    assert "undo:" + next(u.key for u in journal.undos(record.id) if u.task.endswith("undo_switch_signing_key")) in {
+        s.step for s in journal.steps(record.id)
+    }

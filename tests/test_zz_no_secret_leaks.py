@@ -96,5 +96,5 @@ def test_no_secret_value_reaches_prefect_or_the_journal(
     assert "rotation" in steps
     assert any(step.endswith(":retire") for step in steps)
     assert all(
-        set(e["payload"]) <= {"task", "fingerprint", "new_kid", "old_kids", "due", "why", "question"} for e in events
+        set(e["payload"]) <= {"task", "fingerprint", "new_kid", "old_kid", "due", "why", "question"} for e in events
     )
