@@ -16,8 +16,9 @@ from flows.rotation import RotationOptions, RotationRolledBack
 from stores import Stage, open_store
 from tasks.postgres_login import TlsFailed
 from tasks.postgres_policy import PgPolicy
-from tests.fixtures.postgres import PgApp, PgCluster, _tls_files
+from tests.fixtures.postgres import PgApp, PgCluster
 from tests.fixtures.prefect import PrefectServer, drain_prefect_workers
+from tests.tls import write_test_pki
 
 
 @pytest.fixture
@@ -163,7 +164,7 @@ def test_tls_verify_full_is_honoured_and_never_downgraded(
     assert good.current()["sslmode"] == "verify-full"
     assert good.can_login(good.current()["username"], good.current()["password"])
 
-    ca, _, _ = _tls_files(tmp_path)  # a CA that did not sign the server's certificate
+    ca, _, _ = write_test_pki(tmp_path / "other-ca", "another")  # a CA that did not sign the server's certificate
     bad = pg_app(sslmode="verify-full", sslrootcert=str(ca))
     before, roles = bad.secret.describe(), bad.roles()
     with pytest.raises(TlsFailed, match=r"sslmode=verify-full.*never falls back to plain text"):
