@@ -18,16 +18,13 @@ from stores import SecretStore, Stage, open_store
 from stores.aws import InvalidRotationId
 from stores.errors import InvalidStoreURI, SecretNotFound, StoreError, StoreUnavailable
 from tests.fixtures.ports import free_port
+from tests.leaks import canary, error_text
 
 
 @pytest.fixture
 def aws(moto_server: str) -> Any:
     """A plain boto3 client, as an application or an AWS rotation function would hold it."""
     return boto3.client("secretsmanager", endpoint_url=moto_server, region_name="us-east-1")
-
-
-def canary() -> str:
-    return f"canary-{uuid.uuid4().hex}"
 
 
 def labels(aws: Any, store: SecretStore) -> dict[str, list[str]]:
@@ -42,15 +39,6 @@ def labels(aws: Any, store: SecretStore) -> dict[str, list[str]]:
 def store_at(endpoint: str, name: str | None = None) -> SecretStore:
     name = name or f"aws-test/{uuid.uuid4().hex[:12]}"
     return open_store(f"aws://{name}?{urlencode({'region': 'us-east-1', 'endpoint_url': endpoint})}")
-
-
-def error_text(error: BaseException) -> str:
-    parts: list[str] = []
-    seen: BaseException | None = error
-    while seen is not None:
-        parts += [str(seen), repr(seen), repr(seen.args)]
-        seen = seen.__cause__ or seen.__context__
-    return "\n".join(parts)
 
 
 def test_promote_leaves_exactly_current_and_previous_labels(aws: Any, aws_store_factory: Callable[[], SecretStore]):

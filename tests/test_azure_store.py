@@ -21,22 +21,10 @@ from stores.errors import (
 )
 from tests.fixtures.azure_store import AzureTarget, StaticTokenCredential
 from tests.fixtures.ports import free_port
+from tests.leaks import canary, error_text
 
 # Against a real vault (AZURE_KEYVAULT_URL set): no read-only identity to hand, and the challenge always matches.
 double_only = pytest.mark.skipif(bool(os.environ.get("AZURE_KEYVAULT_URL")), reason="double only")
-
-
-def canary() -> str:
-    return f"canary-{uuid.uuid4().hex}"
-
-
-def error_text(error: BaseException) -> str:
-    parts: list[str] = []
-    seen: BaseException | None = error
-    while seen is not None:
-        parts += [str(seen), repr(seen)]
-        seen = seen.__cause__ or seen.__context__
-    return "\n".join(parts)
 
 
 def azure_store(make: Callable[[], SecretStore]) -> AzureStore:

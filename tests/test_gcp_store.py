@@ -17,22 +17,10 @@ from stores.errors import InvalidStoreURI, SecretNotFound, StagingConflict, Stor
 from stores.gcp import GcpStore
 from tests.fixtures.gcp_store import GcpTarget
 from tests.fixtures.ports import free_port
+from tests.leaks import canary, error_text
 
 # Against the real service (GOOGLE_CLOUD_PROJECT set) there is no read-only identity to hand.
 double_only = pytest.mark.skipif(bool(os.environ.get("GOOGLE_CLOUD_PROJECT")), reason="needs a read-only identity")
-
-
-def canary() -> str:
-    return f"canary-{uuid.uuid4().hex}"
-
-
-def error_text(error: BaseException) -> str:
-    parts: list[str] = []
-    seen: BaseException | None = error
-    while seen is not None:
-        parts += [str(seen), repr(seen)]
-        seen = seen.__cause__ or seen.__context__
-    return "\n".join(parts)
 
 
 def gcp_store(make: Callable[[], SecretStore]) -> GcpStore:

@@ -15,24 +15,13 @@ from stores import SecretStore, Stage, open_store
 from stores.errors import InvalidStoreURI, SecretNotFound, StagingConflict, StorePermissionDenied
 from stores.k8s import VERSIONS_ANNOTATION, KubernetesStore
 from tests.fixtures.kubernetes_api import KubernetesAPI
+from tests.leaks import canary, error_text
 
 # A real cluster (KUBECONFIG set) needs a read-only context named by K8S_TEST_READONLY_CONTEXT.
 reader_context = pytest.mark.skipif(
     bool(os.environ.get("KUBECONFIG")) and not os.environ.get("K8S_TEST_READONLY_CONTEXT"),
     reason="set K8S_TEST_READONLY_CONTEXT to a kubeconfig context that may only read Secrets",
 )
-
-
-def canary() -> str:
-    return f"canary-{uuid.uuid4().hex}"
-
-
-def error_text(error: BaseException) -> str:
-    parts, seen = [], error
-    while seen is not None:
-        parts += [str(seen), repr(seen)]
-        seen = seen.__cause__ or seen.__context__
-    return "\n".join(parts)
 
 
 def decoded(secret: k8s.V1Secret) -> dict[str, str]:

@@ -14,7 +14,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from stores import Stage, open_store
 from stores.errors import InvalidStoreURI, StagingConflict, StorePermissionDenied
 from stores.local import LocalKeyError, LocalStore
 from stores.uri import SecretURI
+from tests.leaks import canary
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,10 +32,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def uri(path: Path, secret: str = "db-password", **options: str) -> str:
     query = "".join(f"&{name}={value}" for name, value in options.items())
     return f"local://{path}?secret={secret}{query}"
-
-
-def canary() -> str:
-    return f"canary-{uuid.uuid4().hex}"
 
 
 def test_key_file_and_folder_are_created_private_whatever_the_umask(tmp_path: Path) -> None:

@@ -12,21 +12,10 @@ from stores import SecretStore, Stage, open_store
 from stores.errors import InvalidStoreURI, SecretNotFound, StagingConflict, StoreError, StorePermissionDenied
 from stores.vault import VaultStore
 from tests.fixtures.vault_store import VaultTarget
+from tests.leaks import canary, error_text
 
 # Against a real Vault (VAULT_ADDR set) these need roles and policies set up there by hand.
 double_only = pytest.mark.skipif(bool(os.environ.get("VAULT_ADDR")), reason="needs roles set up in the real Vault")
-
-
-def canary() -> str:
-    return f"canary-{uuid.uuid4().hex}"
-
-
-def error_text(error: BaseException) -> str:
-    parts, seen = [], error
-    while seen is not None:
-        parts += [str(seen), repr(seen)]
-        seen = seen.__cause__ or seen.__context__
-    return "\n".join(parts)
 
 
 def latest(store: VaultStore) -> dict[str, str]:

@@ -34,14 +34,16 @@ class JsonHandler(BaseHTTPRequestHandler):
             self.reply(400, self.server.double.malformed_body())
             return
         with self.server.double.lock:
-            status, payload = self.server.double.route(self.command, parts.path, query, body, self.headers)
-        self.reply(status, payload)
+            status, payload, headers = self.server.double.respond(self.command, parts.path, query, body, self.headers)
+        self.reply(status, payload, headers)
 
-    def reply(self, status: int, payload: Any) -> None:
+    def reply(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         data = b"" if payload is None else json.dumps(payload).encode()
         self.send_response(status)
         if payload is not None:
             self.send_header("Content-Type", "application/json")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -85,6 +87,12 @@ class HttpDouble:
 
     def malformed_body(self) -> Any:
         return {"errors": ["failed to parse JSON input"]}
+
+    def respond(
+        self, method: str, path: str, query: dict[str, str], body: Any, headers: Any
+    ) -> tuple[int, Any, dict[str, str]]:
+        """Status, JSON body and extra response headers; most doubles need no headers and implement ``route``."""
+        return (*self.route(method, path, query, body, headers), {})
 
     def route(self, method: str, path: str, query: dict[str, str], body: Any, headers: Any) -> tuple[int, Any]:
         raise NotImplementedError

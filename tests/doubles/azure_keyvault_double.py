@@ -15,7 +15,6 @@ TLS: :meth:`start` makes a CA and a server certificate for 127.0.0.1 with ``cryp
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 import shutil
@@ -26,7 +25,6 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from tests.doubles import DoubleServer, HttpDouble, JsonHandler
 from tests.tls import write_test_pki
@@ -51,34 +49,6 @@ def _not_found(what: str) -> tuple[int, Any]:
         "may be able to recover it using the correct recovery command. For help resolving this issue, please see "
         "https://go.microsoft.com/fwlink/?linkid=2125182",
     )
-
-
-class _KeyVaultHandler(JsonHandler):
-    """The shared JSON handler, plus the response headers Key Vault's challenge needs."""
-
-    def _dispatch(self) -> None:
-        parts = urlsplit(self.path)
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            self.reply(400, self.server.double.malformed_body())
-            return
-        double = self.server.double
-        assert isinstance(double, AzureKeyVaultDouble)
-        with double.lock:
-            status, payload, extra = double.answer(self.command, parts.path, query, body, self.headers)
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        for name, value in {"Content-Type": "application/json; charset=utf-8", **extra}.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
 
 
 class AzureKeyVaultDouble(HttpDouble):
@@ -111,7 +81,7 @@ class AzureKeyVaultDouble(HttpDouble):
         _, cert, key = write_test_pki(self._folder, "Key Vault double")
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
-        self._server = DoubleServer(("127.0.0.1", 0), _KeyVaultHandler)
+        self._server = DoubleServer(("127.0.0.1", 0), JsonHandler)
         self._server.double = self
         # The handshake runs in the request's thread, so a client that stalls cannot block accept().
         self._server.socket = context.wrap_socket(self._server.socket, server_side=True, do_handshake_on_connect=False)
@@ -137,7 +107,7 @@ class AzureKeyVaultDouble(HttpDouble):
         status, body = _error(401, "Unauthorized", message)
         return status, body, {"WWW-Authenticate": header}
 
-    def answer(
+    def respond(
         self, method: str, path: str, query: dict[str, str], body: Any, headers: Any
     ) -> tuple[int, Any, dict[str, str]]:
         """Status, JSON body and extra response headers (the challenge) for one request."""
