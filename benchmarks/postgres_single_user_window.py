@@ -23,8 +23,8 @@ from pathlib import Path
 import psycopg2
 
 from stores import Stage, open_store
+from targets.postgres.credential import new_login_value
 from tasks.postgres import change_password_and_promote
-from tasks.postgres_secret import new_login_value
 from tests.fixtures.postgres import start_cluster, stop_cluster
 
 

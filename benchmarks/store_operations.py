@@ -33,7 +33,7 @@ from urllib.parse import urlencode
 
 from prefect import flow
 
-from flows.rotation import RotationOptions, rotation
+from rotation.context import RotationOptions, rotation
 from stores import SecretStore, Stage, open_store
 from tasks.secrets import promote_secret, stage_secret
 from tests.doubles.azure_keyvault_double import AzureKeyVaultDouble

@@ -15,11 +15,12 @@ from functools import partial
 from typing import Any
 
 from prefect import flow
+from pydantic import BaseModel, Field
 
-from flows.rotation import RotationOptions, Undo, rotation
-from tasks.consumers import Consumer
+from rotation.context import RotationOptions, Undo, rotation
+from targets.consumers import Consumer
+from targets.jwt.keyset import Algorithm
 from tasks.jwt import (
-    JwtPolicy,
     check_tokens,
     drop_previous_key,
     inspect_current_keyset,
@@ -27,6 +28,21 @@ from tasks.jwt import (
     next_keyset,
     switch_signing_key,
 )
+
+
+class JwtPolicy(BaseModel):
+    """How keys are made and how long the old one must keep verifying."""
+
+    algorithm: Algorithm = "HS256"
+    key_bits: int = Field(default=512, ge=256, multiple_of=8, description="HS256 secret length; at least 256 bits.")
+    token_lifetime_seconds: float = Field(default=3600, ge=0, description="The longest lifetime of an issued token.")
+    publish_first: bool = Field(
+        default=False,
+        description="Publish the new key verify-only to every consumer before any consumer signs with it. Use it "
+        "when a consumer runs as several instances that restart one by one (a rolling restart): otherwise an "
+        "instance still on the old keyset rejects tokens signed by an instance already on the new one.",
+    )
+    grace_seconds: float = Field(default=300, ge=0, description="Extra time for clocks and caches.")
 
 
 @flow(name="rotate-jwt-signing-key", log_prints=False, persist_result=False)

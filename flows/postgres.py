@@ -15,12 +15,14 @@ created by the rotation is put back.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow
+from pydantic import BaseModel, Field
 
-from flows.rotation import Rotation, RotationOptions, Undo, rotation
-from tasks.consumers import Consumer
+from rotation.context import Rotation, RotationOptions, Undo, rotation
+from targets.consumers import Consumer
+from targets.postgres.credential import new_login_value
 from tasks.postgres import (
     PgPlan,
     change_password_and_promote,
@@ -33,8 +35,32 @@ from tasks.postgres import (
     retire_user,
     set_login_password,
 )
-from tasks.postgres_policy import PgPolicy
-from tasks.postgres_secret import new_login_value
+
+
+class PgPolicy(BaseModel):
+    """The runbook's choices; every field has a safe default."""
+
+    strategy: Literal["alternating-users", "single-user"] = Field(
+        default="alternating-users",
+        description="alternating-users: two login users take turns (no failed login); single-user: one password.",
+    )
+    clone_suffix: str = Field(default="_clone", min_length=1, description="Second login user: <user><suffix>.")
+    owner_role: str | None = Field(
+        default=None, description="NOLOGIN role owning the objects (default: <user>_owner); alternating-users only."
+    )
+    privilege_checks: list[str] = Field(
+        default=[],
+        description="Table names (read one row) or SQL statements the new login must be able to run; each runs in "
+        "a transaction that is rolled back. Empty: every table the previous user could read.",
+    )
+    grace_seconds: float = Field(default=300, ge=0, description="The longest connection lifetime of the consumers.")
+    retire: Literal["keep", "disable", "drop"] = Field(
+        default="keep",
+        description="After the grace period: keep the previous user valid until the next rotation (AWS's "
+        "behaviour), disable its login, or drop it; its sessions are ended unless keep. Single-user: anything but "
+        "keep ends the sessions begun with the old password.",
+    )
+    password_bytes: int = Field(default=32, ge=16, le=128, description="Random bytes in a new password.")
 
 
 def _alternating(r: Rotation, secret: str, plan: PgPlan, policy: PgPolicy, consumers: list[Consumer]) -> None:
@@ -138,7 +164,9 @@ def rotate_postgres_credentials(
     policy = policy or PgPolicy()
     options = options or RotationOptions()
 
-    found = inspect_postgres_secret(secret, admin_secret, policy)  # bad input stops here, before anything changes
+    found = inspect_postgres_secret(
+        secret, admin_secret, policy.strategy, policy.clone_suffix, policy.owner_role
+    )  # bad input stops here, before anything changes
     with rotation(secret, "postgres-credentials", options) as r:
         plan = PgPlan.model_validate(r.plan(**found.model_dump()))
         if plan.repair:

@@ -13,10 +13,9 @@ from typing import Annotated, Any
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
-from flows.postgres import rotate_postgres_credentials
-from flows.rotation import RotationOptions
-from tasks.postgres_policy import PgPolicy
-from tasks.redaction import redact
+from flows.postgres import PgPolicy, rotate_postgres_credentials
+from redaction import redact
+from rotation.context import RotationOptions
 
 
 class FleetResult(BaseModel):

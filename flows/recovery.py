@@ -6,9 +6,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.rotation import roll_back
-from flows.runbooks import runbook_flow
-from stores.journal import Journal
+from rotation.context import roll_back
+from rotation.journal import Journal
+from rotation.runbooks import runbook_flow
 
 
 @flow(name="roll-back-rotation", persist_result=False)

@@ -15,16 +15,16 @@ from typing import Any
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from flows.rotation import RotationOptions, Undo, rotation
-from tasks.consumers import Consumer
-from tasks.redis_acl import (
+from rotation.context import RotationOptions, Undo, rotation
+from targets.consumers import Consumer
+from targets.redis.credential import new_password_value
+from tasks.redis import (
     add_password,
     inspect_redis_secret,
     logins_accepted,
     logins_refused,
     remove_old_password,
 )
-from tasks.redis_secret import new_password_value
 
 
 class RedisPolicy(BaseModel):
@@ -57,7 +57,7 @@ def rotate_redis_password(
             r.id,
             admin_secret,
             undo=Undo(
-                task="tasks.redis_acl:remove_added_password",
+                task="tasks.redis:remove_added_password",
                 kwargs={"secret": secret, "rotation_id": r.id, "admin_secret": admin_secret},
             ),
         )

@@ -1,35 +1,40 @@
-"""Store errors. Messages name the store and the secret, never a value."""
+"""Store errors: one type per condition, each a branch of the project's error tree (``errors``).
+
+Every adapter maps its SDK's errors onto these once; messages name the store and the secret, never a value.
+"""
 
 from __future__ import annotations
 
+from errors import BadInput, Conflict, NotFound, PermissionDenied, RotationError, Unreachable
 
-class StoreError(Exception):
+
+class StoreError(RotationError):
     """Base of every store error; ``str()`` is a message for the person running the rotation."""
 
 
-class InvalidStoreURI(StoreError, ValueError):
+class InvalidStoreURI(StoreError, BadInput):
     """A store URI that cannot be parsed or names an unknown kind of store."""
 
 
-class SecretNotFound(StoreError):
+class SecretNotFound(StoreError, NotFound):
     """The secret does not exist in the store."""
 
 
-class VersionNotFound(StoreError):
+class VersionNotFound(StoreError, NotFound):
     """The secret exists but has no version at the stage or id asked for."""
 
 
-class SecretExists(StoreError):
+class SecretExists(StoreError, Conflict):
     """``create`` was asked for a secret that already exists."""
 
 
-class StagingConflict(StoreError):
+class StagingConflict(StoreError, Conflict):
     """Another rotation holds the PENDING stage, or a concurrent writer changed the secret first."""
 
 
-class StoreUnavailable(StoreError):
+class StoreUnavailable(StoreError, Unreachable):
     """The secret manager could not be reached or answered with an error after retries."""
 
 
-class StorePermissionDenied(StoreError):
+class StorePermissionDenied(StoreError, PermissionDenied):
     """The credentials in use may not do what was asked."""

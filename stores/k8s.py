@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -28,9 +27,7 @@ from typing import ClassVar, TypeVar
 
 import urllib3
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
 
 from stores.base import SecretDescription, SecretStore, Stage, VersionInfo
 from stores.errors import (
@@ -43,33 +40,13 @@ from stores.errors import (
     VersionNotFound,
 )
 from stores.uri import SecretURI
+from targets.kubernetes import NoKubernetesCredentials, kube_api_client
 
 VERSIONS_ANNOTATION = "secret-rotation.io/versions"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "secret-rotation"}
 _SLOTS = {Stage.CURRENT: "current", Stage.PENDING: "pending", Stage.PREVIOUS: "previous"}
 _T = TypeVar("_T")
 Slots = dict[str, dict[str, str]]  # data key -> {"id": version id, "created": ISO time}
-
-
-def kube_api_client(context: str | None = None) -> k8s.ApiClient:
-    """An API client from the standard chain: in-cluster config, else the kubeconfig (``context`` or its current)."""
-    if context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        configuration = k8s.Configuration()
-        try:
-            k8s_config.load_incluster_config(client_configuration=configuration)
-            return k8s.ApiClient(configuration)
-        except ConfigException:
-            pass  # not in a Pod after all (KUBERNETES_SERVICE_HOST without a token file): try the kubeconfig
-    # The kubernetes package reads KUBECONFIG once at import; read it now so a later change is honoured.
-    kubeconfig = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-    try:
-        return k8s_config.new_client_from_config(config_file=kubeconfig, context=context)
-    except (ConfigException, OSError) as exc:
-        raise StorePermissionDenied(
-            f"no Kubernetes credentials: not running in a Pod, and the kubeconfig {kubeconfig} "
-            f"{'has no context ' + repr(context) if context else 'cannot be used'} ({type(exc).__name__}); "
-            "set KUBECONFIG or run inside the cluster"
-        ) from None
 
 
 def _b64(value: str) -> str:
@@ -93,7 +70,10 @@ class KubernetesStore(SecretStore):
     @property
     def api(self) -> k8s.CoreV1Api:
         if self._api is None:
-            self._api = k8s.CoreV1Api(kube_api_client(self.uri.options.get("context")))
+            try:
+                self._api = k8s.CoreV1Api(kube_api_client(self.uri.options.get("context")))
+            except NoKubernetesCredentials as exc:
+                raise StorePermissionDenied(str(exc)) from None
         return self._api
 
     def _call(self, action: str, fn: Callable[[], _T]) -> _T:

@@ -10,41 +10,33 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from typing import Literal
 
 import httpx
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
+from errors import CheckFailed
+from redaction import register_secret
 from stores import Stage, open_store
 from stores.errors import VersionNotFound
-from tasks.consumers import Consumer
-from tasks.errors import RotationError
-from tasks.jwt_keyset import JwtKeyset, KeysetError, new_key, published, rotated, sign_token, switched, without_previous
-from tasks.redaction import register_secret
-from tasks.retrying import is_transient
+from targets.consumers import Consumer
+from targets.jwt.keyset import (
+    Algorithm,
+    JwtKeyset,
+    KeysetError,
+    new_key,
+    published,
+    rotated,
+    sign_token,
+    switched,
+    without_previous,
+)
+from tasks import retry_if_transient
 from tasks.secrets import discard_secret, promote_secret, revert_secret, stage_secret
 
-Algorithm = Literal["HS256", "RS256", "ES256"]
 
-
-class JwtPolicy(BaseModel):
-    """How keys are made and how long the old one must keep verifying."""
-
-    algorithm: Algorithm = "HS256"
-    key_bits: int = Field(default=512, ge=256, multiple_of=8, description="HS256 secret length; at least 256 bits.")
-    token_lifetime_seconds: float = Field(default=3600, ge=0, description="The longest lifetime of an issued token.")
-    publish_first: bool = Field(
-        default=False,
-        description="Publish the new key verify-only to every consumer before any consumer signs with it. Use it "
-        "when a consumer runs as several instances that restart one by one (a rolling restart): otherwise an "
-        "instance still on the old keyset rejects tokens signed by an instance already on the new one.",
-    )
-    grace_seconds: float = Field(default=300, ge=0, description="Extra time for clocks and caches.")
-
-
-class VerificationFailed(RotationError):
+class VerificationFailed(CheckFailed):
     """A consumer did not accept or reject a token as the runbook expects."""
 
 
@@ -70,13 +62,13 @@ def _kids(keyset: JwtKeyset) -> Kids:
     return Kids(signing=keyset.signing_key.kid, verify_only=[k.kid for k in keyset.keys if k.status == "verify"])
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient)
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_if_transient)
 def inspect_current_keyset(secret: str) -> Kids:
     """Check that the CURRENT keyset is well formed before anything changes; return its key ids."""
     return _kids(_keyset(open_store(secret).read(Stage.CURRENT), f"the current keyset of {secret}"))
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient)
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_if_transient)
 def inspect_keyset_version(secret: str, version_id: str) -> Kids:
     """The key ids of one version of the keyset (the staged one, say)."""
     return _kids(_keyset(open_store(secret).read_version(version_id), f"version {version_id} of {secret}"))
@@ -158,7 +150,7 @@ def check_tokens(secret: str, consumers: list[Consumer], accepted: list[str], re
     return {"checks": checked}
 
 
-_FORWARD = {"retries": 3, "retry_delay_seconds": [1, 5, 15], "retry_condition_fn": is_transient}
+_FORWARD = {"retries": 3, "retry_delay_seconds": [1, 5, 15], "retry_condition_fn": retry_if_transient}
 
 
 @task(cache_policy=NO_CACHE, **_FORWARD)

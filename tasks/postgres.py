@@ -20,11 +20,12 @@ from prefect.exceptions import MissingContextError
 from psycopg2 import sql
 from pydantic import BaseModel
 
+from errors import CheckFailed
 from stores import Stage, open_store
 from stores.errors import VersionNotFound
-from tasks.postgres_login import PostgresRotationError, connection, login_works
-from tasks.postgres_policy import PgPolicy
-from tasks.postgres_roles import (
+from targets.postgres.credential import PgCredential, PgSecretInvalid, parse_credential
+from targets.postgres.login import PostgresRotationError, connection, login_works
+from targets.postgres.roles import (
     Connection,
     NotPermitted,
     UnknownUser,
@@ -39,17 +40,16 @@ from tasks.postgres_roles import (
     undo_adoption,
     verifier,
 )
-from tasks.postgres_secret import PgCredential, PgSecretInvalid, parse_credential
-from tasks.retrying import is_transient
+from tasks import retry_if_transient
 
-_RETRY = {"retries": 2, "retry_delay_seconds": [1, 3], "retry_condition_fn": is_transient}
+_RETRY = {"retries": 2, "retry_delay_seconds": [1, 3], "retry_condition_fn": retry_if_transient}
 
 
-class PrivilegeCheckFailed(PostgresRotationError):
+class PrivilegeCheckFailed(PostgresRotationError, CheckFailed):
     """The new login cannot do what the application needs."""
 
 
-class RetiredLoginWorks(PostgresRotationError):
+class RetiredLoginWorks(PostgresRotationError, CheckFailed):
     """A credential that was retired still logs in."""
 
 
@@ -100,12 +100,10 @@ def _admin(credential: PgCredential, admin_secret: str) -> Iterator[Connection]:
         yield conn
 
 
-def _owner(policy: PgPolicy, base: str) -> str:
-    return policy.owner_role or f"{base}_owner"
-
-
 @task(cache_policy=NO_CACHE, **_RETRY)
-def inspect_postgres_secret(secret: str, admin_secret: str | None, policy: PgPolicy) -> PgPlan:
+def inspect_postgres_secret(
+    secret: str, admin_secret: str | None, strategy: str, clone_suffix: str, owner_role: str | None
+) -> PgPlan:
     """Before anything changes: the secret parses, the administrator logs in and may manage roles, the user exists.
 
     A refused login with the CURRENT secret is not an error: the rotation repairs it (``repair``).
@@ -126,16 +124,16 @@ def inspect_postgres_secret(secret: str, admin_secret: str | None, policy: PgPol
             raise UnknownUser(
                 f"{server} has no user {current.username!r} (named by {secret}); create it or fix the username"
             )
-        base = current.username.removesuffix(policy.clone_suffix)
-        if policy.strategy == "single-user":
+        base = current.username.removesuffix(clone_suffix)
+        if strategy == "single-user":
             target, owner, adopt = current.username, None, False
         else:
-            target = base if current.username != base else base + policy.clone_suffix
-            owner = _owner(policy, base)
+            target = base if current.username != base else base + clone_suffix
+            owner = owner_role or f"{base}_owner"
             adopt = not role_info(conn, owner).exists
         target_info = role_info(conn, target)
         conn.rollback()
-    restore_version = current_version if policy.strategy == "single-user" else None
+    restore_version = current_version if strategy == "single-user" else None
     previous_version = description.version_at(Stage.PREVIOUS)
     if restore_version is None and previous_version and _version(secret, previous_version).username == target:
         restore_version = previous_version
@@ -149,7 +147,7 @@ def inspect_postgres_secret(secret: str, admin_secret: str | None, policy: PgPol
             current.username,
         )
     return PgPlan(
-        strategy=policy.strategy,
+        strategy=strategy,
         admin_secret=admin_uri,
         server=server,
         current_version=current_version,

@@ -11,12 +11,12 @@ from collections.abc import Callable
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from redaction import fingerprint, register_secret
 from stores import Stage, open_store
 from stores.errors import VersionNotFound
-from tasks.redaction import fingerprint, register_secret
-from tasks.retrying import is_transient
+from tasks import retry_if_transient
 
-_RETRY = {"retries": 3, "retry_delay_seconds": [1, 5, 15], "retry_condition_fn": is_transient}
+_RETRY = {"retries": 3, "retry_delay_seconds": [1, 5, 15], "retry_condition_fn": retry_if_transient}
 
 
 @task(cache_policy=NO_CACHE, **_RETRY)

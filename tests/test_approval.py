@@ -9,7 +9,7 @@ import httpx
 from prefect import flow
 from prefect.runtime import flow_run
 
-from tasks.approval import ApprovalDecision, request_approval
+from rotation.approval import ApprovalDecision, request_approval
 
 started: dict[str, str] = {}
 

@@ -16,7 +16,7 @@ import pytest
 from jose import jwt
 
 from stores import SecretStore, open_store
-from tasks.jwt_keyset import JwtKey, JwtKeyset, new_key, rotated, sign_token, verify_token, without_previous
+from targets.jwt.keyset import JwtKey, JwtKeyset, new_key, rotated, sign_token, verify_token, without_previous
 from tests.fixtures.auth_service import RunningService, ServiceDidNotStart
 
 Start = Callable[..., RunningService]

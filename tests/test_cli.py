@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
+from cli.app import app
+from rotation.journal import Journal
 from stores import open_store
-from stores.journal import Journal
 from tests.fixtures.ports import free_port
 
 ROTATE = str(Path(sys.executable).parent / "rotate")

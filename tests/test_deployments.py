@@ -20,9 +20,9 @@ from prefect.events import emit_event
 from prefect.states import Scheduled
 
 from flows.jwt import rotate_jwt_signing_key
+from rotation.journal import Journal, RotationState
 from stores import Stage
-from stores.journal import Journal, RotationState
-from tasks.jwt_keyset import JwtKeyset, new_key
+from targets.jwt.keyset import JwtKeyset, new_key
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).parent / "prefect")

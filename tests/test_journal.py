@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from stores.journal import Journal, RotationInProgress, RotationNotFound, RotationState
+from rotation.journal import Journal, RotationInProgress, RotationNotFound, RotationState
 
 
 @pytest.fixture

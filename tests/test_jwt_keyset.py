@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jose import jwt
 
-from tasks.jwt_keyset import (
+from targets.jwt.keyset import (
     NEW_VARIABLE,
     OLD_VARIABLE,
     JwtKey,

@@ -17,9 +17,9 @@ from uuid import UUID
 import pytest
 from prefect import get_client
 
+from rotation.journal import Journal, RotationState
 from stores import Stage
-from stores.journal import Journal, RotationState
-from tasks.jwt_keyset import JwtKeyset, new_key
+from targets.jwt.keyset import JwtKeyset, new_key
 from tests.test_jwt_runbook import signing_kid
 
 ROTATE = str(Path(sys.executable).parent / "rotate")

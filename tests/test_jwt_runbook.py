@@ -11,14 +11,13 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from flows.jwt import rotate_jwt_signing_key
-from flows.rotation import RotationOptions, RotationRolledBack
+from flows.jwt import JwtPolicy, rotate_jwt_signing_key
+from rotation.approval import NotWaitingForApproval, give_decision
+from rotation.context import RotationOptions, RotationRolledBack
+from rotation.journal import Journal, RotationInProgress, RotationState
 from stores import SecretStore, Stage
-from stores.journal import Journal, RotationInProgress, RotationState
-from tasks.approval import NotWaitingForApproval, give_decision
-from tasks.consumers import CommandRestart, Consumer, HttpReload, NoRestart
-from tasks.jwt import JwtPolicy
-from tasks.jwt_keyset import JwtKeyset, new_key
+from targets.consumers import CommandRestart, Consumer, HttpReload, NoRestart
+from targets.jwt.keyset import JwtKeyset, new_key
 
 SHORT = JwtPolicy(token_lifetime_seconds=2, grace_seconds=1)
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import pytest
 
-from flows.jwt import rotate_jwt_signing_key
+from flows.jwt import JwtPolicy, rotate_jwt_signing_key
 from flows.recovery import rollback_rotation
-from flows.rotation import RollbackFailed, RotationOptions
+from rotation.context import RollbackFailed, RotationOptions
+from rotation.journal import Journal, RotationState
 from stores import Stage
-from stores.journal import Journal, RotationState
-from tasks.consumers import Consumer, HttpReload, KubernetesRollout
-from tasks.jwt import JwtPolicy
-from tasks.jwt_keyset import JwtKeyset, new_key
+from targets.consumers import Consumer, HttpReload, KubernetesRollout
+from targets.jwt.keyset import JwtKeyset, new_key
 from tests.fixtures.kubernetes_api import WORKING_IMAGE
 from tests.test_jwt_runbook import accepted, signing_kid, token
 

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tasks.consumers import Consumer, ConsumerRestartFailed, KubernetesRollout, restart_consumers
-from tasks.kubernetes import rollout_restart
+from targets.consumers import Consumer
+from targets.kubernetes import KubernetesRollout, RolloutFailed, rollout_restart
+from tasks.consumers import restart_consumers
 from tests.fixtures.kubernetes_api import KubernetesAPI
 
 POLL = 0.1
@@ -43,7 +44,7 @@ def test_restarting_twice_rolls_out_twice_and_succeeds(kubernetes_api: Kubernete
 def test_a_deployment_past_its_progress_deadline_fails_before_the_timeout(kubernetes_api: KubernetesAPI) -> None:
     name = kubernetes_api.create_workload(stuck=True)
     started = time.monotonic()
-    with pytest.raises(ConsumerRestartFailed) as error:
+    with pytest.raises(RolloutFailed) as error:
         rollout_restart(KubernetesRollout(namespace=kubernetes_api.namespace, name=name, timeout_seconds=60), POLL)
     assert time.monotonic() - started < 60
     assert name in str(error.value)
@@ -57,7 +58,7 @@ def test_a_stuck_statefulset_fails_at_its_timeout(kubernetes_api: KubernetesAPI)
     rollout = KubernetesRollout(
         namespace=kubernetes_api.namespace, workload="StatefulSet", name=name, timeout_seconds=2
     )
-    with pytest.raises(ConsumerRestartFailed) as error:
+    with pytest.raises(RolloutFailed) as error:
         rollout_restart(rollout, POLL)
     elapsed = time.monotonic() - started
     assert 1.5 <= elapsed < 5
@@ -66,7 +67,7 @@ def test_a_stuck_statefulset_fails_at_its_timeout(kubernetes_api: KubernetesAPI)
 
 
 def test_a_missing_workload_is_named_and_nothing_is_created(kubernetes_api: KubernetesAPI) -> None:
-    with pytest.raises(ConsumerRestartFailed) as error:
+    with pytest.raises(RolloutFailed) as error:
         rollout_restart(KubernetesRollout(namespace=kubernetes_api.namespace, name="no-such-app"), POLL)
     assert "no-such-app" in str(error.value)
     assert "404" in str(error.value)

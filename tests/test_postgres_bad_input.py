@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from flows.postgres import rotate_postgres_credentials
-from flows.rotation import RotationOptions
+from flows.postgres import PgPolicy, rotate_postgres_credentials
+from rotation.context import RotationOptions
 from stores import Stage
-from tasks.postgres_login import HostUnreachable, LoginRefused
-from tasks.postgres_policy import PgPolicy
-from tasks.postgres_roles import UnknownUser
-from tasks.postgres_secret import PgSecretInvalid, parse_credential
+from targets.postgres.credential import PgSecretInvalid, parse_credential
+from targets.postgres.login import HostUnreachable, LoginRefused
+from targets.postgres.roles import UnknownUser
 from tests.fixtures.ports import free_port
 from tests.fixtures.postgres import PgApp
 from tests.fixtures.prefect import PrefectServer

@@ -21,20 +21,19 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from flows.postgres import rotate_postgres_credentials
+from flows.postgres import PgPolicy, rotate_postgres_credentials
 from flows.recovery import rollback_rotation
-from flows.rotation import RotationOptions
+from rotation.context import RotationOptions
+from rotation.journal import Journal, RotationState
 from stores import Stage, open_store
-from stores.journal import Journal, RotationState
-from tasks.postgres_policy import PgPolicy
 from tests.fixtures.postgres import PgApp
 from tests.fixtures.prefect import PrefectServer
 
 RUN = """
 import json, sys
 from flows.postgres import rotate_postgres_credentials
-from flows.rotation import RotationOptions
-from tasks.postgres_policy import PgPolicy
+from rotation.context import RotationOptions
+from flows.postgres import PgPolicy
 secret, policy, journal = json.loads(sys.argv[1])
 rotate_postgres_credentials(secret, policy=PgPolicy(**policy),
                             options=RotationOptions(approve_promote=False, journal=journal, started_by="test"))

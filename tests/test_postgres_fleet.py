@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from flows.postgres import PgPolicy
 from flows.postgres_fleet import rotate_postgres_fleet
-from flows.rotation import RotationOptions
-from stores.journal import Journal
-from tasks.postgres_policy import PgPolicy
+from rotation.context import RotationOptions
+from rotation.journal import Journal
 from tests.fixtures.ports import free_port
 from tests.fixtures.postgres import PgApp
 from tests.fixtures.prefect import PrefectServer

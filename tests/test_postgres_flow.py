@@ -11,11 +11,10 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from flows.postgres import rotate_postgres_credentials
-from flows.rotation import RotationOptions, RotationRolledBack
+from flows.postgres import PgPolicy, rotate_postgres_credentials
+from rotation.context import RotationOptions, RotationRolledBack
 from stores import Stage, open_store
-from tasks.postgres_login import TlsFailed
-from tasks.postgres_policy import PgPolicy
+from targets.postgres.login import TlsFailed
 from tests.fixtures.postgres import PgApp, PgCluster
 from tests.fixtures.prefect import PrefectServer, drain_prefect_workers
 from tests.tls import write_test_pki

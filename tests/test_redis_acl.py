@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import pytest
 
 from stores import SecretStore
-from tasks.redis_acl import (
+from targets.redis.credential import RedisSecretInvalid, new_password_value
+from targets.redis.nodes import LoginRefused, NodeUnreachable, NotPermitted, UnknownUser
+from tasks.redis import (
     add_password,
     inspect_redis_secret,
     logins_accepted,
@@ -21,8 +23,6 @@ from tasks.redis_acl import (
     remove_added_password,
     remove_old_password,
 )
-from tasks.redis_nodes import LoginRefused, NodeUnreachable, NotPermitted, UnknownUser
-from tasks.redis_secret import RedisSecretInvalid, new_password_value
 from tests.fixtures.ports import free_port
 from tests.fixtures.redis_servers import RedisServer
 
@@ -249,7 +249,7 @@ def test_malformed_secret_is_refused_without_its_value(
 
 
 def test_tls_node_is_never_downgraded() -> None:
-    from tasks.redis_secret import RedisNode, parse_credential
+    from targets.redis.credential import RedisNode, parse_credential
 
     secret = parse_credential(json.dumps({"hosts": ["redis://a:1", "b"], "tls": True, "password": "p" * 8}), "s")
     assert [n.address for n in secret.nodes()] == ["rediss://a:1", "rediss://b:6379"]

@@ -17,10 +17,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from flows.redis import RedisPolicy, rotate_redis_password
-from flows.rotation import RotationOptions, RotationRolledBack
+from rotation.context import RotationOptions, RotationRolledBack
 from stores import SecretStore, Stage, open_store
-from tasks.consumers import CommandRestart, Consumer
-from tasks.redis_nodes import UnknownUser
+from targets.consumers import CommandRestart, Consumer
+from targets.redis.nodes import UnknownUser
 from tests.fixtures.prefect import PrefectServer, drain_prefect_workers
 from tests.fixtures.redis_servers import RedisServer
 

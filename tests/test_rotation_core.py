@@ -8,16 +8,17 @@ from pathlib import Path
 import pytest
 from prefect import flow, task
 
-from flows.rotation import RotationOptions, RotationRolledBack, Undo, rotation
+from rotation.context import RotationOptions, RotationRolledBack, Undo, rotation
+from rotation.journal import Journal, RotationState
 from stores import Stage, open_store
-from stores.journal import Journal, RotationState
-from tasks.consumers import CommandRestart, Consumer, restart_consumers
+from targets.consumers import CommandRestart, Consumer
+from tasks.consumers import restart_consumers
 
 
 def _recorder(log: Path, word: str, secret: str) -> Consumer:
     """A consumer whose restart appends ``word`` and the fingerprint of the store's CURRENT value to ``log``."""
     script = (
-        "import sys; from stores import open_store; from tasks.redaction import fingerprint; "
+        "import sys; from stores import open_store; from redaction import fingerprint; "
         "open(sys.argv[1], 'a').write(sys.argv[2] + ' ' + fingerprint(open_store(sys.argv[3]).read()) + '\\n')"
     )
     return Consumer(name=word, restart=CommandRestart(command=[sys.executable, "-c", script, str(log), word, secret]))

@@ -15,13 +15,12 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from flows.jwt import rotate_jwt_signing_key
-from flows.rotation import RotationOptions, RotationRolledBack
-from stores.journal import Journal
+from flows.jwt import JwtPolicy, rotate_jwt_signing_key
+from rotation.context import RotationOptions, RotationRolledBack
+from rotation.journal import Journal
+from targets.consumers import Consumer, HttpReload, NoRestart
+from targets.jwt.keyset import JwtKey, JwtKeyset, hs_kid
 from tasks import redaction
-from tasks.consumers import Consumer, HttpReload, NoRestart
-from tasks.jwt import JwtPolicy
-from tasks.jwt_keyset import JwtKey, JwtKeyset, hs_kid
 from tests.fixtures.prefect import drain_prefect_workers
 
 CANARY = "CANARY" + secrets.token_hex(40)

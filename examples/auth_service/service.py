@@ -2,7 +2,7 @@
 
 It reads the keyset document the rotation runbook writes (a ``keys`` list of ``kid``, ``alg``, ``status`` and ``k``
 or ``pem``) with nothing but ``json`` and python-jose, as an independent consumer would: it deliberately does not
-import the project's ``tasks.jwt_keyset``, so the end-to-end tests check the stored format, not one parser against
+import the project's ``targets.jwt.keyset``, so the end-to-end tests check the stored format, not one parser against
 itself. Only reading the store goes through the project (``stores``), since the local store's encryption is ours.
 
 Keys and tokens never reach a log line or a response other than the token issued.

@@ -11,8 +11,8 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from stores.journal import Journal
-from tasks.approval import NotWaitingForApproval, give_decision
+from rotation.approval import NotWaitingForApproval, give_decision
+from rotation.journal import Journal
 
 console = Console()
 

@@ -19,13 +19,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from tasks.errors import RotationError
-from tasks.redaction import register_secret
+from errors import BadInput
+from redaction import register_secret
 
 SslMode = Literal["disable", "require", "verify-ca", "verify-full"]
 
 
-class PgSecretInvalid(RotationError, ValueError):
+class PgSecretInvalid(BadInput):
     """The secret's value is not a PostgreSQL credential this runbook understands."""
 
 

@@ -11,28 +11,28 @@ from contextlib import contextmanager
 import psycopg2
 import psycopg2.extensions
 
-from tasks.errors import RotationError
-from tasks.postgres_secret import PgCredential
-from tasks.redaction import redact
+from errors import CheckFailed, NotFound, PermissionDenied, RotationError, Unreachable
+from redaction import redact
+from targets.postgres.credential import PgCredential
 
 
 class PostgresRotationError(RotationError):
     """A PostgreSQL step failed; the message names the server, the user and what to do."""
 
 
-class HostUnreachable(PostgresRotationError, ConnectionError):
+class HostUnreachable(PostgresRotationError, Unreachable):
     """The server did not answer (retried: it may come back)."""
 
 
-class LoginRefused(PostgresRotationError):
+class LoginRefused(PostgresRotationError, PermissionDenied):
     """The server refused the login: wrong password, unknown user, or a user without LOGIN."""
 
 
-class TlsFailed(PostgresRotationError):
+class TlsFailed(PostgresRotationError, CheckFailed):
     """TLS was required and did not work; the runbook never falls back to plain text."""
 
 
-class UnknownDatabase(PostgresRotationError):
+class UnknownDatabase(PostgresRotationError, NotFound):
     """The database named by ``dbname`` does not exist."""
 
 

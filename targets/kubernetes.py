@@ -4,24 +4,66 @@ The restart sets the pod template annotation ``kubectl.kubernetes.io/restartedAt
 seconds), which makes the controller replace every Pod. Calling it again starts another rollout and waits for it:
 the end state, every Pod started after the call, is the same. A rollout that does not finish within the timeout, or
 a Deployment whose ``Progressing`` condition says ``ProgressDeadlineExceeded``, raises
-:class:`~tasks.consumers.ConsumerRestartFailed`, which the runbook treats as a failed verification.
+:class:`RolloutFailed`, which the runbook treats as a failed verification.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from kubernetes import client as k8s
+from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+from pydantic import BaseModel, Field
 
-from stores.errors import StoreError
-from stores.k8s import kube_api_client
-from tasks.consumers import ConsumerRestartFailed, KubernetesRollout
+from errors import CheckFailed, PermissionDenied
 
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+
+
+class RolloutFailed(CheckFailed):
+    """A workload could not be restarted, or its rollout did not complete."""
+
+
+class NoKubernetesCredentials(PermissionDenied):
+    """Neither an in-cluster service account nor a usable kubeconfig."""
+
+
+class KubernetesRollout(BaseModel):
+    """Restart a Deployment or StatefulSet as ``kubectl rollout restart`` does and wait for the rollout."""
+
+    kind: Literal["k8s"] = "k8s"
+    namespace: str
+    workload: Literal["Deployment", "StatefulSet"] = "Deployment"
+    name: str
+    context: str | None = Field(default=None, description="kubeconfig context (default: in-cluster or current)")
+    timeout_seconds: float = 300
+
+
+def kube_api_client(context: str | None = None) -> k8s.ApiClient:
+    """An API client from the standard chain: in-cluster config, else the kubeconfig (``context`` or its current)."""
+    if context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        configuration = k8s.Configuration()
+        try:
+            k8s_config.load_incluster_config(client_configuration=configuration)
+            return k8s.ApiClient(configuration)
+        except ConfigException:
+            pass  # not in a Pod after all (KUBERNETES_SERVICE_HOST without a token file): try the kubeconfig
+    # The kubernetes package reads KUBECONFIG once at import; read it now so a later change is honoured.
+    kubeconfig = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    try:
+        return k8s_config.new_client_from_config(config_file=kubeconfig, context=context)
+    except (ConfigException, OSError) as exc:
+        raise NoKubernetesCredentials(
+            f"no Kubernetes credentials: not running in a Pod, and the kubeconfig {kubeconfig} "
+            f"{'has no context ' + repr(context) if context else 'cannot be used'} ({type(exc).__name__}); "
+            "set KUBECONFIG or run inside the cluster"
+        ) from None
 
 
 def rollout_restart(rollout: KubernetesRollout, poll_seconds: float = 1.0) -> None:
@@ -29,8 +71,8 @@ def rollout_restart(rollout: KubernetesRollout, poll_seconds: float = 1.0) -> No
     workload = f"{rollout.workload} {rollout.namespace}/{rollout.name}"
     try:
         apps = k8s.AppsV1Api(kube_api_client(rollout.context))
-    except StoreError as exc:
-        raise ConsumerRestartFailed(f"cannot restart {workload}: {exc}") from None
+    except NoKubernetesCredentials as exc:
+        raise RolloutFailed(f"cannot restart {workload}: {exc}") from None
     is_deployment = rollout.workload == "Deployment"
     read = apps.read_namespaced_deployment if is_deployment else apps.read_namespaced_stateful_set
     patch = apps.patch_namespaced_deployment if is_deployment else apps.patch_namespaced_stateful_set
@@ -38,7 +80,7 @@ def rollout_restart(rollout: KubernetesRollout, poll_seconds: float = 1.0) -> No
     current = _api(workload, "read", lambda: read(rollout.name, rollout.namespace))
     strategy = None if is_deployment else current.spec.update_strategy
     if strategy is not None and strategy.type == "OnDelete":
-        raise ConsumerRestartFailed(
+        raise RolloutFailed(
             f"{workload} uses the OnDelete update strategy: a restart would replace no Pod; use RollingUpdate"
         )
     body = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: _now()}}}}}
@@ -56,9 +98,9 @@ def rollout_restart(rollout: KubernetesRollout, poll_seconds: float = 1.0) -> No
         if waiting is None:
             return
         if waiting.startswith("failed:"):
-            raise ConsumerRestartFailed(f"the rollout of {workload} is stuck: {waiting.removeprefix('failed: ')}")
+            raise RolloutFailed(f"the rollout of {workload} is stuck: {waiting.removeprefix('failed: ')}")
         if time.monotonic() + poll_seconds > deadline:
-            raise ConsumerRestartFailed(
+            raise RolloutFailed(
                 f"the rollout of {workload} did not finish within {rollout.timeout_seconds:g} s ({waiting}); "
                 f"look at `kubectl -n {rollout.namespace} rollout status {rollout.workload.lower()}/{rollout.name}`"
             )
@@ -70,7 +112,7 @@ def _now() -> str:
 
 
 def _api(workload: str, verb: str, call: Any) -> Any:
-    """One API call; an API error becomes ConsumerRestartFailed naming the workload (raised unchained)."""
+    """One API call; an API error becomes RolloutFailed naming the workload (raised unchained)."""
     try:
         return call()
     except ApiException as exc:
@@ -78,7 +120,7 @@ def _api(workload: str, verb: str, call: Any) -> Any:
             message = json.loads(exc.body or "{}").get("message") or exc.reason
         except ValueError:
             message = exc.reason
-        error = ConsumerRestartFailed(f"cannot {verb} {workload}: HTTP {exc.status} {message}")
+        error = RolloutFailed(f"cannot {verb} {workload}: HTTP {exc.status} {message}")
     raise error
 
 

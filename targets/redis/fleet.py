@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import redis
 from pydantic import BaseModel
 
-from tasks.redis_nodes import (
+from errors import CheckFailed
+from targets.redis.credential import RedisNode, TlsSettings
+from targets.redis.nodes import (
     LoginRefused,
     NodeUnreachable,
     Persistence,
@@ -26,7 +28,6 @@ from tasks.redis_nodes import (
     remove_hash,
     requirepass_is_set,
 )
-from tasks.redis_secret import RedisNode, TlsSettings
 
 
 class NodeChange(BaseModel):
@@ -37,7 +38,7 @@ class NodeChange(BaseModel):
     persisted: Persistence
 
 
-class LoginCheckFailed(RedisRotationError):
+class LoginCheckFailed(RedisRotationError, CheckFailed):
     """A login that should work was refused, or one that should be refused worked."""
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from tasks.errors import RotationError
+from errors import RotationError
 
 RUNBOOKS: dict[str, str] = {
     "jwt-signing-key": "flows.jwt:rotate_jwt_signing_key",

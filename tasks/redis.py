@@ -15,15 +15,15 @@ from pydantic import BaseModel
 
 from stores import Stage, open_store
 from stores.errors import VersionNotFound
-from tasks.redis_fleet import Fleet, NodeChange, check_fleet, check_logins
-from tasks.redis_fleet import add_password as add_everywhere
-from tasks.redis_fleet import remove_password as remove_everywhere
-from tasks.redis_fleet import retire_password as retire_everywhere
-from tasks.redis_nodes import RedisRotationError
-from tasks.redis_secret import RedisCredential, parse_credential
-from tasks.retrying import is_transient
+from targets.redis.credential import RedisCredential, parse_credential
+from targets.redis.fleet import Fleet, NodeChange, check_fleet, check_logins
+from targets.redis.fleet import add_password as add_everywhere
+from targets.redis.fleet import remove_password as remove_everywhere
+from targets.redis.fleet import retire_password as retire_everywhere
+from targets.redis.nodes import RedisRotationError
+from tasks import retry_if_transient
 
-_RETRY = {"retries": 2, "retry_delay_seconds": [1, 5], "retry_condition_fn": is_transient}
+_RETRY = {"retries": 2, "retry_delay_seconds": [1, 5], "retry_condition_fn": retry_if_transient}
 
 
 class RedisPlan(BaseModel):

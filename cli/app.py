@@ -18,13 +18,13 @@ from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from flows.terminal import run_with_approvals
+from cli.terminal import run_with_approvals
+from errors import RotationError
+from rotation.approval import give_decision
+from rotation.journal import Journal
 from stores import open_store
 from stores.errors import StoreError
-from stores.journal import Journal
-from tasks.approval import give_decision
-from tasks.consumers import Consumer, HttpReload
-from tasks.errors import RotationError
+from targets.consumers import Consumer, HttpReload
 
 app = typer.Typer(no_args_is_help=True, help="Secret-rotation runbooks on Prefect.", pretty_exceptions_enable=False)
 console = Console()
@@ -70,7 +70,7 @@ Grace = Annotated[float, typer.Option(help="Grace period before the old credenti
 
 
 def _options(no_approval: bool, approve_retire: bool, allow_self_approval: bool, journal: Path | None):
-    from flows.rotation import RotationOptions
+    from rotation.context import RotationOptions
 
     return RotationOptions(
         started_by=getpass.getuser(),
@@ -110,8 +110,8 @@ def jwt(
     journal: JournalOption = None,
 ) -> None:
     """Rotate a JWT signing key: stage, promote, verify, wait, retire the old key."""
-    from flows.jwt import rotate_jwt_signing_key
-    from tasks.jwt import JwtPolicy, inspect_current_keyset
+    from flows.jwt import JwtPolicy, rotate_jwt_signing_key
+    from tasks.jwt import inspect_current_keyset
 
     with _clear_errors():
         policy = JwtPolicy(
@@ -153,9 +153,8 @@ def postgres(
     journal: JournalOption = None,
 ) -> None:
     """Rotate PostgreSQL credentials: alternating users (no failed login) or a single user."""
-    from flows.postgres import rotate_postgres_credentials
+    from flows.postgres import PgPolicy, rotate_postgres_credentials
     from tasks.postgres import inspect_postgres_secret
-    from tasks.postgres_policy import PgPolicy
 
     with _clear_errors():
         policy = PgPolicy(
@@ -163,7 +162,7 @@ def postgres(
         )
         options = _options(no_approval, approve_retire, allow_self_approval, journal)
         consumers = _consumers(consumers_file, reload_url, None)
-        inspect_postgres_secret.fn(secret, admin_secret, policy)
+        inspect_postgres_secret.fn(secret, admin_secret, policy.strategy, policy.clone_suffix, policy.owner_role)
         _launch(
             secret,
             lambda: rotate_postgres_credentials(
@@ -191,7 +190,7 @@ def redis(
 ) -> None:
     """Rotate a Redis ACL password on every node: add beside the old one, move consumers, remove the old one."""
     from flows.redis import RedisPolicy, rotate_redis_password
-    from tasks.redis_acl import inspect_redis_secret
+    from tasks.redis import inspect_redis_secret
 
     with _clear_errors():
         policy = RedisPolicy(grace_seconds=grace)
@@ -316,7 +315,7 @@ def demo(
     grace: Annotated[float, typer.Option(help="Token lifetime plus grace, seconds")] = 5,
 ) -> None:
     """The quick start: a local store, the example auth service, and a JWT rotation end to end."""
-    from flows.demo import run_demo
+    from cli.demo import run_demo
 
     with _clear_errors():
         run_demo(folder.resolve(), yes=yes, wait_seconds=grace, console=console)

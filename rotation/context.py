@@ -28,15 +28,16 @@ from prefect.states import Crashed
 from pydantic import BaseModel, Field
 from pydantic_core import to_jsonable_python
 
+from errors import RotationError
+from redaction import redact
+from rotation.approval import request_approval
+from rotation.audit import audit
+from rotation.journal import Journal, RotationRecord, RotationState
+from rotation.scheduling import schedule_resume
 from stores import SecretStore, SecretURI, Stage, open_store
 from stores.errors import StoreError
-from stores.journal import Journal, RotationRecord, RotationState
-from tasks.approval import request_approval
-from tasks.audit import audit
-from tasks.consumers import Consumer, restart_consumers
-from tasks.errors import RotationError
-from tasks.redaction import redact
-from tasks.scheduling import schedule_resume
+from targets.consumers import Consumer
+from tasks.consumers import restart_consumers
 from tasks.secrets import promote_secret, stage_secret
 
 

@@ -15,8 +15,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tasks.errors import RotationError
-from tasks.redis_secret import RedisNode, TlsSettings
+from errors import CheckFailed, NotFound, PermissionDenied, RotationError, Unreachable
+from targets.redis.credential import RedisNode, TlsSettings
 
 Persistence = Literal["aclfile", "config", "none"]
 TIMEOUT_SECONDS = 5.0
@@ -26,23 +26,23 @@ class RedisRotationError(RotationError):
     """A Redis step failed; the message names the node and the user and says what to do."""
 
 
-class NodeUnreachable(RedisRotationError, ConnectionError):
+class NodeUnreachable(RedisRotationError, Unreachable):
     """The node did not answer (retried: it may come back)."""
 
 
-class LoginRefused(RedisRotationError):
+class LoginRefused(RedisRotationError, PermissionDenied):
     """The node refused a login (wrong password, disabled or unknown user)."""
 
 
-class TlsVerificationFailed(RedisRotationError):
+class TlsVerificationFailed(RedisRotationError, CheckFailed):
     """The node's certificate did not verify; the runbook never falls back to plain text."""
 
 
-class UnknownUser(RedisRotationError):
+class UnknownUser(RedisRotationError, NotFound):
     """The ACL user to rotate does not exist on a node."""
 
 
-class NotPermitted(RedisRotationError):
+class NotPermitted(RedisRotationError, PermissionDenied):
     """The administrator user may not run a command the runbook needs."""
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect.events import emit_event
 
-from stores.journal import Journal
+from rotation.journal import Journal
 
 
 def audit(journal: Journal, rotation_id: str, secret: str, step: str, status: str, **details: Any) -> None:

@@ -20,13 +20,13 @@ import secrets
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from tasks.errors import RotationError
-from tasks.redaction import register_secret
+from errors import BadInput
+from redaction import register_secret
 
 _NODE = re.compile(r"^(?:(?P<scheme>rediss?)://)?(?P<host>\[[^\]]+\]|[^:/\[\]]+)(?::(?P<port>\d+))?/?$")
 
 
-class RedisSecretInvalid(RotationError, ValueError):
+class RedisSecretInvalid(BadInput):
     """The secret's value is not a Redis credential this runbook understands."""
 
 

@@ -13,15 +13,14 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from flows.jwt import rotate_jwt_signing_key
-from flows.rotation import RotationOptions
-from flows.terminal import run_with_approvals
+from cli.terminal import run_with_approvals
+from flows.jwt import JwtPolicy, rotate_jwt_signing_key
+from rotation.context import RotationOptions
+from rotation.journal import Journal
 from stores import open_store
 from stores.errors import SecretNotFound
-from stores.journal import Journal
-from tasks.consumers import Consumer, HttpReload
-from tasks.jwt import JwtPolicy
-from tasks.jwt_keyset import JwtKeyset, new_key
+from targets.consumers import Consumer, HttpReload
+from targets.jwt.keyset import JwtKeyset, new_key
 
 
 def _start_service(uri: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:

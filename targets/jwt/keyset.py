@@ -33,7 +33,7 @@ from jose import jwk, jwt
 from jose.exceptions import ExpiredSignatureError, JOSEError, JWTClaimsError, JWTError
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, model_validator
 
-from tasks.errors import RotationError
+from errors import BadInput, CheckFailed
 
 Algorithm = Literal["HS256", "RS256", "ES256"]
 KeyStatus = Literal["signing", "verify"]
@@ -49,7 +49,7 @@ _HEX = frozenset(string.hexdigits)
 _BASE64 = frozenset(string.ascii_letters + string.digits + "-_+/=")
 
 
-class KeysetError(RotationError):
+class KeysetError(BadInput):
     """A keyset that cannot be used, or a request it cannot serve. The message never holds key material.
 
     Not a ``ValueError`` on purpose: pydantic passes it through unchanged instead of wrapping it in a
@@ -57,7 +57,7 @@ class KeysetError(RotationError):
     """
 
 
-class TokenRejected(RotationError):
+class TokenRejected(CheckFailed):
     """A token that the keyset does not accept. The message never holds the token."""
 
 

@@ -17,8 +17,9 @@ import psycopg2.extensions
 from psycopg2 import sql
 from pydantic import BaseModel
 
-from tasks.postgres_login import PostgresRotationError
-from tasks.redaction import register_secret
+from errors import NotFound, PermissionDenied
+from redaction import register_secret
+from targets.postgres.login import PostgresRotationError
 
 Connection = psycopg2.extensions.connection
 
@@ -31,11 +32,11 @@ _CARRIED = {
 }
 
 
-class UnknownUser(PostgresRotationError):
+class UnknownUser(PostgresRotationError, NotFound):
     """The user to rotate does not exist."""
 
 
-class NotPermitted(PostgresRotationError):
+class NotPermitted(PostgresRotationError, PermissionDenied):
     """The administrator may not do what the runbook needs."""
 
 

@@ -17,7 +17,7 @@ from prefect.flow_runs import pause_flow_run, resume_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
-from tasks.errors import RotationError
+from errors import RotationError
 
 
 class ApprovalDecision(RunInput):
