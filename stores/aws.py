@@ -65,7 +65,7 @@ class AwsStore(SecretStore):
 
     def __init__(self, uri: SecretURI) -> None:
         super().__init__(uri)
-        endpoint = uri.options.get("endpoint_url")
+        endpoint = self.uri.options.get("endpoint_url")
         if endpoint is not None and not endpoint.startswith(("https://", "http://")):
             raise InvalidStoreURI(
                 f"endpoint_url {endpoint!r} in {uri.display} is not a URL: use https://HOST[:PORT] (or http:// for a "
@@ -84,6 +84,16 @@ class AwsStore(SecretStore):
                 "(or a region in your AWS profile)"
             )
         return session.client("secretsmanager", endpoint_url=self.endpoint_url, config=_CONFIG)
+
+    def canonical_options(self, uri: SecretURI) -> dict[str, str]:
+        options = dict(uri.options)
+        # Without a region the SDK's chain picks one: name it, so both spellings are one secret.
+        region = options.get("region") or boto3.session.Session().region_name
+        if region:
+            options["region"] = region
+        if "endpoint_url" in options:
+            options["endpoint_url"] = options["endpoint_url"].rstrip("/")
+        return options
 
     # -- reads ------------------------------------------------------------------------------------------------------
 

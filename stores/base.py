@@ -66,7 +66,12 @@ class SecretStore(abc.ABC):
                 f"unknown option(s) {', '.join(sorted(unknown))} in {uri.display}: the {uri.scheme} store accepts "
                 f"{accepted}"
             )
-        self.uri = uri
+        self.uri = uri.model_copy(update={"options": self.canonical_options(uri)})
+
+    def canonical_options(self, uri: SecretURI) -> dict[str, str]:
+        """``uri``'s options without those that say what this store would do anyway, so that every spelling of
+        one secret has one identity (``self.uri.display``)."""
+        return dict(uri.options)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri.display!r})"

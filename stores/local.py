@@ -68,7 +68,7 @@ class LocalStore(SecretStore):
 
     def __init__(self, uri: SecretURI) -> None:
         super().__init__(uri)
-        key = uri.options.get("key", uri.location + ".key")
+        key = self.uri.options.get("key", uri.location + ".key")
         if not key.startswith("/"):
             raise InvalidStoreURI(
                 f"key file {key!r} in {uri.display} must be an absolute path: key=/abs/path/to/keyfile"
@@ -76,6 +76,13 @@ class LocalStore(SecretStore):
         self.path = Path(uri.location)
         self.key_path = Path(key)
         self.secret = uri.name
+
+    def canonical_options(self, uri: SecretURI) -> dict[str, str]:
+        options = dict(uri.options)
+        key = options.get("key")
+        if key is not None and key.startswith("/") and os.path.realpath(key) == uri.location + ".key":
+            del options["key"]
+        return options
 
     # -- reads ------------------------------------------------------------------------------------------------------
 

@@ -12,12 +12,19 @@ gcp         ``gcp://my-project/jwt-signing``                 project id, secret 
 ==========  ==============================================  =====================================
 
 A URI never carries credentials: each manager's SDK finds them through its standard chain.
+
+Every spelling of one secret parses to the same :class:`SecretURI`, whose :attr:`~SecretURI.display` is the
+secret's identity (the lock, the journal and the audit trail key on it): the scheme is case-folded, percent-encoding
+is decoded, paths are normalised (a local store's path as the file system resolves it; repeated or trailing slashes
+elsewhere), options are sorted, and each store drops the options it would default to anyway
+(:meth:`stores.base.SecretStore.canonical_options`). A query that repeats a key is ambiguous and refused.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Literal
-from urllib.parse import parse_qsl, unquote, urlencode
+from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from pydantic import BaseModel, ConfigDict
 
@@ -41,6 +48,7 @@ class SecretURI(BaseModel):
     @classmethod
     def parse(cls, uri: str) -> SecretURI:
         scheme, sep, rest = uri.partition("://")
+        scheme = scheme.lower()
         if not sep:
             raise InvalidStoreURI(
                 f"{uri!r} is not a store URI: expected scheme://..., for example local:///path/store.db?secret=NAME"
@@ -52,9 +60,16 @@ class SecretURI(BaseModel):
             )
         path, _, query = rest.partition("?")
         try:
-            options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
+            pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
         except ValueError as exc:
             raise InvalidStoreURI(f"malformed options {query!r} in store URI {uri!r}") from exc
+        options = dict(pairs)
+        if len(options) < len(pairs):
+            repeated = sorted({k for k, _ in pairs if [key for key, _ in pairs].count(k) > 1})
+            raise InvalidStoreURI(
+                f"store URI {uri!r} gives {', '.join(repeated)} more than once, so it is ambiguous: "
+                "give each option once"
+            )
         if "@" in path.split("/", 1)[0]:
             raise InvalidStoreURI(
                 f"store URI {scheme}://... must not carry credentials: remove the user@ part; "
@@ -68,12 +83,14 @@ class SecretURI(BaseModel):
                     f"local store URI {uri!r} needs an absolute path and a secret name: "
                     "local:///path/store.db?secret=NAME"
                 )
-            return cls(scheme="local", location=path, name=name, options=options)
+            return cls(scheme="local", location=os.path.realpath(path), name=name, options=options)
         if scheme == "aws":
             if not path:
                 raise InvalidStoreURI(f"aws store URI {uri!r} needs a secret name: aws://NAME?region=REGION")
             return cls(scheme="aws", location="", name=path, options=options)
-        location, _, name = path.strip("/").partition("/")
+        location, _, name = "/".join(part for part in path.split("/") if part).partition("/")
+        if scheme == "azure":
+            location = location.lower()  # a Key Vault name is a DNS label
         if not location or not name:
             raise InvalidStoreURI(
                 f"{scheme} store URI {uri!r} needs a {_TWO_PART[scheme]} and a secret name: "
@@ -83,14 +100,14 @@ class SecretURI(BaseModel):
 
     @property
     def display(self) -> str:
-        """The URI in its canonical form, for messages and the journal."""
-        options = dict(self.options)
+        """The URI in its canonical form: the secret's identity, for messages, locks and the journal."""
+        options = dict(sorted(self.options.items()))
         if self.scheme == "local":
             head, options = self.location, {"secret": self.name, **options}
         else:
             head = f"{self.location}/{self.name}" if self.location else self.name
         query = urlencode(options, safe=":/")
-        return f"{self.scheme}://{head}" + (f"?{query}" if query else "")
+        return f"{self.scheme}://{quote(head, safe='/:@')}" + (f"?{query}" if query else "")
 
     def __str__(self) -> str:
         return self.display

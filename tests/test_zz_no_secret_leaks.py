@@ -15,12 +15,12 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+import redaction
 from flows.jwt import JwtPolicy, rotate_jwt_signing_key
 from rotation.context import RotationOptions, RotationRolledBack
 from rotation.journal import Journal
 from targets.consumers import Consumer, HttpReload, NoRestart
 from targets.jwt.keyset import JwtKey, JwtKeyset, hs_kid
-from tasks import redaction
 from tests.fixtures.prefect import drain_prefect_workers
 
 CANARY = "CANARY" + secrets.token_hex(40)
