@@ -24,8 +24,12 @@ class RotationError(Exception):
     """A failure explained in its message: bad input, a refused credential, a failed check, a rejection."""
 
 
-class BadInput(RotationError, ValueError):
-    """Input that cannot work; the message names it and says what to give instead."""
+class BadInput(RotationError):
+    """Input that cannot work; the message names it and says what to give instead.
+
+    Not a ``ValueError``: pydantic passes it through a validator unchanged instead of wrapping it in a
+    ``ValidationError`` whose text would quote the input.
+    """
 
 
 class NotFound(RotationError):

@@ -9,21 +9,22 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network
 import getpass
 import json
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from cli.terminal import run_with_approvals
-from errors import RotationError
-from rotation.approval import give_decision
-from rotation.journal import Journal
+from cli.terminal import run_here, verdict
+from errors import BadInput, Refused, RotationError
+from rotation.approval import ApprovalDecision, Preapproval, give_decision, same_person, waiting_for
+from rotation.journal import Journal, RotationRecord
+from rotation.options import RotationOptions
 from stores import open_store
-from stores.errors import StoreError
 from targets.consumers import Consumer, HttpReload
 
 app = typer.Typer(no_args_is_help=True, help="Secret-rotation runbooks on Prefect.", pretty_exceptions_enable=False)
@@ -31,7 +32,10 @@ console = Console()
 err = Console(stderr=True)
 
 JournalOption = Annotated[
-    Path | None, typer.Option(help="Rotation journal file (default: $ROTATE_JOURNAL or ~/.local/state/...)")
+    str | None,
+    typer.Option(
+        help="Rotation journal: a file, or a postgresql:// URL (default: $ROTATE_JOURNAL or ~/.local/state/...)"
+    ),
 ]
 
 
@@ -40,19 +44,31 @@ def _clear_errors() -> Iterator[None]:
     """Turn the errors a user can act on into one red line and exit status 1; anything else is a bug: raise it."""
     try:
         yield
-    except (StoreError, RotationError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+    except RotationError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False))
-        err.print(f"[red]error:[/red] invalid input: {problems}")
+        err.print(f"[red]error:[/red] invalid input: {escape(problems)}")
         raise typer.Exit(1) from None
 
 
 def _consumers(consumers_file: Path | None, reload_url: str | None, verify_url: str | None) -> list[Consumer]:
     consumers: list[Consumer] = []
     if consumers_file is not None:
-        consumers = TypeAdapter(list[Consumer]).validate_json(consumers_file.read_text())
+        try:
+            text = consumers_file.read_text()
+        except OSError as exc:
+            raise BadInput(f"--consumers {consumers_file}: cannot read it ({exc.strerror}); give a JSON file") from None
+        try:
+            consumers = TypeAdapter(list[Consumer]).validate_json(text)
+        except ValidationError as exc:
+            first = exc.errors(include_input=False)[0]
+            where = ".".join(map(str, first["loc"])) or "the document"
+            raise BadInput(
+                f"--consumers {consumers_file}: not a JSON list of consumers ({where}: {first['msg']}); see the "
+                "README's command-line section for the format"
+            ) from None
     if reload_url or verify_url:
         restart = HttpReload(url=reload_url) if reload_url else None
         consumers.append(Consumer(name="service", verify_url=verify_url, **({"restart": restart} if restart else {})))
@@ -61,7 +77,7 @@ def _consumers(consumers_file: Path | None, reload_url: str | None, verify_url: 
 
 Consumers = Annotated[Path | None, typer.Option("--consumers", help="JSON list of consumers to restart and verify")]
 ReloadUrl = Annotated[str | None, typer.Option(help="Reload endpoint of a single consumer")]
-Yes = Annotated[bool, typer.Option("--yes", help="Approve every step without asking")]
+Yes = Annotated[bool, typer.Option("--yes", help="Approve every step in advance: the run never pauses")]
 NoApproval = Annotated[bool, typer.Option("--no-approval", help="Do not ask before promoting")]
 ApproveRetire = Annotated[bool, typer.Option(help="Ask before retiring the old credential")]
 SelfApproval = Annotated[bool, typer.Option(help="Let the person who starts the run approve it")]
@@ -69,23 +85,37 @@ Approver = Annotated[str, typer.Option(help="Name recorded for --yes approvals (
 Grace = Annotated[float, typer.Option(help="Grace period before the old credential is retired, seconds")]
 
 
-def _options(no_approval: bool, approve_retire: bool, allow_self_approval: bool, journal: Path | None):
-    from rotation.context import RotationOptions
+def _preapproval(yes: bool, approver: str, started_by: str, allow_self_approval: bool) -> Preapproval | None:
+    """``--yes`` as a decision given in advance; refused here, before anything starts, when four eyes forbid it."""
+    if not yes:
+        return None
+    name = approver or getpass.getuser()
+    if same_person(name, started_by) and not allow_self_approval:
+        raise BadInput(
+            f"--yes approves as {name}, who also starts this run, and approving needs a second person: pass "
+            "--allow-self-approval (if this deployment allows it), or leave out --yes and let someone else approve"
+        )
+    return Preapproval(approver=name)
 
+
+def _options(
+    no_approval: bool, approve_retire: bool, allow_self_approval: bool, journal: str | None, yes: bool, approver: str
+) -> RotationOptions:
+    started_by = getpass.getuser()
     return RotationOptions(
-        started_by=getpass.getuser(),
+        started_by=started_by,
         approve_promote=not no_approval,
         approve_retire=approve_retire,
         allow_self_approval=allow_self_approval,
-        journal=str(journal) if journal else None,
+        journal=journal,
+        preapproved=_preapproval(yes, approver, started_by, allow_self_approval),
     )
 
 
-def _launch(secret: str, runbook: Callable[[], dict[str, Any]], journal: str | None, yes: bool, approver: str) -> None:
-    """Run ``runbook`` here, answering its approvals, and print its summary (ids and states only)."""
-    summary = run_with_approvals(
-        runbook, Journal(journal), open_store(secret).uri.display, yes=yes, approver=approver or getpass.getuser()
-    )
+def _launch(secret: str, runbook: Callable[[], dict[str, Any]], journal: str | None) -> None:
+    """Run ``runbook`` here, answering its approvals at the terminal, and print its summary (ids and states)."""
+    open_store(secret)  # a malformed store URI is one line here, before Prefect starts
+    summary = run_here(runbook, Journal(journal), console)
     console.print_json(json.dumps(summary, default=str))
 
 
@@ -111,7 +141,6 @@ def jwt(
 ) -> None:
     """Rotate a JWT signing key: stage, promote, verify, wait, retire the old key."""
     from flows.jwt import JwtPolicy, rotate_jwt_signing_key
-    from tasks.jwt import inspect_current_keyset
 
     with _clear_errors():
         policy = JwtPolicy(
@@ -121,15 +150,12 @@ def jwt(
             grace_seconds=grace,
             publish_first=publish_first,
         )
-        options = _options(no_approval, approve_retire, allow_self_approval, journal)
+        options = _options(no_approval, approve_retire, allow_self_approval, journal, yes, approver)
         consumers = _consumers(consumers_file, reload_url, verify_url)
-        inspect_current_keyset.fn(secret)  # bad input fails here, in one line, before a flow run starts
         _launch(
             secret,
             lambda: rotate_jwt_signing_key(secret, consumers=consumers, policy=policy, options=options),
             options.journal,
-            yes,
-            approver,
         )
 
 
@@ -154,23 +180,19 @@ def postgres(
 ) -> None:
     """Rotate PostgreSQL credentials: alternating users (no failed login) or a single user."""
     from flows.postgres import PgPolicy, rotate_postgres_credentials
-    from tasks.postgres import inspect_postgres_secret
 
     with _clear_errors():
         policy = PgPolicy(
             strategy=strategy, retire=retire, grace_seconds=grace, **({"privilege_checks": check} if check else {})
         )
-        options = _options(no_approval, approve_retire, allow_self_approval, journal)
+        options = _options(no_approval, approve_retire, allow_self_approval, journal, yes, approver)
         consumers = _consumers(consumers_file, reload_url, None)
-        inspect_postgres_secret.fn(secret, admin_secret, policy.strategy, policy.clone_suffix, policy.owner_role)
         _launch(
             secret,
             lambda: rotate_postgres_credentials(
                 secret, admin_secret=admin_secret, consumers=consumers, policy=policy, options=options
             ),
             options.journal,
-            yes,
-            approver,
         )
 
 
@@ -190,74 +212,123 @@ def redis(
 ) -> None:
     """Rotate a Redis ACL password on every node: add beside the old one, move consumers, remove the old one."""
     from flows.redis import RedisPolicy, rotate_redis_password
-    from tasks.redis import inspect_redis_secret
 
     with _clear_errors():
         policy = RedisPolicy(grace_seconds=grace)
-        options = _options(no_approval, approve_retire, allow_self_approval, journal)
+        options = _options(no_approval, approve_retire, allow_self_approval, journal, yes, approver)
         consumers = _consumers(consumers_file, reload_url, None)
-        inspect_redis_secret.fn(secret, admin_secret)
         _launch(
             secret,
             lambda: rotate_redis_password(secret, admin_secret, consumers=consumers, policy=policy, options=options),
             options.journal,
-            yes,
-            approver,
         )
+
+
+def _rotation(book: Journal, rotation_or_run_id: str) -> RotationRecord:
+    """The rotation named by its id, or by the id of a flow run that owns it."""
+    for record in book.list():
+        if rotation_or_run_id in (record.id, record.flow_run_id):
+            return record
+    return book.get(rotation_or_run_id)  # raises, naming the journal
+
+
+def _status(book: Journal, record: RotationRecord) -> str:
+    """A rotation's state as a person reads it: a live run waiting for approval says so."""
+    if record.state.finished:
+        return str(record.state)
+    if not record.lease_live():
+        return f"{record.state}, its run has stopped" if record.state is not record.state.WAITING else "waiting"
+    waiting = waiting_for(book, record.id, record.flow_run_id)
+    if waiting is not None:
+        return f"waiting for approval ({waiting.step}) in flow run {record.flow_run_id}"
+    return f"{record.state}{', retired' if record.retired_at else ''}"
 
 
 @app.command()
 def approve(
-    run_id: Annotated[str, typer.Argument(help="A paused flow run id, or a rotation id")],
+    rotation_id: Annotated[str, typer.Argument(help="The rotation (or its paused flow run) to decide")],
     approver: Annotated[str, typer.Option(help="Your name, recorded in the audit trail")],
+    reason: Annotated[str, typer.Option(help="Why; recorded in the audit trail")],
     reject: Annotated[bool, typer.Option("--reject", help="Reject: the rotation is rolled back")] = False,
-    reason: Annotated[str, typer.Option(help="Why; recorded in the audit trail")] = "",
     journal: JournalOption = None,
 ) -> None:
-    """Approve (or reject) a rotation that waits for a human."""
+    """Approve (or reject) the step a rotation waits at; exits non-zero if the run refuses the decision."""
+    import uuid
+
     with _clear_errors():
-        flow_run_id = run_id
-        book = Journal(journal)
-        with suppress(StoreError):
-            flow_run_id = book.get(run_id).flow_run_id or run_id
-        give_decision(
-            flow_run_id, approved=not reject, approver=approver, reason=reason or ("rejected" if reject else "approved")
+        book = Journal(journal, create=False)
+        record = _rotation(book, rotation_id)
+        waiting = waiting_for(book, record.id, record.flow_run_id) if record.lease_live() else None
+        if waiting is None:
+            raise Refused(f"rotation {record.id} is not waiting for an approval ({_status(book, record)})")
+        decision = ApprovalDecision(
+            decision="reject" if reject else "approve",
+            approver=approver,
+            reason=reason,
+            rotation_id=record.id,
+            step=waiting.step,
+            decision_id=str(uuid.uuid4()),
         )
-        console.print(f"{'rejected' if reject else 'approved'} flow run {flow_run_id} as {approver}")
+        give_decision(waiting.flow_run_id, decision)
+        console.print(escape(verdict(book, decision, timeout=120)))
 
 
 @app.command()
 def status(
-    rotation_id: Annotated[str | None, typer.Argument(help="Show the steps of this rotation")] = None,
+    rotation_id: Annotated[str | None, typer.Argument(help="Show the audit trail of this rotation")] = None,
     journal: JournalOption = None,
 ) -> None:
     """List rotations, or the audit trail of one."""
     with _clear_errors():
-        book = Journal(journal)
+        book = Journal(journal, create=False)
+        console.print(f"journal: {escape(book.display)}")
         if rotation_id:
             record = book.get(rotation_id)
-            console.print(f"rotation {record.id} of {record.secret} ({record.runbook}): [bold]{record.state}[/bold]")
+            console.print(
+                f"rotation {record.id} of {escape(record.secret)} ({record.runbook}): "
+                f"[bold]{escape(_status(book, record))}[/bold]"
+            )
             if record.reason:
-                console.print(f"reason: {record.reason}")
+                console.print(f"reason: {escape(record.reason)}")
             table = Table("at", "step", "status", "details")
-            for step in book.steps(rotation_id):
-                table.add_row(f"{step.at:%H:%M:%S}", step.step, step.status, json.dumps(step.details, default=str))
+            for event in book.events(rotation_id):
+                table.add_row(
+                    f"{event.at:%H:%M:%S}", escape(event.step), event.status, escape(json.dumps(event.details))
+                )
             console.print(table)
             return
         table = Table(show_lines=True)
         table.add_column("rotation", no_wrap=True, min_width=36)  # the id people paste into the next command
-        table.add_column("state", no_wrap=True)
+        table.add_column("state")
         table.add_column("started (UTC), by")
         table.add_column("runbook: secret", overflow="fold")
         for record in book.list():
-            state = f"{record.state}, retired" if record.retired_at and not record.state.finished else record.state
             table.add_row(
                 record.id,
-                state,
-                f"{record.started_at:%Y-%m-%d %H:%M} {record.started_by}",
-                f"{record.runbook}: {record.secret}",
+                escape(_status(book, record)),
+                f"{record.started_at:%Y-%m-%d %H:%M} {escape(record.started_by)}",
+                escape(f"{record.runbook}: {record.secret}"),
             )
         console.print(table)
+
+
+def _stopped(book: Journal, rotation_id: str, purpose: str) -> RotationRecord:
+    """The rotation, if ``purpose`` ("resume", "rollback") can apply to it: said in one line before Prefect starts."""
+    record = book.get(rotation_id)
+    if record.state.finished:
+        advice = "start a new rotation instead" if purpose == "resume" else "there is nothing to undo"
+        raise Refused(f"rotation {rotation_id} of {record.secret} is already {record.state}; {advice}")
+    if purpose == "rollback" and record.retired_at is not None:
+        raise Refused(
+            f"rotation {rotation_id} of {record.secret} passed its point of no return (the old credential was "
+            f"retired); it can only go forward: `rotate resume {rotation_id}`"
+        )
+    if record.lease_live():
+        raise Refused(
+            f"rotation {rotation_id} of {record.secret} is still run by flow run {record.flow_run_id}; wait for it, "
+            f"or cancel that run, then {purpose} again"
+        )
+    return record
 
 
 @app.command()
@@ -266,33 +337,33 @@ def rollback(
     reason: Annotated[str, typer.Option(help="Recorded in the audit trail")] = "rolled back by an operator",
     journal: JournalOption = None,
 ) -> None:
-    """Roll back a rotation that stopped before its point of no return."""
-    from flows.recovery import rollback_rotation
-
+    """Roll back a rotation whose run stopped before its point of no return."""
     with _clear_errors():
-        rollback_rotation(rotation_id, journal=str(journal) if journal else None, reason=reason)
+        book = Journal(journal, create=False)
+        _stopped(book, rotation_id, "rollback")
+        from flows.recovery import rollback_rotation
+
+        run_here(lambda: rollback_rotation(rotation_id, journal=book.location, reason=reason), book, console)
         console.print(f"rotation {rotation_id} rolled back")
 
 
 @app.command()
 def resume(
     rotation_id: Annotated[str, typer.Argument(help="The rotation to carry on")],
-    yes: Annotated[bool, typer.Option("--yes", help="Approve every step without asking")] = False,
-    approver: Annotated[str, typer.Option(help="Name recorded for --yes approvals (default: the OS user)")] = "",
+    yes: Yes = False,
+    approver: Approver = "",
     journal: JournalOption = None,
 ) -> None:
-    """Resume a rotation whose run stopped; finished steps are not repeated."""
-    from flows.recovery import resume_rotation
-
+    """Resume a rotation whose run stopped; completed steps are not repeated."""
     with _clear_errors():
-        book = Journal(journal)
-        record = book.get(rotation_id)
-        summary = run_with_approvals(
-            lambda: resume_rotation(rotation_id, journal=str(journal) if journal else None),
-            book,
-            record.secret,
-            yes=yes,
-            approver=approver or getpass.getuser(),
+        book = Journal(journal, create=False)
+        record = _stopped(book, rotation_id, "resume")
+        allow_self = bool((record.parameters.get("options") or {}).get("allow_self_approval"))
+        preapproved = _preapproval(yes, approver, record.started_by, allow_self)
+        from flows.recovery import resume_rotation
+
+        summary = run_here(
+            lambda: resume_rotation(rotation_id, journal=book.location, preapproved=preapproved), book, console
         )
         console.print_json(json.dumps(summary, default=str))
 

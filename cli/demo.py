@@ -13,9 +13,10 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from cli.terminal import run_with_approvals
+from cli.terminal import run_here
 from flows.jwt import JwtPolicy, rotate_jwt_signing_key
-from rotation.context import RotationOptions
+from rotation.approval import Preapproval
+from rotation.options import RotationOptions
 from rotation.journal import Journal
 from stores import open_store
 from stores.errors import SecretNotFound
@@ -73,9 +74,13 @@ def run_demo(folder: Path, *, yes: bool, wait_seconds: float, console: Console) 
         old_token = httpx.post(f"{base}/token", json={"sub": "demo-user"}, timeout=5).json()["access_token"]
         before = httpx.get(f"{base}/health", timeout=5).json()
         options = RotationOptions(
-            started_by=getpass.getuser(), allow_self_approval=True, journal=str(journal.path), max_sleep_seconds=3600
+            started_by=getpass.getuser(),
+            allow_self_approval=True,
+            journal=journal.location,
+            max_sleep_seconds=3600,
+            preapproved=Preapproval(approver=getpass.getuser()) if yes else None,
         )
-        summary = run_with_approvals(
+        summary = run_here(
             lambda: rotate_jwt_signing_key(
                 uri,
                 consumers=[
@@ -85,9 +90,7 @@ def run_demo(folder: Path, *, yes: bool, wait_seconds: float, console: Console) 
                 options=options,
             ),
             journal,
-            store.uri.display,
-            yes=yes,
-            approver=getpass.getuser(),
+            console,
         )
         after = httpx.get(f"{base}/health", timeout=5).json()
         new_token = httpx.post(f"{base}/token", json={"sub": "demo-user"}, timeout=5).json()["access_token"]
@@ -97,7 +100,7 @@ def run_demo(folder: Path, *, yes: bool, wait_seconds: float, console: Console) 
         table.add_row("token issued before the rotation", "accepted", _accepted(base, old_token))
         table.add_row("token issued after the rotation", "", _accepted(base, new_token))
         console.print(table)
-        console.print(f"audit trail: rotate status {summary['rotation_id']} --journal {journal.path}")
+        console.print(f"audit trail: rotate status {summary['rotation_id']} --journal {journal.location}")
     finally:
         service.terminate()
         service.wait(timeout=10)

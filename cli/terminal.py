@@ -1,38 +1,34 @@
-"""Answering a runbook's approvals at the terminal while it runs in this process."""
+"""Running a runbook in this process and answering its approvals at the terminal, for that run alone.
+
+The run's approvals reach this terminal through :func:`rotation.approval.watching`, which only hears runs of this
+process: a second ``rotate`` command never sees (or answers) another command's rotation. ``--yes`` is not handled
+here: it is a decision given in advance (``RotationOptions.preapproved``), so such a run never pauses.
+"""
 
 from __future__ import annotations
 
+import queue
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from rotation.approval import NotWaitingForApproval, give_decision
+from errors import Refused
+from rotation.approval import ApprovalDecision, PendingApproval, give_decision, watching
 from rotation.journal import Journal
 
-console = Console()
 
-
-def _pending_approval(journal: Journal, secret: str) -> tuple[str, str, str] | None:
-    """(flow run id, step, question) of the approval the active rotation of ``secret`` waits for, if any."""
-    for record in journal.list(active_only=True):
-        if record.secret != secret or not record.flow_run_id:
-            continue
-        steps = journal.steps(record.id)
-        if steps and steps[-1].status == "waiting" and steps[-1].step.endswith(":approve"):
-            return record.flow_run_id, f"{record.id}/{steps[-1].step}", steps[-1].details.get("question", "")
-    return None
-
-
-def run_with_approvals(run: Callable[[], Any], journal: Journal, secret: str, *, yes: bool, approver: str) -> Any:
-    """Run a runbook in a thread and answer its approvals here: ``--yes`` approves, a terminal asks; without
-    either (no terminal on standard input) the run waits for an approval from the UI, the API or ``rotate approve``.
-    """
+def run_here(run: Callable[[], Any], journal: Journal, console: Console) -> Any:
+    """Run ``run`` (a runbook flow call) in a thread; ask its approvals at the terminal when there is one, else say
+    how to give them (the Prefect UI, ``rotate approve``, the API) and wait."""
     interactive = sys.stdin is not None and sys.stdin.isatty()
+    pending: queue.Queue[PendingApproval] = queue.Queue()
     outcome: dict[str, Any] = {}
 
     def target() -> None:
@@ -41,36 +37,70 @@ def run_with_approvals(run: Callable[[], Any], journal: Journal, secret: str, *,
         except BaseException as exc:
             outcome["error"] = exc
 
-    worker = threading.Thread(target=target, name="runbook", daemon=True)
-    worker.start()
-    answered: set[str] = set()
-    while worker.is_alive():
-        worker.join(0.5)
-        pending = _pending_approval(journal, secret)
-        if pending is None or pending[1] in answered:
-            continue
-        flow_run_id, step, question = pending
-        answered.add(step)
-        if not yes and not interactive:
-            console.print(
-                f"[cyan]waiting for approval[/cyan] {question}\n"
-                f"  rotate approve {flow_run_id} --approver NAME [--reject] --reason TEXT  (or in the Prefect UI)"
-            )
-            continue
-        if yes:
-            console.print(f"[cyan]approval[/cyan] {question} -> approved by {approver} (--yes)")
-            decision = {"approved": True, "approver": approver, "reason": "approved with --yes"}
-        else:
-            approved = typer.confirm(f"{question}", default=False)
-            name = typer.prompt("Your name", default=approver)
-            reason = typer.prompt("Reason", default="approved at the terminal" if approved else "rejected")
-            decision = {"approved": approved, "approver": name, "reason": reason}
-        for _ in range(40):  # the journal can say "waiting" a moment before the server has the run paused
+    with watching(pending.put):
+        worker = threading.Thread(target=target, name="runbook", daemon=True)
+        worker.start()
+        while worker.is_alive():
             try:
-                give_decision(flow_run_id, **decision)
-                break
-            except NotWaitingForApproval:
-                time.sleep(0.25)
+                waiting = pending.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if interactive:
+                _ask(waiting, journal, console)
+            else:
+                console.print(
+                    f"[cyan]waiting for approval[/cyan] {escape(waiting.question)}\n"
+                    f"  approve in the Prefect UI, or: rotate approve {waiting.rotation_id} --approver NAME "
+                    "--reason TEXT [--reject]"
+                )
+        worker.join()
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("result")
+
+
+def _ask(waiting: PendingApproval, journal: Journal, console: Console) -> None:
+    approved = typer.confirm(waiting.question, default=False)
+    approver = typer.prompt("Your name")
+    reason = typer.prompt("Reason", default="approved at the terminal" if approved else "rejected at the terminal")
+    decision = ApprovalDecision(
+        decision="approve" if approved else "reject",
+        approver=approver,
+        reason=reason,
+        rotation_id=waiting.rotation_id,
+        step=waiting.step,
+        decision_id=str(uuid.uuid4()),
+    )
+    _send(waiting.flow_run_id, decision)
+    try:
+        console.print(escape(verdict(journal, decision, timeout=60)))
+    except Refused as exc:  # the run asks again, saying why
+        console.print(f"[red]refused:[/red] {escape(str(exc))}")
+
+
+def _send(flow_run_id: str, decision: ApprovalDecision) -> None:
+    # The journal says "waiting" a moment before the server has the run paused.
+    for _ in range(40):
+        try:
+            give_decision(flow_run_id, decision)
+            return
+        except Refused:
+            time.sleep(0.25)
+    give_decision(flow_run_id, decision)
+
+
+def verdict(journal: Journal, decision: ApprovalDecision, timeout: float) -> str:
+    """What the run made of ``decision`` (accepted, rejected, or refused and why), read back from the journal."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for event in journal.events(decision.rotation_id):
+            if event.details.get("decision_id") != decision.decision_id:
+                continue
+            if event.status == "refused":
+                raise Refused(f"the run refused the decision of {decision.approver}: {event.details.get('reason')}")
+            return f"{event.status}: {decision.step} of rotation {decision.rotation_id}, by {decision.approver}"
+        time.sleep(0.2)
+    raise Refused(
+        f"the run has not acted on the decision within {timeout:.0f} s; `rotate status {decision.rotation_id}` "
+        "shows where it is"
+    )

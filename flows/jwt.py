@@ -11,22 +11,22 @@ Any failure before step 8 rolls everything back: the old keyset is current again
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from rotation.context import RotationOptions, Undo, rotation
+from rotation import RotationOptions, Undo, rotation, runbook
 from targets.consumers import Consumer
 from targets.jwt.keyset import Algorithm
+from targets.jwt.rollover import next_keyset
 from tasks.jwt import (
     check_tokens,
     drop_previous_key,
     inspect_current_keyset,
-    inspect_keyset_version,
-    next_keyset,
+    inspect_new_key,
     switch_signing_key,
+    undo_switch_signing_key,
 )
 
 
@@ -45,6 +45,11 @@ class JwtPolicy(BaseModel):
     grace_seconds: float = Field(default=300, ge=0, description="Extra time for clocks and caches.")
 
 
+def _short(kid: str) -> str:
+    return kid[:12]
+
+
+@runbook("jwt-signing-key", undos=[undo_switch_signing_key])
 @flow(name="rotate-jwt-signing-key", log_prints=False, persist_result=False)
 def rotate_jwt_signing_key(
     secret: str,
@@ -53,37 +58,28 @@ def rotate_jwt_signing_key(
     options: RotationOptions | None = None,
 ) -> dict[str, Any]:
     """Rotate the JWT keyset stored at ``secret`` (a store URI) for the services in ``consumers``."""
-    consumers = consumers or []
     policy = policy or JwtPolicy()
-    options = options or RotationOptions()
-
-    inspect_current_keyset(secret)  # a malformed keyset stops here, before anything changes
-    with rotation(secret, "jwt-signing-key", options) as r:
-        r.stage(partial(next_keyset, **policy.model_dump(include={"algorithm", "key_bits", "publish_first"})))
-        staged = r.verify(inspect_keyset_version, secret, r.id)
-        new, old = (
-            (staged.verify_only[0], staged.signing) if policy.publish_first else (staged.signing, staged.verify_only[0])
+    with rotation(secret, options, consumers or []) as r:
+        r.check("check-keyset", inspect_current_keyset, secret)
+        r.stage("stage-keyset", next_keyset, **policy.model_dump(include={"algorithm", "key_bits", "publish_first"}))
+        key = r.check("find-new-key", inspect_new_key, secret, r.id)
+        r.promote(
+            "promote", ask=f"Promote JWT key {_short(key.new)} for {secret}? Key {_short(key.old)} keeps verifying."
         )
-        r.plan(new_kid=new, old_kid=old)
-        r.approve(f"Promote JWT key {new} for {secret}? Key {old} keeps verifying.", required=options.approve_promote)
-        r.promote()
-        r.restart(consumers)
-        r.verify(check_tokens, secret, consumers, accepted=[new, old], rejected=[])
+        r.restart("restart")
+        r.verify("both-keys-accepted", check_tokens, secret, r.consumers, accepted=[key.new, key.old], rejected=[])
         if policy.publish_first:  # every consumer now knows the new key: it may start signing
             r.apply(
+                "switch-signing-key",
                 switch_signing_key,
                 secret,
                 r.id,
-                undo=Undo(
-                    task="tasks.jwt:undo_switch_signing_key",
-                    kwargs={"secret": secret, "rotation_id": r.id, "previous_version": r.versions_before["current"]},
-                ),
+                undo=Undo(undo_switch_signing_key, previous_version=r.versions_before["current"]),
             )
-            r.restart(consumers)
-            r.verify(check_tokens, secret, consumers, accepted=[new, old], rejected=[])
-        r.wait(policy.token_lifetime_seconds + policy.grace_seconds, why="tokens signed with the old key expire")
-        r.approve(f"Remove the old JWT key {old} from {secret}?", required=options.approve_retire)
-        r.retire(drop_previous_key, secret, r.id)
-        r.restart(consumers)
-        r.verify(check_tokens, secret, consumers, accepted=[new], rejected=[old])
-    return r.summary()
+            r.restart("restart-after-switch")
+            r.verify("new-key-signs", check_tokens, secret, r.consumers, accepted=[key.new, key.old], rejected=[])
+        r.wait("tokens-expire", policy.token_lifetime_seconds + policy.grace_seconds, why="old-key tokens expire")
+        r.retire("drop-old-key", drop_previous_key, secret, r.id, ask=f"Remove the old JWT key {_short(key.old)}?")
+        r.restart("restart-after-retire")
+        r.verify("old-key-rejected", check_tokens, secret, r.consumers, accepted=[key.new], rejected=[key.old])
+    return {**r.summary(), "new_kid": key.new, "old_kid": key.old}

@@ -14,13 +14,12 @@ created by the rotation is put back.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, Literal
 
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from rotation.context import Rotation, RotationOptions, Undo, rotation
+from rotation import Rotation, RotationOptions, Undo, rotation, runbook
 from targets.consumers import Consumer
 from targets.postgres.credential import new_login_value
 from tasks.postgres import (
@@ -32,8 +31,11 @@ from tasks.postgres import (
     prepare_alternating_users,
     privileges_work,
     repair_current_login,
+    restore_login_password,
+    restore_single_user,
     retire_user,
     set_login_password,
+    unprepare_alternating_users,
 )
 
 
@@ -63,93 +65,100 @@ class PgPolicy(BaseModel):
     password_bytes: int = Field(default=32, ge=16, le=128, description="Random bytes in a new password.")
 
 
-def _alternating(r: Rotation, secret: str, plan: PgPlan, policy: PgPolicy, consumers: list[Consumer]) -> None:
-    admin, checks = plan.admin_secret, policy.privilege_checks
-    r.stage(partial(new_login_value, username=plan.target_user, length_bytes=policy.password_bytes))
+def _alternating(r: Rotation, plan: PgPlan, policy: PgPolicy) -> None:
+    secret, admin, checks = r.secret, plan.admin_secret, policy.privilege_checks
+    r.stage("stage-password", new_login_value, username=plan.target_user, length_bytes=policy.password_bytes)
     r.apply(
+        "prepare-users",
         prepare_alternating_users,
         secret,
         plan.current_version,
         admin,
         plan,
         undo=Undo(
-            task="tasks.postgres:unprepare_alternating_users",
-            kwargs={
-                "secret": secret,
-                "rotation_id": r.id,
-                "admin_secret": admin,
-                "user": plan.current_user,
-                "target": plan.target_user,
-                "owner": plan.owner_role,
-                "adopted": plan.adopt,
-                "created": plan.create_target,
-            },
+            unprepare_alternating_users,
+            admin_secret=admin,
+            user=plan.current_user,
+            target=plan.target_user,
+            owner=plan.owner_role,
+            adopted=plan.adopt,
+            created=plan.create_target,
         ),
     )
     r.apply(
+        "set-password",
         set_login_password,
         secret,
         r.id,
         admin,
         undo=Undo(
-            task="tasks.postgres:restore_login_password",
-            kwargs={
-                "secret": secret,
-                "rotation_id": r.id,
-                "admin_secret": admin,
-                "user": plan.target_user,
-                "could_login": plan.target_could_login,
-                "restore_version": plan.restore_version,
-            },
+            restore_login_password,
+            admin_secret=admin,
+            user=plan.target_user,
+            could_login=plan.target_could_login,
+            restore_version=plan.restore_version,
         ),
     )
-    r.verify(privileges_work, secret, r.id, checks, plan.current_user, plan.owner_role)
-    r.approve(
-        f"Switch {plan.server} from user {plan.current_user} to {plan.target_user}?", required=r.options.approve_promote
+    r.verify("new-login-works", privileges_work, secret, r.id, checks, plan.current_user, plan.owner_role)
+    r.promote("promote", ask=f"Switch {plan.server} from user {plan.current_user} to {plan.target_user}?")
+    r.restart("restart")
+    r.verify("consumers-log-in", privileges_work, secret, r.id, checks, plan.current_user, plan.owner_role)
+    r.wait("grace", policy.grace_seconds, why="consumers holding the previous user reconnect")
+    r.retire(
+        "retire-previous-user",
+        retire_user,
+        secret,
+        r.id,
+        admin,
+        plan.current_user,
+        plan.owner_role,
+        policy.retire,
+        ask=f"Retire ({policy.retire}) user {plan.current_user}?",
     )
-    r.promote()
-    r.restart(consumers)
-    r.verify(privileges_work, secret, r.id, checks, plan.current_user, plan.owner_role)
-    r.wait(policy.grace_seconds, why="consumers holding the previous user reconnect")
-    r.approve(f"Retire ({policy.retire}) user {plan.current_user}?", required=r.options.approve_retire)
-    r.retire(retire_user, secret, r.id, admin, plan.current_user, plan.owner_role, policy.retire)
     if policy.retire != "keep":
-        r.verify(login_refused, secret, plan.current_version)
+        r.verify("previous-login-refused", login_refused, secret, plan.current_version)
 
 
-def _single_user(r: Rotation, secret: str, plan: PgPlan, policy: PgPolicy, consumers: list[Consumer]) -> float:
-    admin = plan.admin_secret
+def _single_user(r: Rotation, plan: PgPlan, policy: PgPolicy) -> float:
+    secret, admin = r.secret, plan.admin_secret
     # The change is the promotion, so the approval comes before it.
-    r.approve(f"Change the password of {plan.current_user} on {plan.server} now?", required=r.options.approve_promote)
-    r.stage(partial(new_login_value, username=plan.current_user, length_bytes=policy.password_bytes))
+    r.approve("approve-change", f"Change the password of {plan.current_user} on {plan.server} now?", gate="promote")
+    r.stage("stage-password", new_login_value, username=plan.current_user, length_bytes=policy.password_bytes)
     changed = r.apply(
+        "change-password-and-promote",
         change_password_and_promote,
         secret,
         r.id,
         admin,
         undo=Undo(
-            task="tasks.postgres:restore_single_user",
-            kwargs={
-                "secret": secret,
-                "rotation_id": r.id,
-                "admin_secret": admin,
-                "user": plan.current_user,
-                "old_version": plan.current_version,
-                "previous_version": plan.previous_version,
-            },
+            restore_single_user,
+            admin_secret=admin,
+            user=plan.current_user,
+            old_version=plan.current_version,
+            previous_version=plan.previous_version,
         ),
     )
-    r.restart(consumers)
-    r.verify(privileges_work, secret, r.id, policy.privilege_checks, plan.current_user, None)
-    r.wait(policy.grace_seconds, why="sessions opened with the old password end")
-    r.approve(
-        f"End the sessions of {plan.current_user} opened with the old password?", required=r.options.approve_retire
+    r.restart("restart")
+    r.verify("consumers-log-in", privileges_work, secret, r.id, policy.privilege_checks, plan.current_user, None)
+    r.wait("grace", policy.grace_seconds, why="sessions opened with the old password end")
+    r.retire(
+        "end-old-sessions",
+        end_old_sessions,
+        secret,
+        r.id,
+        admin,
+        changed["changed_at"],
+        policy.retire,
+        ask=f"End the sessions of {plan.current_user} opened with the old password?",
     )
-    r.retire(end_old_sessions, secret, r.id, admin, changed["changed_at"], policy.retire)
-    r.verify(login_refused, secret, plan.current_version)
+    r.verify("old-password-refused", login_refused, secret, plan.current_version)
     return float(changed["window_ms"])
 
 
+@runbook(
+    "postgres-credentials",
+    undos=[unprepare_alternating_users, restore_login_password, restore_single_user],
+)
 @flow(name="rotate-postgres-credentials", log_prints=False, persist_result=False)
 def rotate_postgres_credentials(
     secret: str,
@@ -160,20 +169,22 @@ def rotate_postgres_credentials(
 ) -> dict[str, Any]:
     """Rotate the PostgreSQL credential in ``secret`` (a store URI); the administrator comes from ``admin_secret``
     or from the secret's ``masterarn``."""
-    consumers = consumers or []
     policy = policy or PgPolicy()
-    options = options or RotationOptions()
-
-    found = inspect_postgres_secret(
-        secret, admin_secret, policy.strategy, policy.clone_suffix, policy.owner_role
-    )  # bad input stops here, before anything changes
-    with rotation(secret, "postgres-credentials", options) as r:
-        plan = PgPlan.model_validate(r.plan(**found.model_dump()))
+    with rotation(secret, options, consumers or []) as r:
+        plan = r.check(
+            "check",
+            inspect_postgres_secret,
+            secret,
+            admin_secret,
+            policy.strategy,
+            policy.clone_suffix,
+            policy.owner_role,
+        )
         if plan.repair:
-            r.apply(repair_current_login, secret, plan.current_version, plan.admin_secret)
+            r.apply("repair-current-login", repair_current_login, secret, plan.current_version, plan.admin_secret)
         if plan.strategy == "single-user":
-            window_ms = _single_user(r, secret, plan, policy, consumers)
+            window_ms = _single_user(r, plan, policy)
         else:
             window_ms = 0.0
-            _alternating(r, secret, plan, policy, consumers)
+            _alternating(r, plan, policy)
     return {**r.summary(), "user": plan.target_user, "repaired": plan.repair, "window_ms": window_ms}

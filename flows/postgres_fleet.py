@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from flows.postgres import PgPolicy, rotate_postgres_credentials
 from redaction import redact
-from rotation.context import RotationOptions
+from rotation import RotationOptions
 
 
 class FleetResult(BaseModel):

@@ -1,4 +1,8 @@
-"""Runbooks for a rotation whose run stopped: resume it forward, or roll it back to the previous working state."""
+"""Runbooks for a rotation whose run stopped: resume it forward, or roll it back to the previous working state.
+
+Both are refused while the rotation's own run is alive (its lease in the journal is live); once its lease has
+expired they take the rotation over and mark the stopped run Crashed.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +10,32 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from rotation.context import roll_back
+from flows import jwt, postgres, redis  # noqa: F401 - each registers its runbook, so a rotation can be found by id
+from rotation import runbooks
+from rotation.approval import Preapproval
+from rotation.compensation import roll_back_stopped
 from rotation.journal import Journal
-from rotation.runbooks import runbook_flow
 
 
 @flow(name="roll-back-rotation", persist_result=False)
 def rollback_rotation(rotation_id: str, journal: str | None = None, reason: str = "rolled back by an operator") -> str:
     """Undo a rotation that has not passed its point of no return; safe to run again if it stops half-way."""
     get_run_logger().info("Rolling back rotation %s: %s", rotation_id, reason)
-    roll_back(Journal(journal), rotation_id, reason)
+    roll_back_stopped(Journal(journal, create=False), rotation_id, reason)
     return rotation_id
 
 
 @flow(name="resume-rotation", persist_result=False)
-def resume_rotation(rotation_id: str, journal: str | None = None) -> dict[str, Any]:
-    """Run a stopped rotation's runbook again with its recorded parameters; finished steps are not repeated."""
-    record = Journal(journal).get(rotation_id)
+def resume_rotation(
+    rotation_id: str, journal: str | None = None, preapproved: Preapproval | None = None
+) -> dict[str, Any]:
+    """Run a stopped rotation's runbook again with its recorded parameters; completed steps are not repeated.
+
+    Approvals given in advance to the first run are not carried over: ``preapproved`` gives them for this one.
+    """
+    record = Journal(journal, create=False).get(rotation_id)
     parameters = dict(record.parameters)
     options = dict(parameters.get("options") or {})
-    options.update(resume=rotation_id, journal=journal or options.get("journal"))
+    options.update(resume=rotation_id, journal=journal or options.get("journal"), preapproved=preapproved)
     parameters["options"] = options
-    return runbook_flow(record.runbook)(**parameters)
+    return runbooks.named(record.runbook).flow(**parameters)

@@ -9,13 +9,12 @@ Any failure before step 10 rolls back: the secret points at the old password, th
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from rotation.context import RotationOptions, Undo, rotation
+from rotation import RotationOptions, Undo, rotation, runbook
 from targets.consumers import Consumer
 from targets.redis.credential import new_password_value
 from tasks.redis import (
@@ -23,6 +22,7 @@ from tasks.redis import (
     inspect_redis_secret,
     logins_accepted,
     logins_refused,
+    remove_added_password,
     remove_old_password,
 )
 
@@ -34,6 +34,7 @@ class RedisPolicy(BaseModel):
     password_bytes: int = Field(default=32, ge=16, le=256, description="Random bytes in the new password.")
 
 
+@runbook("redis-password", undos=[remove_added_password])
 @flow(name="rotate-redis-password", log_prints=False, persist_result=False)
 def rotate_redis_password(
     secret: str,
@@ -43,35 +44,34 @@ def rotate_redis_password(
     options: RotationOptions | None = None,
 ) -> dict[str, Any]:
     """Rotate the password in ``secret`` (a store URI) on every node it names, as the admin in ``admin_secret``."""
-    consumers = consumers or []
     policy = policy or RedisPolicy()
-    options = options or RotationOptions()
-
-    found = inspect_redis_secret(secret, admin_secret)  # bad input stops here, before anything changes
-    with rotation(secret, "redis-password", options) as r:
-        plan = r.plan(username=found.username, nodes=found.nodes, old_version=found.current_version)
-        r.stage(partial(new_password_value, length_bytes=policy.password_bytes))
+    with rotation(secret, options, consumers or []) as r:
+        plan = r.check("check-nodes", inspect_redis_secret, secret, admin_secret)
+        r.stage("stage-password", new_password_value, length_bytes=policy.password_bytes)
         added = r.apply(
+            "add-password",
             add_password,
             secret,
             r.id,
             admin_secret,
-            undo=Undo(
-                task="tasks.redis:remove_added_password",
-                kwargs={"secret": secret, "rotation_id": r.id, "admin_secret": admin_secret},
-            ),
+            undo=Undo(remove_added_password, admin_secret=admin_secret),
         )
-        r.verify(logins_accepted, secret, r.id)
-        r.approve(
-            f"Promote the new password of Redis user {plan['username']} on {len(plan['nodes'])} node(s)?",
-            required=options.approve_promote,
+        r.verify("new-password-works", logins_accepted, secret, r.id)
+        r.promote(
+            "promote", ask=f"Promote the new password of Redis user {plan.username} on {len(plan.nodes)} node(s)?"
         )
-        r.promote()
-        r.restart(consumers)
-        r.verify(logins_accepted, secret, r.id)
-        r.wait(policy.grace_seconds, why="clients still holding the old password reconnect")
-        r.approve(f"Remove the old password of Redis user {plan['username']}?", required=options.approve_retire)
-        r.retire(remove_old_password, secret, r.id, plan["old_version"], admin_secret)
-        r.verify(logins_refused, secret, plan["old_version"])
+        r.restart("restart")
+        r.verify("consumers-log-in", logins_accepted, secret, r.id)
+        r.wait("grace", policy.grace_seconds, why="clients still holding the old password reconnect")
+        r.retire(
+            "remove-old-password",
+            remove_old_password,
+            secret,
+            r.id,
+            plan.current_version,
+            admin_secret,
+            ask=f"Remove the old password of Redis user {plan.username}?",
+        )
+        r.verify("old-password-refused", logins_refused, secret, plan.current_version)
     # "none" means a restart of that node would lose the change (also logged as a warning).
     return {**r.summary(), "persisted": {c.node: c.persisted for c in added}}

@@ -1,6 +1,11 @@
-"""Human approval: the flow run pauses until someone approves or rejects, in the UI, the CLI or the API.
+"""Human approval: one waiting flow run of one rotation, at one named step, decided in the UI, the CLI or the API.
 
-The decision model has no defaults, so an empty resume is refused by the server and the run stays paused.
+The run pauses with :class:`ApprovalDecision`, whose decision fields have no default: the server refuses an empty or
+partial answer and the run stays paused. The answer carries the rotation id and the step it is meant for (filled in
+by the form); an answer meant for another rotation or step, a blank name, or an approval by the person who started
+the run (four eyes, names compared trimmed and case-folded) is refused: recorded, and the run pauses again with a
+question that says why. ``--yes`` gives the decision up front (:class:`Preapproval`), so the run never pauses.
+
 Approver names are declared by the person approving; who may approve at all is decided by who can reach the
 Prefect API (turn API authentication on in production).
 """
@@ -8,79 +13,269 @@ Prefect API (turn API authentication on in production).
 from __future__ import annotations
 
 import re
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
 from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.exceptions import FlowPauseTimeout, NotPausedError
 from prefect.flow_runs import pause_flow_run, resume_flow_run
 from prefect.input import RunInput
-from pydantic import Field
+from prefect.input.actions import read_flow_run_input
+from pydantic import BaseModel, Field
 
-from errors import RotationError
+from errors import BadInput, Refused, Rejected
+from rotation import audit
+from rotation.journal import Journal
+
+#: Not blank: a name or reason of spaces decides nothing.
+_NOT_BLANK = r"\S"
 
 
 class ApprovalDecision(RunInput):
-    """What an approver answers. Every field is required."""
+    """What an approver answers. ``decision``, ``approver`` and ``reason`` have no default."""
 
-    approved: bool = Field(description="true to go ahead, false to reject (the rotation is rolled back)")
-    approver: str = Field(min_length=1, description="who decides")
-    reason: str = Field(description="why; recorded in the audit trail")
+    decision: Literal["approve", "reject"] = Field(description="approve: go ahead; reject: the rotation is rolled back")
+    approver: str = Field(pattern=_NOT_BLANK, max_length=200, description="who decides (your name)")
+    reason: str = Field(pattern=_NOT_BLANK, max_length=2000, description="why; recorded in the audit trail")
+    rotation_id: str = Field(description="the rotation this decision is for (filled in)")
+    step: str = Field(description="the step this decision is for (filled in)")
+    decision_id: str | None = Field(default=None, description="set by `rotate approve` to read back the verdict")
 
 
-class ApprovalRejected(RotationError):
+class Preapproval(BaseModel):
+    """A decision given before the run starts (``--yes``): recorded at each approval, no pause."""
+
+    approver: str = Field(pattern=_NOT_BLANK, max_length=200)
+    reason: str = Field(default="approved in advance (--yes)", pattern=_NOT_BLANK, max_length=2000)
+
+
+class ApprovalFacts(BaseModel):
+    """What an approval step records: who decided, why, when and how. Never a value."""
+
+    decision: Literal["approve", "skipped"]
+    approver: str | None = None
+    reason: str | None = None
+    at: datetime
+    via: str
+
+
+class ApprovalRejected(Rejected):
     """The approver said no, or nobody answered in time."""
 
 
-def request_approval(
-    question: str,
-    *,
-    key: str,
-    started_by: str,
-    timeout_seconds: float,
-    allow_self_approval: bool,
-    poll_seconds: int = 2,
-) -> ApprovalDecision:
-    """Pause the current flow run until an approval arrives; raise :class:`ApprovalRejected` on no or timeout.
+@dataclass(frozen=True)
+class PendingApproval:
+    """A run of this process waits for a decision (what a terminal answering for it needs)."""
 
-    An approval from the person who started the run is refused (four eyes) unless ``allow_self_approval``; the run
-    then waits for someone else until the same deadline.
+    rotation_id: str
+    step: str
+    flow_run_id: str
+    question: str
+
+
+_listeners: list[Callable[[PendingApproval], None]] = []
+_listeners_lock = threading.Lock()
+
+
+@contextmanager
+def watching(listener: Callable[[PendingApproval], None]) -> Iterator[None]:
+    """Call ``listener`` (from the run's thread; it must not block) whenever a run of this process starts waiting.
+
+    The CLI answers at the terminal this way, for the runs it started and no others.
     """
-    logger = get_run_logger()
-    deadline = time.monotonic() + timeout_seconds
-    attempt = 0
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise ApprovalRejected(f"no approval for {question!r} within {timeout_seconds:.0f}s")
-        attempt += 1
+    with _listeners_lock:
+        _listeners.append(listener)
+    try:
+        yield
+    finally:
+        with _listeners_lock:
+            _listeners.remove(listener)
+
+
+def same_person(a: str, b: str) -> bool:
+    """The four-eyes comparison: names trimmed and case-folded."""
+    return a.strip().casefold() == b.strip().casefold()
+
+
+def pause_key(step: str, attempt: int) -> str:
+    """A pause key Prefect accepts (lower-case letters, digits and dashes), one per step and attempt."""
+    return re.sub(r"[^a-z0-9-]", "-", f"{step}-{attempt}".lower())
+
+
+@dataclass
+class ApprovalRequest:
+    """One approval step of one rotation, as :meth:`rotation.context.Rotation.approve` asks it."""
+
+    journal: Journal
+    rotation_id: str
+    secret: str
+    step: str
+    question: str
+    flow_run_id: str
+    started_by: str
+    allow_self_approval: bool
+    timeout_seconds: float
+    poll_seconds: int
+    preapproved: Preapproval | None
+    superseded_runs: tuple[str, ...] = ()
+
+    def decide(self) -> ApprovalFacts:
+        """The decision: given up front, given to a run this one superseded, or waited for; refusals recorded."""
+        if self.preapproved is not None:
+            why = self._refusal(self.preapproved.approver)
+            if why is None:
+                return self._accepted(self.preapproved.approver, self.preapproved.reason, "given in advance (--yes)")
+            self._refused(self.preapproved.approver, why, None)
+        for old_run in self.superseded_runs:
+            decision = self._given_to(old_run)
+            if decision is not None:
+                return self._judge_until_accepted(decision, f"given to flow run {old_run} before it stopped")
+        return self._judge_until_accepted(None, "")
+
+    def _judge_until_accepted(self, decision: ApprovalDecision | None, via: str) -> ApprovalFacts:
+        deadline = time.monotonic() + self.timeout_seconds
+        question, attempt = self.question, 0
+        while True:
+            if decision is not None:
+                why = self._address_refusal(decision) or (
+                    self._refusal(decision.approver) if decision.decision == "approve" else None
+                )
+                if why is None:
+                    if decision.decision == "reject":
+                        audit.record(
+                            self.journal,
+                            self.rotation_id,
+                            self.secret,
+                            self.step,
+                            "rejected",
+                            approver=decision.approver,
+                            reason=decision.reason,
+                            decision_id=decision.decision_id,
+                        )
+                        raise ApprovalRejected(f"{decision.approver} rejected {self.step!r}: {decision.reason}")
+                    return self._accepted(decision.approver, decision.reason, via, decision.decision_id)
+                self._refused(decision.approver, why, decision.decision_id)
+                question = f"{self.question} (A decision by {decision.approver} was refused: {why}.)"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ApprovalRejected(f"nobody approved {self.step!r} within {self.timeout_seconds:.0f} s")
+            attempt += 1
+            decision, via = self._wait(question, attempt, remaining), "answered the paused run"
+
+    def _wait(self, question: str, attempt: int, remaining: float) -> ApprovalDecision:
+        key = pause_key(self.step, attempt)
+        audit.record(
+            self.journal,
+            self.rotation_id,
+            self.secret,
+            self.step,
+            "waiting",
+            flow_run=self.flow_run_id,
+            pause_key=key,
+            question=question,
+        )
+        logger = get_run_logger()
+        logger.info(
+            "Waiting for approval of %r: anyone but %s may approve in the Prefect UI (Resume), with `rotate approve "
+            "%s --approver NAME --reason TEXT`, or with POST /api/flow_runs/%s/resume",
+            question,
+            self.started_by,
+            self.rotation_id,
+            self.flow_run_id,
+        )
+        pending = PendingApproval(self.rotation_id, self.step, self.flow_run_id, question)
+        with _listeners_lock:
+            listeners = list(_listeners)
+        for listener in listeners:
+            listener(pending)
+        form = ApprovalDecision.with_initial_data(description=question, rotation_id=self.rotation_id, step=self.step)
         try:
-            decision = pause_flow_run(
-                wait_for_input=ApprovalDecision.with_initial_data(description=question),
-                timeout=max(1, int(remaining)),
-                poll_interval=poll_seconds,
-                key=re.sub(r"[^a-z0-9-]", "-", f"{key}-{attempt}".lower()),  # the only characters Prefect allows
+            return pause_flow_run(
+                wait_for_input=form, timeout=max(1, int(remaining)), poll_interval=self.poll_seconds, key=key
             )
         except FlowPauseTimeout:
-            raise ApprovalRejected(f"no approval for {question!r} within {timeout_seconds:.0f}s") from None
-        if decision.approved and decision.approver == started_by and not allow_self_approval:
-            logger.warning(
-                "Approval by %s refused: they started this run, and this deployment requires a second person.",
-                decision.approver,
+            raise ApprovalRejected(f"nobody approved {self.step!r} within {self.timeout_seconds:.0f} s") from None
+
+    def _given_to(self, flow_run_id: str) -> ApprovalDecision | None:
+        """A decision someone gave to a run that was killed while it waited, before this run took over."""
+        waits = [
+            e
+            for e in self.journal.events(self.rotation_id)
+            if e.step == self.step and e.status == "waiting" and e.details.get("flow_run") == flow_run_id
+        ]
+        for wait in reversed(waits):
+            answer = read_flow_run_input(f"paused-{wait.details['pause_key']}-response", flow_run_id=UUID(flow_run_id))
+            if answer:
+                return ApprovalDecision.model_validate(answer)
+        return None
+
+    def _address_refusal(self, decision: ApprovalDecision) -> str | None:
+        if decision.rotation_id != self.rotation_id or decision.step != self.step:
+            return (
+                f"it was meant for step {decision.step!r} of rotation {decision.rotation_id}, and this run waits at "
+                f"step {self.step!r} of rotation {self.rotation_id}"
             )
-            continue
-        if not decision.approved:
-            raise ApprovalRejected(f"{decision.approver} rejected {question!r}: {decision.reason}")
-        return decision
+        return None
+
+    def _refusal(self, approver: str) -> str | None:
+        if same_person(approver, self.started_by) and not self.allow_self_approval:
+            return f"{approver.strip()} started this run, and approving needs a second person (four eyes)"
+        return None
+
+    def _refused(self, approver: str, why: str, decision_id: str | None) -> None:
+        get_run_logger().warning("Approval of %r by %s refused: %s", self.step, approver, why)
+        audit.record(
+            self.journal,
+            self.rotation_id,
+            self.secret,
+            self.step,
+            "refused",
+            approver=approver,
+            reason=why,
+            decision_id=decision_id,
+        )
+
+    def _accepted(self, approver: str, reason: str, via: str, decision_id: str | None = None) -> ApprovalFacts:
+        facts = ApprovalFacts(
+            decision="approve", approver=approver.strip(), reason=reason, at=datetime.now(UTC), via=via
+        )
+        audit.record(
+            self.journal,
+            self.rotation_id,
+            self.secret,
+            self.step,
+            "approved",
+            approver=facts.approver,
+            reason=reason,
+            via=via,
+            decision_id=decision_id,
+        )
+        return facts
 
 
-class NotWaitingForApproval(RotationError):
-    """The flow run named is not paused for an approval."""
+def waiting_for(journal: Journal, rotation_id: str, flow_run_id: str | None) -> PendingApproval | None:
+    """The approval run ``flow_run_id`` of the rotation waits for now, from the journal's trail (None: none)."""
+    waiting: PendingApproval | None = None
+    for event in journal.events(rotation_id):
+        if event.status == "waiting" and event.details.get("flow_run") == flow_run_id:
+            waiting = PendingApproval(rotation_id, event.step, flow_run_id, event.details.get("question", ""))
+        elif waiting is not None and event.step == waiting.step and event.status != "refused":
+            waiting = None  # decided, or the step went on
+    return waiting
 
 
-def give_decision(flow_run_id: str, *, approved: bool, approver: str, reason: str) -> None:
-    """Answer a paused run's approval, as the UI's Resume button does; refusals by the server are errors."""
-    decision = ApprovalDecision(approved=approved, approver=approver, reason=reason)
+class NotWaitingForApproval(Refused):
+    """The rotation or flow run named is not waiting for an approval."""
+
+
+def give_decision(flow_run_id: str, decision: ApprovalDecision) -> None:
+    """Answer a paused run's approval, as the UI's Resume button does; a refusal by the server is an error."""
     try:
         resume_flow_run(UUID(flow_run_id), run_input=decision.model_dump())
     except NotPausedError:
@@ -88,4 +283,4 @@ def give_decision(flow_run_id: str, *, approved: bool, approver: str, reason: st
             f"flow run {flow_run_id} is not waiting for an approval; `rotate status` shows what is"
         ) from None
     except RuntimeError as exc:
-        raise NotWaitingForApproval(f"the Prefect server refused the decision for {flow_run_id}: {exc}") from None
+        raise BadInput(f"the Prefect server refused the decision for flow run {flow_run_id}: {exc}") from None

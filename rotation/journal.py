@@ -1,51 +1,44 @@
-"""The rotation journal: the durable state of every rotation, so that a crashed run can be resumed or undone.
+"""The rotation journal: the durable state of every rotation, so that a stopped run can be resumed or undone.
 
-One SQLite file (``ROTATE_JOURNAL``, default ``~/.local/state/secret-rotation/journal.db``) records, per rotation:
-its state, the non-secret facts its plan found, the compensation stack (undo steps written before the step they
-undo runs), recorded approvals and grace-period due times, and an audit trail of every step. A lock row per secret
-keeps a second rotation of the same secret out. Nothing here ever holds a secret value.
+Per rotation it records the state, the parameters it was started with, the versions it started from, each named
+step (started, completed, and the facts it returned), the compensation stack (undo steps written in the same
+transaction as the start of the step they undo), the lease of the run that owns it, and an audit trail. A lock row
+per secret identity keeps a second rotation of the same secret out. Nothing here ever holds a secret value.
+
+One SQLAlchemy Core schema, two backends: an SQLite file (the default; WAL, ``BEGIN IMMEDIATE`` for writes, so
+processes on one machine serialise) or PostgreSQL (``ROTATE_JOURNAL=postgresql://...``) for workers on several
+machines, where the lock row's primary key and the lease's compare-and-set keep two workers apart. Every call is one
+transaction over a pooled connection: a step's start (with its undo and audit record) is one, its completion another.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
-import json
 import os
-import socket
 import sqlite3
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from pydantic import BaseModel
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.types import TypeDecorator
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random
 
-from stores.errors import StoreError
+from errors import BadInput, Conflict, NotFound, Refused, Unreachable
+from rotation.settings import settings
 
-DEFAULT_PATH = Path.home() / ".local" / "state" / "secret-rotation" / "journal.db"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS rotations (
-    id TEXT PRIMARY KEY, secret TEXT NOT NULL, runbook TEXT NOT NULL, state TEXT NOT NULL,
-    started_by TEXT NOT NULL, started_at TEXT NOT NULL, updated_at TEXT NOT NULL,
-    retired_at TEXT, flow_run_id TEXT, owner TEXT, parameters TEXT NOT NULL DEFAULT '{}',
-    facts TEXT NOT NULL DEFAULT '{}', reason TEXT NOT NULL DEFAULT ''
-);
-CREATE TABLE IF NOT EXISTS locks (secret TEXT PRIMARY KEY, rotation_id TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS undos (
-    rotation_id TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL, task TEXT NOT NULL,
-    kwargs TEXT NOT NULL, deferred INTEGER NOT NULL, done_at TEXT, PRIMARY KEY (rotation_id, key)
-);
-CREATE TABLE IF NOT EXISTS marks (
-    rotation_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (rotation_id, key)
-);
-CREATE TABLE IF NOT EXISTS steps (
-    rotation_id TEXT NOT NULL, at TEXT NOT NULL, step TEXT NOT NULL, status TEXT NOT NULL, details TEXT NOT NULL
-);
-"""
+SCHEMA_VERSION = 2
+#: Marks an SQLite file as a journal (``PRAGMA application_id``), so that no other database is ever written to.
+APPLICATION_ID = 0x524F544A  # "ROTJ"
 
 
 class RotationState(enum.StrEnum):
@@ -61,12 +54,99 @@ class RotationState(enum.StrEnum):
         return self in (RotationState.COMPLETED, RotationState.ROLLED_BACK)
 
 
-class RotationInProgress(StoreError):
+class RotationInProgress(Conflict):
     """A second rotation of a secret that is already being rotated."""
 
 
-class RotationNotFound(StoreError):
+class RotationNotFound(NotFound):
     """No rotation with this id in the journal."""
+
+
+class LeaseLost(Refused):
+    """Another run took over this rotation (its lease had expired): this run must stop acting on it."""
+
+
+class NotAJournal(BadInput):
+    """The file named as the journal is something else; it is left exactly as it was."""
+
+
+class _UtcDateTime(TypeDecorator[datetime]):
+    """Timestamps in UTC on both backends (SQLite keeps no time zone)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+_metadata = sa.MetaData()
+_meta = sa.Table(
+    "journal_meta", _metadata, sa.Column("key", sa.String(64), primary_key=True), sa.Column("value", sa.Text)
+)
+_rotations = sa.Table(
+    "rotations",
+    _metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("secret", sa.Text, nullable=False, index=True),
+    sa.Column("runbook", sa.String(100), nullable=False),
+    sa.Column("state", sa.String(20), nullable=False),
+    sa.Column("started_by", sa.Text, nullable=False),
+    sa.Column("started_at", _UtcDateTime, nullable=False),
+    sa.Column("updated_at", _UtcDateTime, nullable=False),
+    sa.Column("retired_at", _UtcDateTime),
+    sa.Column("parameters", sa.JSON, nullable=False),
+    sa.Column("consumers", sa.JSON, nullable=False),
+    sa.Column("versions", sa.JSON, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("flow_run_id", sa.String(36)),
+    sa.Column("lease_token", sa.String(36)),
+    sa.Column("lease_expires_at", _UtcDateTime),
+)
+_locks = sa.Table(
+    "locks",
+    _metadata,
+    sa.Column("secret", sa.String(1024), primary_key=True),
+    sa.Column("rotation_id", sa.String(36), nullable=False),
+)
+_steps = sa.Table(
+    "steps",
+    _metadata,
+    sa.Column("rotation_id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("started_at", _UtcDateTime, nullable=False),
+    sa.Column("completed_at", _UtcDateTime),
+    sa.Column("detail", sa.JSON, nullable=False),
+    sa.Column("facts", sa.JSON),
+)
+_undos = sa.Table(
+    "undos",
+    _metadata,
+    sa.Column("rotation_id", sa.String(36), primary_key=True),
+    sa.Column("step", sa.String(200), primary_key=True),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("task", sa.String(200), nullable=False),
+    sa.Column("kwargs", sa.JSON, nullable=False),
+    sa.Column("deferred", sa.Boolean, nullable=False),
+    sa.Column("done_at", _UtcDateTime),
+)
+_events = sa.Table(
+    "events",
+    _metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("rotation_id", sa.String(36), nullable=False, index=True),
+    sa.Column("at", _UtcDateTime, nullable=False),
+    sa.Column("step", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(40), nullable=False),
+    sa.Column("details", sa.JSON, nullable=False),
+)
 
 
 class RotationRecord(BaseModel):
@@ -78,15 +158,39 @@ class RotationRecord(BaseModel):
     started_at: datetime
     updated_at: datetime
     retired_at: datetime | None = None
-    flow_run_id: str | None = None
-    owner: str | None = None
     parameters: dict[str, Any] = {}
-    facts: dict[str, Any] = {}
+    consumers: list[dict[str, Any]] = []
+    versions: dict[str, str | None] = {}
     reason: str = ""
+    flow_run_id: str | None = None
+    lease_token: str | None = None
+    lease_expires_at: datetime | None = None
+
+    def lease_live(self, now: datetime | None = None) -> bool:
+        """Whether a run holds this rotation now (its lease has not expired)."""
+        return (
+            self.lease_token is not None
+            and self.lease_expires_at is not None
+            and self.lease_expires_at > (now or _now())
+        )
+
+
+class StepRecord(BaseModel):
+    name: str
+    seq: int
+    kind: str
+    started_at: datetime
+    completed_at: datetime | None = None
+    detail: dict[str, Any] = {}
+    facts: Any = None
+
+    @property
+    def completed(self) -> bool:
+        return self.completed_at is not None
 
 
 class UndoRecord(BaseModel):
-    key: str
+    step: str
     seq: int
     task: str
     kwargs: dict[str, Any]
@@ -94,249 +198,486 @@ class UndoRecord(BaseModel):
     done: bool
 
 
-class StepRecord(BaseModel):
+class AuditEvent(BaseModel):
     at: datetime
     step: str
     status: str
     details: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Lease:
+    """One run's ownership of one rotation: a random token, renewed while the run lives."""
+
+    rotation_id: str
+    token: str
+    flow_run_id: str | None
+    seconds: float
+
+    @classmethod
+    def new(cls, rotation_id: str, flow_run_id: str | None, seconds: float | None = None) -> Lease:
+        return cls(rotation_id, str(uuid.uuid4()), flow_run_id, seconds or settings().lease_seconds)
+
+    def expiry(self) -> datetime:
+        return _now() + timedelta(seconds=self.seconds)
+
+
+@dataclass(frozen=True)
+class TakeOver:
+    """A stopped rotation now owned by a new run; ``superseded`` is the flow run that owned it before."""
+
+    record: RotationRecord
+    superseded: str | None
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def owner_tag() -> str:
-    """Who is running a rotation right now: host and process id."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def _is_url(location: str) -> bool:
+    return "://" in location
+
+
+def _sqlite_engine(path: Path) -> Engine:
+    engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "isolation_level": None})
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi: sqlite3.Connection, _record: Any) -> None:
+        dbapi.execute("PRAGMA synchronous=FULL")
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        # Writers take the lock up front, so two processes never both read then both write.
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("read_only") else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _sqlite_kind(path: Path) -> str:
+    """ "journal", "new" (absent or empty: safe to create) or "other", read without writing a byte."""
+    if not path.exists() or path.stat().st_size == 0:
+        return "new"
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            (app_id,) = db.execute("PRAGMA application_id").fetchone()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError:
+        return "other"
+    return "journal" if app_id == APPLICATION_ID else "other"
+
+
+@retry(
+    # Switching a new file to WAL needs it alone: SQLite answers "locked" at once, without its busy wait.
+    retry=retry_if_exception(lambda exc: isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)),
+    wait=wait_random(0.01, 0.2),
+    stop=stop_after_delay(30),
+    reraise=True,
+)
+def _create_sqlite(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(FileExistsError):  # another process creates it too: the schema below is idempotent
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    db = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")  # a property of the file: readers never block the writer
+        db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    finally:
+        db.close()
+
+
+def _engine(location: str, create: bool) -> Engine:
+    with _engines_lock:
+        engine = _engines.get(location)
+        if engine is not None:
+            return engine
+        if _is_url(location):
+            engine = sa.create_engine(location, pool_pre_ping=True)
+        else:
+            path = Path(location)
+            kind = _sqlite_kind(path)
+            if kind == "other":
+                raise NotAJournal(
+                    f"{path} is not a rotation journal (it is some other file); it was left as it was. Point "
+                    "ROTATE_JOURNAL (or --journal) at a journal, or at a path that does not exist yet"
+                )
+            if kind == "new":
+                if not create:
+                    raise NotFound(f"no rotation journal at {path}: no rotation has been run with it yet")
+                _create_sqlite(path)
+            engine = _sqlite_engine(path)
+        try:
+            with engine.begin() as conn:
+                if engine.dialect.name == "postgresql":
+                    # Workers starting together must not race to create the same tables.
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": APPLICATION_ID})
+                _metadata.create_all(conn)
+                version = conn.execute(sa.select(_meta.c.value).where(_meta.c.key == "schema")).scalar()
+                if version is None:
+                    conn.execute(sa.insert(_meta).values(key="schema", value=str(SCHEMA_VERSION)))
+                elif version != str(SCHEMA_VERSION):
+                    raise NotAJournal(
+                        f"the journal {_display(location)} has schema version {version}; this version of the "
+                        f"project reads version {SCHEMA_VERSION}: finish its rotations with the version that "
+                        "started them, or start a new journal"
+                    )
+        except OperationalError as exc:
+            raise Unreachable(
+                f"cannot open the rotation journal {_display(location)}: {type(exc.orig).__name__}"
+            ) from None
+        _engines[location] = engine
+        return engine
+
+
+def _display(location: str) -> str:
+    return sa.make_url(location).render_as_string(hide_password=True) if _is_url(location) else location
 
 
 class Journal:
-    """The rotation journal in one SQLite file; safe for several processes at once."""
+    """The rotation journal at ``location`` (a path or a postgresql:// URL; default ``ROTATE_JOURNAL``).
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        self.path = Path(path or os.environ.get("ROTATE_JOURNAL") or DEFAULT_PATH).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._create_schema()
+    ``create=False`` opens only an existing journal (for commands that only read): nothing is created or changed.
+    """
 
-    @retry(
-        # Switching a new file to WAL needs it alone: SQLite answers "locked" at once, without its busy wait.
-        retry=retry_if_exception(lambda exc: isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)),
-        wait=wait_random(0.01, 0.2),
-        stop=stop_after_delay(30),
-        reraise=True,
-    )
-    def _create_schema(self) -> None:
-        db = self._connect()
-        try:
-            db.execute("PRAGMA journal_mode=WAL")  # a property of the file: readers never block the writer
-            db.executescript(_SCHEMA)
-        finally:
-            db.close()
+    def __init__(self, location: str | os.PathLike[str] | None = None, *, create: bool = True) -> None:
+        raw = str(location) if location else settings().journal
+        self.location = raw if _is_url(raw) else str(Path(raw).expanduser().absolute())
+        self._engine = _engine(self.location, create)
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA synchronous=FULL")
-        return db
+    @property
+    def path(self) -> Path | None:
+        """The journal's file (None for a PostgreSQL journal)."""
+        return None if _is_url(self.location) else Path(self.location)
+
+    @property
+    def display(self) -> str:
+        """Where the journal is, for people (a URL's password hidden)."""
+        return _display(self.location)
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        db = self._connect()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        finally:
-            db.close()
+    def _write(self) -> Iterator[Connection]:
+        with self._engine.begin() as conn:
+            yield conn
 
     @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        db = self._connect()
-        try:
-            yield db
-        finally:
-            db.close()
+    def _read(self) -> Iterator[Connection]:
+        with self._engine.connect() as conn:
+            conn = conn.execution_options(read_only=True)
+            with conn.begin():
+                yield conn
 
-    # rotations and locks
+    # -- rotations, locks and leases ------------------------------------------------------------------------------
 
     def begin(
         self,
+        *,
         secret: str,
         runbook: str,
         started_by: str,
         parameters: dict[str, Any],
-        marks: dict[str, dict[str, Any]] | None = None,
+        consumers: list[dict[str, Any]],
+        versions: dict[str, str | None],
+        lease: Lease,
     ) -> RotationRecord:
-        """Start a rotation of ``secret``, or refuse if one is already in progress.
+        """Start rotation ``lease.rotation_id`` of ``secret`` owned by ``lease``, or refuse if one is in progress."""
+        now = _now()
+        try:
+            with self._write() as conn:
+                held = conn.execute(sa.select(_locks.c.rotation_id).where(_locks.c.secret == secret)).scalar()
+                if held is not None:
+                    raise RotationInProgress(self._in_progress_message(conn, secret, held))
+                conn.execute(sa.insert(_locks).values(secret=secret, rotation_id=lease.rotation_id))
+                conn.execute(
+                    sa.insert(_rotations).values(
+                        id=lease.rotation_id,
+                        secret=secret,
+                        runbook=runbook,
+                        state=RotationState.RUNNING,
+                        started_by=started_by,
+                        started_at=now,
+                        updated_at=now,
+                        parameters=parameters,
+                        consumers=consumers,
+                        versions=versions,
+                        reason="",
+                        flow_run_id=lease.flow_run_id,
+                        lease_token=lease.token,
+                        lease_expires_at=lease.expiry(),
+                    )
+                )
+                self._event(conn, lease.rotation_id, "rotation", "started", runbook=runbook, flow_run=lease.flow_run_id)
+        except IntegrityError:
+            # Another worker inserted the lock row between our read and our insert (PostgreSQL).
+            with self._read() as conn:
+                held = conn.execute(sa.select(_locks.c.rotation_id).where(_locks.c.secret == secret)).scalar()
+                raise RotationInProgress(self._in_progress_message(conn, secret, held or "?")) from None
+        return self.get(lease.rotation_id)
 
-        ``marks`` (the versions the rotation starts from, say) are recorded in the same transaction, so a crash
-        cannot leave a rotation without them.
-        """
-        rotation_id = str(uuid.uuid4())
-        now = _now().isoformat()
-        with self._write() as db:
-            held = db.execute("SELECT rotation_id FROM locks WHERE secret = ?", (secret,)).fetchone()
-            if held:
-                raise RotationInProgress(self._in_progress_message(db, secret, held["rotation_id"]))
-            db.execute("INSERT INTO locks VALUES (?, ?)", (secret, rotation_id))
-            db.execute(
-                "INSERT INTO rotations (id, secret, runbook, state, started_by, started_at, updated_at, owner,"
-                " parameters) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    rotation_id,
-                    secret,
-                    runbook,
-                    RotationState.RUNNING,
-                    started_by,
-                    now,
-                    now,
-                    owner_tag(),
-                    json.dumps(parameters),
-                ),
-            )
-            for key, value in (marks or {}).items():
-                db.execute("INSERT INTO marks VALUES (?, ?, ?)", (rotation_id, key, json.dumps(value)))
-        return self.get(rotation_id)
-
-    def _in_progress_message(self, db: sqlite3.Connection, secret: str, rotation_id: str) -> str:
-        row = db.execute("SELECT * FROM rotations WHERE id = ?", (rotation_id,)).fetchone()
-        state = row["state"] if row else "unknown"
-        started = f", started {row['started_at']} by {row['started_by']}" if row else ""
+    def _in_progress_message(self, conn: Connection, secret: str, rotation_id: str) -> str:
+        row = conn.execute(sa.select(_rotations).where(_rotations.c.id == rotation_id)).mappings().first()
+        if row is None:
+            return f"a rotation of {secret} is already in progress; only one rotation of a secret may run at a time"
+        record = RotationRecord.model_validate(dict(row))
+        owner = f"its run {record.flow_run_id} is alive" if record.lease_live() else "its run has stopped"
         return (
-            f"rotation {rotation_id} of {secret} is already in progress (state {state}{started}); only one rotation "
-            f"of a secret may run at a time. If its run has stopped, resume it with `rotate resume {rotation_id}` "
-            f"or undo it with `rotate rollback {rotation_id}`."
+            f"rotation {rotation_id} of {secret} is already in progress (state {record.state}, started "
+            f"{record.started_at:%Y-%m-%d %H:%M} UTC by {record.started_by}; {owner}); only one rotation of a "
+            f"secret may run at a time. Wait for it, or once its run has stopped resume it with `rotate resume "
+            f"{rotation_id}` or undo it with `rotate rollback {rotation_id}`"
         )
 
-    def get(self, rotation_id: str) -> RotationRecord:
-        with self._read() as db:
-            row = db.execute("SELECT * FROM rotations WHERE id = ?", (rotation_id,)).fetchone()
-        if row is None:
-            raise RotationNotFound(
-                f"no rotation {rotation_id} in the journal {self.path}; `rotate status` lists the known rotations"
+    def take_over(self, rotation_id: str, lease: Lease, purpose: str) -> TakeOver:
+        """Give a stopped rotation to ``lease``'s run, to ``purpose`` ("resume" or "rollback") it.
+
+        Refused while another run's lease is live, for a finished rotation, a rollback past the point of no return,
+        and a resume of a half-done rollback.
+        """
+        with self._write() as conn:
+            record = self._get(conn, rotation_id, for_update=True)
+            if record.state.finished:
+                raise Refused(
+                    f"rotation {rotation_id} of {record.secret} is already {record.state}; there is nothing to "
+                    f"{purpose}" + ("; start a new rotation instead" if purpose == "resume" else "")
+                )
+            if purpose == "rollback" and record.retired_at is not None:
+                raise Refused(
+                    f"rotation {rotation_id} of {record.secret} passed its point of no return at "
+                    f"{record.retired_at:%Y-%m-%d %H:%M:%S} UTC (the old credential was retired); it can only go "
+                    f"forward: `rotate resume {rotation_id}`"
+                )
+            if purpose == "resume" and record.state is RotationState.ROLLBACK_FAILED:
+                raise Refused(
+                    f"rotation {rotation_id} of {record.secret} was being rolled back; finish that first: "
+                    f"`rotate rollback {rotation_id}`"
+                )
+            if record.lease_live() and record.lease_token != lease.token:
+                raise Refused(
+                    f"rotation {rotation_id} of {record.secret} is owned by flow run {record.flow_run_id}, which "
+                    f"is still alive (its lease runs until {record.lease_expires_at:%H:%M:%S} UTC and is renewed "
+                    f"while it lives); wait for it to finish, or cancel that run, then {purpose} again"
+                )
+            conn.execute(
+                sa.update(_rotations)
+                .where(_rotations.c.id == rotation_id)
+                .values(
+                    lease_token=lease.token,
+                    lease_expires_at=lease.expiry(),
+                    flow_run_id=lease.flow_run_id or record.flow_run_id,
+                    state=RotationState.RUNNING if purpose == "resume" else record.state,
+                    updated_at=_now(),
+                )
             )
-        return _record(row)
-
-    def claim(self, rotation_id: str, flow_run_id: str | None) -> RotationRecord:
-        """Take over a rotation for the run that resumes (or first runs) it."""
-        with self._write() as db:
-            db.execute(
-                "UPDATE rotations SET flow_run_id = COALESCE(?, flow_run_id), owner = ?, updated_at = ? WHERE id = ?",
-                (flow_run_id, owner_tag(), _now().isoformat(), rotation_id),
+            superseded = record.flow_run_id if record.flow_run_id != lease.flow_run_id else None
+            self._event(
+                conn, rotation_id, "rotation", f"{purpose}-claimed", flow_run=lease.flow_run_id, superseded=superseded
             )
-        return self.get(rotation_id)
+        return TakeOver(self.get(rotation_id), superseded)
 
-    def list(self, active_only: bool = False) -> list[RotationRecord]:
-        query = "SELECT * FROM rotations"
-        if active_only:
-            query += " WHERE id IN (SELECT rotation_id FROM locks)"
-        with self._read() as db:
-            rows = db.execute(query + " ORDER BY started_at DESC").fetchall()
-        return [_record(row) for row in rows]
+    def renew(self, lease: Lease) -> bool:
+        """Extend ``lease``; False if another run has taken the rotation over."""
+        with self._write() as conn:
+            return self._renew(conn, lease)
 
-    def set_state(self, rotation_id: str, state: RotationState, reason: str = "") -> None:
-        """Move a rotation to ``state``; a finished rotation releases its secret's lock."""
-        with self._write() as db:
-            db.execute(
-                "UPDATE rotations SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
-                (state, reason, _now().isoformat(), rotation_id),
+    def _renew(self, conn: Connection, lease: Lease) -> bool:
+        result = conn.execute(
+            sa.update(_rotations)
+            .where(_rotations.c.id == lease.rotation_id, _rotations.c.lease_token == lease.token)
+            .values(lease_expires_at=lease.expiry())
+        )
+        return result.rowcount == 1
+
+    def _owned(self, conn: Connection, lease: Lease) -> None:
+        if not self._renew(conn, lease):
+            raise LeaseLost(
+                f"rotation {lease.rotation_id} was taken over by another run (this run's lease expired); this run "
+                "stops here without changing anything more"
+            )
+
+    def release(self, lease: Lease) -> None:
+        """Give up ``lease`` (the run ends, or hands the rotation to a scheduled follow-up run)."""
+        with self._write() as conn:
+            conn.execute(
+                sa.update(_rotations)
+                .where(_rotations.c.id == lease.rotation_id, _rotations.c.lease_token == lease.token)
+                .values(lease_token=None, lease_expires_at=None)
+            )
+
+    def end_run(self, lease: Lease, state: RotationState, reason: str = "") -> None:
+        """This run ends, leaving the rotation in ``state``: the lease is given up, and a finished rotation releases its
+        secret's lock."""
+        with self._write() as conn:
+            self._owned(conn, lease)
+            conn.execute(
+                sa.update(_rotations)
+                .where(_rotations.c.id == lease.rotation_id)
+                .values(state=state, reason=reason, updated_at=_now(), lease_token=None, lease_expires_at=None)
             )
             if state.finished:
-                db.execute("DELETE FROM locks WHERE rotation_id = ?", (rotation_id,))
+                conn.execute(sa.delete(_locks).where(_locks.c.rotation_id == lease.rotation_id))
+            self._event(conn, lease.rotation_id, "rotation", str(state), **({"reason": reason} if reason else {}))
 
-    def mark_retired(self, rotation_id: str) -> None:
-        with self._write() as db:
-            db.execute(
-                "UPDATE rotations SET retired_at = COALESCE(retired_at, ?), updated_at = ? WHERE id = ?",
-                (_now().isoformat(), _now().isoformat(), rotation_id),
+    def forget(self, lease: Lease) -> None:
+        """Remove a new rotation that changed nothing (its checks refused the input): as if it never began."""
+        with self._write() as conn:
+            self._owned(conn, lease)
+            for table in (_events, _steps, _undos):
+                conn.execute(sa.delete(table).where(table.c.rotation_id == lease.rotation_id))
+            conn.execute(sa.delete(_locks).where(_locks.c.rotation_id == lease.rotation_id))
+            conn.execute(sa.delete(_rotations).where(_rotations.c.id == lease.rotation_id))
+
+    def get(self, rotation_id: str) -> RotationRecord:
+        with self._read() as conn:
+            return self._get(conn, rotation_id)
+
+    def _get(self, conn: Connection, rotation_id: str, for_update: bool = False) -> RotationRecord:
+        query = sa.select(_rotations).where(_rotations.c.id == rotation_id)
+        row = conn.execute(query.with_for_update() if for_update else query).mappings().first()
+        if row is None:
+            raise RotationNotFound(
+                f"no rotation {rotation_id} in the journal {self.display}; `rotate status` lists the known rotations"
+            )
+        return RotationRecord.model_validate(dict(row))
+
+    def list(self, active_only: bool = False) -> list[RotationRecord]:
+        query = sa.select(_rotations).order_by(_rotations.c.started_at.desc())
+        if active_only:
+            query = query.where(_rotations.c.id.in_(sa.select(_locks.c.rotation_id)))
+        with self._read() as conn:
+            return [RotationRecord.model_validate(dict(row)) for row in conn.execute(query).mappings()]
+
+    # -- named steps and the compensation stack -------------------------------------------------------------------
+
+    def steps(self, rotation_id: str) -> dict[str, StepRecord]:
+        """The steps recorded for a rotation, by name, in the order they first started."""
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(_steps).where(_steps.c.rotation_id == rotation_id).order_by(_steps.c.seq)
+            ).mappings()
+            return {row["name"]: StepRecord.model_validate(dict(row)) for row in rows}
+
+    def start_step(
+        self,
+        lease: Lease,
+        name: str,
+        kind: str,
+        detail: dict[str, Any],
+        *,
+        undo: tuple[str, dict[str, Any], bool] | None = None,
+        retire: bool = False,
+        audit: dict[str, Any] | None = None,
+    ) -> StepRecord:
+        """Record that step ``name`` starts, in one transaction with its undo (task name, arguments, deferred) and
+        the point of no return for a retirement. A step started before keeps its first ``detail`` (a wait's due
+        time, say) and its undo, so a resumed run picks them up."""
+        now = _now()
+        with self._write() as conn:
+            self._owned(conn, lease)
+            rid = lease.rotation_id
+            row = (
+                conn.execute(sa.select(_steps).where(_steps.c.rotation_id == rid, _steps.c.name == name))
+                .mappings()
+                .first()
+            )
+            if row is None:
+                seq = conn.execute(
+                    sa.select(sa.func.coalesce(sa.func.max(_steps.c.seq), 0) + 1).where(_steps.c.rotation_id == rid)
+                ).scalar_one()
+                conn.execute(
+                    sa.insert(_steps).values(
+                        rotation_id=rid, name=name, seq=seq, kind=kind, started_at=now, detail=detail
+                    )
+                )
+                record = StepRecord(name=name, seq=seq, kind=kind, started_at=now, detail=detail)
+            else:
+                record = StepRecord.model_validate(dict(row))
+            if undo is not None:
+                self._push_undo(conn, rid, name, *undo)
+            if retire:
+                conn.execute(
+                    sa.update(_rotations)
+                    .where(_rotations.c.id == rid, _rotations.c.retired_at.is_(None))
+                    .values(retired_at=now)
+                )
+            self._event(conn, rid, name, "started", **(audit or {}))
+        return record
+
+    def _push_undo(self, conn: Connection, rid: str, step: str, task: str, kwargs: dict[str, Any], deferred: bool):
+        exists = conn.execute(
+            sa.select(_undos.c.step).where(_undos.c.rotation_id == rid, _undos.c.step == step)
+        ).first()
+        if exists is None:
+            seq = conn.execute(
+                sa.select(sa.func.coalesce(sa.func.max(_undos.c.seq), 0) + 1).where(_undos.c.rotation_id == rid)
+            ).scalar_one()
+            conn.execute(
+                sa.insert(_undos).values(
+                    rotation_id=rid, step=step, seq=seq, task=task, kwargs=kwargs, deferred=deferred
+                )
             )
 
-    def record_facts(self, rotation_id: str, facts: dict[str, Any]) -> dict[str, Any]:
-        """Record facts the plan found; a fact recorded once keeps its first value (a resumed run gets it back)."""
-        with self._write() as db:
-            row = db.execute("SELECT facts FROM rotations WHERE id = ?", (rotation_id,)).fetchone()
-            known = json.loads(row["facts"])
-            merged = {**facts, **known}
-            if merged != known:
-                db.execute("UPDATE rotations SET facts = ? WHERE id = ?", (json.dumps(merged), rotation_id))
-        return merged
+    def push_undo(self, lease: Lease, step: str, task: str, kwargs: dict[str, Any], deferred: bool) -> None:
+        """Add an undo outside a step's start (the consumers' restart, pushed once per rotation)."""
+        with self._write() as conn:
+            self._owned(conn, lease)
+            self._push_undo(conn, lease.rotation_id, step, task, kwargs, deferred)
 
-    # the compensation stack
-
-    def push_undo(self, rotation_id: str, key: str, task: str, kwargs: dict[str, Any], deferred: bool) -> None:
-        """Add an undo step once per ``key`` (a resumed run pushes the same keys again)."""
-        with self._write() as db:
-            seq = db.execute(
-                "SELECT COALESCE(MAX(seq), 0) + 1 FROM undos WHERE rotation_id = ?", (rotation_id,)
-            ).fetchone()[0]
-            db.execute(
-                "INSERT OR IGNORE INTO undos (rotation_id, key, seq, task, kwargs, deferred) VALUES (?, ?, ?, ?, ?, ?)",
-                (rotation_id, key, seq, task, json.dumps(kwargs), int(deferred)),
+    def complete_step(self, lease: Lease, name: str, facts: Any, audit: dict[str, Any] | None = None) -> None:
+        """Record that step ``name`` completed and what it returned (facts, never values)."""
+        with self._write() as conn:
+            self._owned(conn, lease)
+            conn.execute(
+                sa.update(_steps)
+                .where(_steps.c.rotation_id == lease.rotation_id, _steps.c.name == name)
+                .values(completed_at=_now(), facts=facts)
             )
+            self._event(conn, lease.rotation_id, name, "completed", **(audit or {}))
 
     def undos(self, rotation_id: str) -> list[UndoRecord]:
         """Undo steps in the order they must run: the stack from the top, then the deferred ones."""
-        with self._read() as db:
-            rows = db.execute(
-                "SELECT * FROM undos WHERE rotation_id = ? ORDER BY deferred, seq DESC", (rotation_id,)
-            ).fetchall()
-        return [
-            UndoRecord(
-                key=r["key"],
-                seq=r["seq"],
-                task=r["task"],
-                kwargs=json.loads(r["kwargs"]),
-                deferred=bool(r["deferred"]),
-                done=r["done_at"] is not None,
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(_undos)
+                .where(_undos.c.rotation_id == rotation_id)
+                .order_by(_undos.c.deferred, _undos.c.seq.desc())
+            ).mappings()
+            return [
+                UndoRecord(
+                    **{k: row[k] for k in ("step", "seq", "task", "kwargs", "deferred")},
+                    done=row["done_at"] is not None,
+                )
+                for row in rows
+            ]
+
+    def mark_undone(self, lease: Lease, step: str) -> None:
+        with self._write() as conn:
+            self._owned(conn, lease)
+            conn.execute(
+                sa.update(_undos)
+                .where(_undos.c.rotation_id == lease.rotation_id, _undos.c.step == step)
+                .values(done_at=_now())
             )
-            for r in rows
-        ]
+            self._event(conn, lease.rotation_id, f"undo:{step}", "completed")
 
-    def mark_undone(self, rotation_id: str, key: str) -> None:
-        with self._write() as db:
-            db.execute(
-                "UPDATE undos SET done_at = ? WHERE rotation_id = ? AND key = ?",
-                (_now().isoformat(), rotation_id, key),
-            )
+    # -- the audit trail ------------------------------------------------------------------------------------------
 
-    # approvals, waits and the audit trail
+    def record(self, rotation_id: str, step: str, status: str, **details: Any) -> None:
+        """An audit record of its own (an approval refused, a run waiting): ids and names only, never values."""
+        with self._write() as conn:
+            self._event(conn, rotation_id, step, status, **details)
 
-    def mark(self, rotation_id: str, key: str, value: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Record ``value`` under ``key`` the first time; return what was recorded (``{}`` when only reading)."""
-        with self._write() as db:
-            row = db.execute("SELECT value FROM marks WHERE rotation_id = ? AND key = ?", (rotation_id, key)).fetchone()
-            if row:
-                return json.loads(row["value"])
-            if value is None:
-                return {}
-            db.execute("INSERT INTO marks VALUES (?, ?, ?)", (rotation_id, key, json.dumps(value)))
-        return value
+    def _event(self, conn: Connection, rotation_id: str, step: str, status: str, **details: Any) -> None:
+        conn.execute(
+            sa.insert(_events).values(rotation_id=rotation_id, at=_now(), step=step, status=status, details=details)
+        )
 
-    def due_time(self, rotation_id: str, key: str, seconds: float) -> datetime:
-        """When the wait ``key`` ends: now + ``seconds`` the first time it is asked, the same instant afterwards."""
-        due = (_now() + timedelta(seconds=seconds)).isoformat()
-        return datetime.fromisoformat(self.mark(rotation_id, key, {"due": due})["due"])
-
-    def record_step(self, rotation_id: str, step: str, status: str, details: dict[str, Any] | None = None) -> None:
-        with self._write() as db:
-            db.execute(
-                "INSERT INTO steps VALUES (?, ?, ?, ?, ?)",
-                (rotation_id, _now().isoformat(), step, status, json.dumps(details or {})),
-            )
-
-    def steps(self, rotation_id: str) -> list[StepRecord]:
-        with self._read() as db:
-            rows = db.execute("SELECT * FROM steps WHERE rotation_id = ? ORDER BY rowid", (rotation_id,)).fetchall()
-        return [
-            StepRecord(at=r["at"], step=r["step"], status=r["status"], details=json.loads(r["details"])) for r in rows
-        ]
-
-
-def _record(row: sqlite3.Row) -> RotationRecord:
-    data = dict(row)
-    data["parameters"] = json.loads(data["parameters"])
-    data["facts"] = json.loads(data["facts"])
-    return RotationRecord.model_validate(data)
+    def events(self, rotation_id: str) -> list[AuditEvent]:
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(_events).where(_events.c.rotation_id == rotation_id).order_by(_events.c.id)
+            ).mappings()
+            return [AuditEvent(at=r["at"], step=r["step"], status=r["status"], details=r["details"]) for r in rows]

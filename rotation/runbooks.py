@@ -1,22 +1,78 @@
-"""The runbooks by the name each records in the journal, so a rotation can be resumed by its id alone."""
+"""The runbook registry: every runbook by the name its rotations record, with the undo tasks it may push.
+
+A runbook registers itself with :func:`runbook`. The journal names undo steps by task name, and a rollback in
+another process finds the task object here (never a ``module:attribute`` string from a file): only the core's own
+undos and those a runbook declared can ever run.
+"""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-from errors import RotationError
+from prefect import Flow, Task
+from prefect.context import FlowRunContext
 
-RUNBOOKS: dict[str, str] = {
-    "jwt-signing-key": "flows.jwt:rotate_jwt_signing_key",
-    "postgres-credentials": "flows.postgres:rotate_postgres_credentials",
-    "redis-password": "flows.redis:rotate_redis_password",
-}
+from errors import BadInput
+from tasks.consumers import restart_consumers
+from tasks.secrets import discard_secret, revert_secret
+
+#: Undo tasks of the core itself: discard a staged value, revert a promotion, restart the consumers.
+CORE_UNDOS: tuple[Task[..., Any], ...] = (discard_secret, revert_secret, restart_consumers)
+
+F = TypeVar("F", bound=Flow[..., Any])
 
 
-def runbook_flow(name: str) -> Any:
-    """The flow of the runbook ``name``."""
-    if name not in RUNBOOKS:
-        raise RotationError(f"unknown runbook {name!r}; known runbooks: {', '.join(sorted(RUNBOOKS))}")
-    module, _, attribute = RUNBOOKS[name].partition(":")
-    return getattr(importlib.import_module(module), attribute)
+@dataclass(frozen=True)
+class Runbook:
+    name: str
+    flow: Flow[..., Any]
+    undos: dict[str, Task[..., Any]] = field(default_factory=dict)
+
+    def undo(self, task_name: str) -> Task[..., Any]:
+        try:
+            return self.undos[task_name]
+        except KeyError:
+            raise BadInput(
+                f"the journal names undo step {task_name!r}, which runbook {self.name} does not declare; "
+                "the journal may have been edited, or the runbook changed since the rotation began"
+            ) from None
+
+
+_by_name: dict[str, Runbook] = {}
+_by_flow: dict[str, Runbook] = {}
+
+
+def runbook(name: str, *, undos: Iterable[Task[..., Any]] = ()) -> Callable[[F], F]:
+    """Register a runbook flow under ``name`` with the undo tasks it may push (beyond the core's own)."""
+
+    def register(flow: F) -> F:
+        entry = Runbook(name, flow, {t.name: t for t in (*CORE_UNDOS, *undos)})
+        _by_name[name] = _by_flow[flow.name] = entry
+        return flow
+
+    return register
+
+
+def named(name: str) -> Runbook:
+    """The runbook that records itself as ``name``."""
+    if name not in _by_name:
+        known = ", ".join(sorted(_by_name)) or "none"
+        raise BadInput(f"unknown runbook {name!r}; known runbooks: {known}")
+    return _by_name[name]
+
+
+def current() -> Runbook:
+    """The runbook of the flow run in progress."""
+    context = FlowRunContext.get()
+    flow_name = context.flow.name if context and context.flow else None
+    if flow_name not in _by_flow:
+        raise RuntimeError(
+            f"flow {flow_name!r} is not a registered runbook: decorate it with @runbook(NAME, undos=[...])"
+        )
+    return _by_flow[flow_name]
+
+
+def all_runbooks() -> list[Runbook]:
+    return sorted(_by_name.values(), key=lambda r: r.name)

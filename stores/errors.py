@@ -12,7 +12,7 @@ class StoreError(RotationError):
     """Base of every store error; ``str()`` is a message for the person running the rotation."""
 
 
-class InvalidStoreURI(StoreError, BadInput):
+class InvalidStoreURI(StoreError, BadInput, ValueError):
     """A store URI that cannot be parsed or names an unknown kind of store."""
 
 

@@ -9,8 +9,10 @@ from targets.consumers import Consumer, ConsumerRestartFailed, restart
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=3)
-def restart_consumers(consumers: list[Consumer] | list[dict]) -> list[str]:
-    """Restart every consumer in order; returns their names. Accepts models or their JSON form (from the journal).
+def restart_consumers(secret: str, rotation_id: str, consumers: list[Consumer] | list[dict]) -> list[str]:
+    """Restart every consumer of ``secret`` in order, so they load its current value; returns their names.
+
+    Accepts models or their JSON form (an undo from the journal).
 
     One that fails does not stop the others (a rollback must still reload the ones that can); the failures are
     raised together at the end.

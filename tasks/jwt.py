@@ -21,17 +21,8 @@ from redaction import register_secret
 from stores import Stage, open_store
 from stores.errors import VersionNotFound
 from targets.consumers import Consumer
-from targets.jwt.keyset import (
-    Algorithm,
-    JwtKeyset,
-    KeysetError,
-    new_key,
-    published,
-    rotated,
-    sign_token,
-    switched,
-    without_previous,
-)
+from targets.jwt.keyset import JwtKeyset, KeysetError, sign_token
+from targets.jwt.rollover import final_keyset, parse_keyset, switched_keyset
 from tasks import retry_if_transient
 from tasks.secrets import discard_secret, promote_secret, revert_secret, stage_secret
 
@@ -47,46 +38,33 @@ class Kids(BaseModel):
     verify_only: list[str]
 
 
-def _keyset(text: str, where: str) -> JwtKeyset:
-    register_secret(text)
-    try:
-        keyset = JwtKeyset.from_secret(text)
-    except KeysetError as exc:
-        raise KeysetError(f"{where}: {exc}") from None
-    for key in keyset.keys:
-        register_secret(key.material())
-    return keyset
-
-
 def _kids(keyset: JwtKeyset) -> Kids:
     return Kids(signing=keyset.signing_key.kid, verify_only=[k.kid for k in keyset.keys if k.status == "verify"])
+
+
+class NewKey(BaseModel):
+    """The key a rotation brings in and the one it retires: public identifiers."""
+
+    new: str
+    old: str
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_if_transient)
 def inspect_current_keyset(secret: str) -> Kids:
     """Check that the CURRENT keyset is well formed before anything changes; return its key ids."""
-    return _kids(_keyset(open_store(secret).read(Stage.CURRENT), f"the current keyset of {secret}"))
+    return _kids(parse_keyset(open_store(secret).read(Stage.CURRENT), f"the current keyset of {secret}"))
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_if_transient)
-def inspect_keyset_version(secret: str, version_id: str) -> Kids:
-    """The key ids of one version of the keyset (the staged one, say)."""
-    return _kids(_keyset(open_store(secret).read_version(version_id), f"version {version_id} of {secret}"))
-
-
-def next_keyset(current: str, algorithm: Algorithm = "HS256", key_bits: int = 512, publish_first: bool = False) -> str:
-    """The keyset a rotation stages (given to ``Rotation.stage``): a new key that signs while the current one only
-    verifies; or, with ``publish_first``, the new key verify-only beside the current signing key."""
-    keyset, key = _keyset(current, "the current keyset"), new_key(algorithm, key_bits)
-    return (published(keyset, key) if publish_first else rotated(keyset, key)).to_secret()
-
-
-def _switched_keyset(current: str) -> str:
-    return switched(_keyset(current, "the current keyset")).to_secret()
-
-
-def _final_keyset(current: str) -> str:
-    return without_previous(_keyset(current, "the current keyset")).to_secret()
+def inspect_new_key(secret: str, rotation_id: str) -> NewKey:
+    """Which key rotation ``rotation_id`` staged beside the current signing key."""
+    store = open_store(secret)
+    current = parse_keyset(store.read(Stage.CURRENT), f"the current keyset of {secret}")
+    staged = parse_keyset(store.read_version(rotation_id), f"version {rotation_id} of {secret}")
+    added = [k.kid for k in staged.keys if k.kid not in {c.kid for c in current.keys}]
+    if len(added) != 1:
+        raise KeysetError(f"version {rotation_id} of {secret} does not add exactly one key to the current keyset")
+    return NewKey(new=added[0], old=current.signing_key.kid)
 
 
 def _derived_version_id(rotation_id: str, step: str) -> str:
@@ -104,7 +82,7 @@ def _find_key_keyset(secret: str, kid: str) -> JwtKeyset:
     store = open_store(secret)
     for stage in (Stage.CURRENT, Stage.PREVIOUS):
         try:
-            keyset = _keyset(store.read(stage), f"the {stage} keyset of {secret}")
+            keyset = parse_keyset(store.read(stage), f"the {stage} keyset of {secret}")
         except VersionNotFound:
             continue
         if any(k.kid == kid for k in keyset.keys):
@@ -156,7 +134,7 @@ _FORWARD = {"retries": 3, "retry_delay_seconds": [1, 5, 15], "retry_condition_fn
 @task(cache_policy=NO_CACHE, **_FORWARD)
 def switch_signing_key(secret: str, rotation_id: str) -> str:
     """Make CURRENT the keyset in which the published key signs and the old one verifies. Idempotent."""
-    return _stage_and_promote(secret, _derived_version_id(rotation_id, "switch-signing-key"), _switched_keyset)
+    return _stage_and_promote(secret, _derived_version_id(rotation_id, "switch-signing-key"), switched_keyset)
 
 
 @task(cache_policy=NO_CACHE, **_FORWARD)
@@ -170,4 +148,4 @@ def undo_switch_signing_key(secret: str, rotation_id: str, previous_version: str
 @task(cache_policy=NO_CACHE, **_FORWARD)
 def drop_previous_key(secret: str, rotation_id: str) -> str:
     """Make CURRENT a keyset with the signing key alone; the dual-key keyset becomes PREVIOUS. Idempotent."""
-    return _stage_and_promote(secret, _derived_version_id(rotation_id, "retire-previous-key"), _final_keyset)
+    return _stage_and_promote(secret, _derived_version_id(rotation_id, "retire-previous-key"), final_keyset)

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from flows.jwt import JwtPolicy, rotate_jwt_signing_key
-from rotation.approval import NotWaitingForApproval, give_decision
-from rotation.context import RotationOptions, RotationRolledBack
+from rotation import RotationOptions, RotationRolledBack
+from rotation.approval import ApprovalDecision, NotWaitingForApproval, give_decision, waiting_for
 from rotation.journal import Journal, RotationInProgress, RotationState
 from stores import SecretStore, Stage
 from targets.consumers import CommandRestart, Consumer, HttpReload, NoRestart
@@ -35,7 +35,7 @@ def journal(tmp_path) -> Journal:
 
 
 def options(journal: Journal, **overrides: object) -> RotationOptions:
-    values = {"started_by": "alice", "journal": str(journal.path), "approval_timeout_seconds": 60, **overrides}
+    values = {"started_by": "alice", "journal": journal.location, "approval_timeout_seconds": 60, **overrides}
     return RotationOptions(**values)
 
 
@@ -69,10 +69,11 @@ class Approver:
     def _run(self) -> None:
         while self.answers and not self._stop.is_set():
             for record in self.journal.list(active_only=True):
-                steps = self.journal.steps(record.id)
-                if record.flow_run_id and steps and steps[-1].status == "waiting" and "approve" in steps[-1].step:
+                waiting = waiting_for(self.journal, record.id, record.flow_run_id)
+                if waiting is not None:
+                    decision = ApprovalDecision(**self.answers[0], rotation_id=record.id, step=waiting.step)
                     try:
-                        give_decision(record.flow_run_id, **self.answers[0])
+                        give_decision(waiting.flow_run_id, decision)
                     except NotWaitingForApproval:
                         continue
                     self.given.append(self.answers.pop(0))
@@ -88,7 +89,7 @@ class Approver:
         self._thread.join(10)
 
 
-BOB_APPROVES = {"approved": True, "approver": "bob", "reason": "change 42"}
+BOB_APPROVES = {"decision": "approve", "approver": "bob", "reason": "change 42"}
 
 
 @dataclass
@@ -150,7 +151,7 @@ def test_a_full_rotation_with_a_client_that_never_sees_a_rejection(
 
     assert summary["state"] == RotationState.COMPLETED
     current = JwtKeyset.from_secret(keyset_store.read(Stage.CURRENT))
-    new_kid = summary["facts"]["new_kid"]
+    new_kid = summary["new_kid"]
     assert [k.kid for k in current.keys] == [new_kid] != [old_kid]
     assert {k.kid for k in JwtKeyset.from_secret(keyset_store.read(Stage.PREVIOUS)).keys} == {new_kid, old_kid}
     assert keyset_store.describe().version_at(Stage.PENDING) is None
@@ -159,7 +160,7 @@ def test_a_full_rotation_with_a_client_that_never_sees_a_rejection(
     assert accepted(service, token(service))
     record = journal.get(summary["rotation_id"])
     assert record.retired_at is not None
-    approvals = [s for s in journal.steps(record.id) if s.status == "approved"]
+    approvals = [e for e in journal.events(record.id) if e.status == "approved"]
     assert [a.details["approver"] for a in approvals] == ["bob"]
 
 
@@ -192,12 +193,12 @@ def test_a_failed_verification_rolls_back_to_the_old_keyset(
 @pytest.mark.parametrize(
     ("answers", "overrides", "reason"),
     [
-        ([{"approved": False, "approver": "bob", "reason": "not during the release"}], {}, "bob rejected"),
-        ([], {"approval_timeout_seconds": 3}, "no approval"),
+        ([{"decision": "reject", "approver": "bob", "reason": "not during the release"}], {}, "bob rejected"),
+        ([], {"approval_timeout_seconds": 3}, "nobody approved"),
         (
-            [{"approved": True, "approver": "alice", "reason": "mine"}],
+            [{"decision": "approve", "approver": " Alice ", "reason": "mine"}],
             {"approval_timeout_seconds": 6},
-            "no approval",
+            "nobody approved",
         ),
     ],
     ids=["rejected", "timed-out", "self-approval-refused"],
@@ -239,7 +240,7 @@ def test_a_second_rotation_of_the_same_secret_is_refused(prefect_server, local_s
     (running,) = journal.list(active_only=True)
     with pytest.raises(RotationInProgress, match=f"rotation {running.id} .* already in progress"):
         rotate_jwt_signing_key(store.uri.display, policy=SHORT, options=options(journal))
-    with Approver(journal, [{"approved": False, "approver": "bob", "reason": "test over"}]):
+    with Approver(journal, [{"decision": "reject", "approver": "bob", "reason": "test over"}]):
         thread.join(60)
     assert isinstance(first["error"], RotationRolledBack)
     assert len(journal.list()) == 1
@@ -258,7 +259,7 @@ def test_an_es256_keyset_rotates_and_its_jwks_follows(prefect_server, local_stor
         policy=JwtPolicy(algorithm="ES256", token_lifetime_seconds=1, grace_seconds=1),
         options=options(journal, approve_promote=False),
     )
-    new_kid = summary["facts"]["new_kid"]
+    new_kid = summary["new_kid"]
     jwks = httpx.get(f"{service.base_url}/.well-known/jwks.json", timeout=5).json()
     assert [(k["kid"], k["kty"], k["crv"]) for k in jwks["keys"]] == [(new_kid, "EC", "P-256")]
     assert all("d" not in k for k in jwks["keys"])  # public keys only
@@ -290,10 +291,10 @@ def test_replicas_reloading_one_by_one_accept_each_others_tokens_only_with_publi
     record_property("calls", client.calls)
     record_property("rejections", len(client.rejections))
     assert summary["state"] == RotationState.COMPLETED
-    assert signing_kid(first) == signing_kid(second) == summary["facts"]["new_kid"]
+    assert signing_kid(first) == signing_kid(second) == summary["new_kid"]
     if publish_first:
         assert client.rejections == []
-        assert any(s.details.get("task") == "switch_signing_key" for s in journal.steps(summary["rotation_id"]))
+        assert journal.steps(summary["rotation_id"])["switch-signing-key"].completed
     else:  # why publish_first exists: for about a second the second replica refuses the first one's new tokens
         assert len(client.rejections) > 5
 
@@ -329,6 +330,6 @@ def test_a_failure_after_the_switch_rolls_back_both_promotions(
     assert signing_kid(service) == old_kid
     assert accepted(service, old_token)
     (record,) = journal.list()
-    assert "undo:" + next(u.key for u in journal.undos(record.id) if u.task.endswith("undo_switch_signing_key")) in {
-        s.step for s in journal.steps(record.id)
-    }
+    assert [u.step for u in journal.undos(record.id) if u.task == "undo_switch_signing_key" and u.done] == [
+        "switch-signing-key"
+    ]

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from prefect import flow, task
 
-from rotation.context import RotationOptions, RotationRolledBack, Undo, rotation
+from rotation import RotationOptions, RotationRolledBack, Undo, rotation, runbook
 from rotation.journal import Journal, RotationState
 from stores import Stage, open_store
 from targets.consumers import CommandRestart, Consumer
 from tasks.consumers import restart_consumers
+from tasks.secrets import discard_secret
 
 
 def _recorder(log: Path, word: str, secret: str) -> Consumer:
@@ -29,21 +30,29 @@ def failing_check() -> None:
     raise RuntimeError("the new credential was refused")
 
 
+def _next(current: str) -> str:
+    return current + "-next"
+
+
+@runbook("toy")
 @flow(persist_result=False)
 def toy_runbook(secret: str, log: str, fail: bool, options: RotationOptions) -> dict:
-    with rotation(secret, "toy", options) as r:
-        r.stage(lambda current: current + "-next")
+    with rotation(secret, options, [_recorder(Path(log), "restart", secret)]) as r:
+        r.stage("stage", _next)
         applied = _recorder(Path(log), "apply", secret)
         undo = _recorder(Path(log), "undo-apply", secret)
         r.apply(
+            "apply",
             restart_consumers,
+            secret,
+            r.id,
             [applied],
-            undo=Undo(task="tasks.consumers:restart_consumers", kwargs={"consumers": [undo.model_dump()]}),
+            undo=Undo(restart_consumers, consumers=[undo.model_dump()]),
         )
-        r.promote()
-        r.restart([_recorder(Path(log), "restart", secret)])
+        r.promote("promote")
+        r.restart("restart")
         if fail:
-            r.verify(failing_check)
+            r.verify("check", failing_check)
     return r.summary()
 
 
@@ -63,9 +72,9 @@ def test_a_rotation_completes_and_releases_its_lock(prefect_server, secret, tmp_
     journal = Journal(tmp_path / "j.db")
     assert journal.get(summary["rotation_id"]).state is RotationState.COMPLETED
     assert journal.list(active_only=True) == []
-    steps = [(s.step, s.status) for s in journal.steps(summary["rotation_id"])]
+    steps = [(e.step, e.status) for e in journal.events(summary["rotation_id"])]
     assert ("rotation", "completed") in steps
-    assert ("3:promote", "completed") in steps
+    assert ("promote", "completed") in steps
 
 
 def test_a_failed_verification_undoes_in_reverse_and_restarts_consumers_last(prefect_server, secret, tmp_path):
@@ -95,13 +104,11 @@ def test_an_undo_is_recorded_before_its_step_runs(prefect_server, secret, tmp_pa
     journal = Journal(tmp_path / "j.db")
     seen: list[list[str]] = []
 
+    @runbook("peeking")
     @flow(persist_result=False)
     def peeking(secret: str) -> None:
-        with rotation(secret, "toy", RotationOptions(approve_promote=False, journal=str(journal.path))) as r:
-            r.apply(
-                lambda: seen.append([u.task for u in journal.undos(r.id)]),
-                undo=Undo(task="tasks.secrets:discard_secret", kwargs={"secret": secret, "rotation_id": r.id}),
-            )
+        with rotation(secret, RotationOptions(approve_promote=False, journal=journal.location)) as r:
+            r.apply("peek", lambda: seen.append([u.task for u in journal.undos(r.id)]), undo=Undo(discard_secret))
 
     peeking(secret)
-    assert seen == [["tasks.secrets:discard_secret"]]
+    assert seen == [[discard_secret.name]]

@@ -50,11 +50,7 @@ _BASE64 = frozenset(string.ascii_letters + string.digits + "-_+/=")
 
 
 class KeysetError(BadInput):
-    """A keyset that cannot be used, or a request it cannot serve. The message never holds key material.
-
-    Not a ``ValueError`` on purpose: pydantic passes it through unchanged instead of wrapping it in a
-    ``ValidationError`` whose text would quote the input.
-    """
+    """A keyset that cannot be used, or a request it cannot serve. The message never holds key material."""
 
 
 class TokenRejected(CheckFailed):

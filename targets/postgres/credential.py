@@ -25,7 +25,7 @@ from redaction import register_secret
 SslMode = Literal["disable", "require", "verify-ca", "verify-full"]
 
 
-class PgSecretInvalid(BadInput):
+class PgSecretInvalid(BadInput, ValueError):
     """The secret's value is not a PostgreSQL credential this runbook understands."""
 
 

@@ -26,7 +26,7 @@ from redaction import register_secret
 _NODE = re.compile(r"^(?:(?P<scheme>rediss?)://)?(?P<host>\[[^\]]+\]|[^:/\[\]]+)(?::(?P<port>\d+))?/?$")
 
 
-class RedisSecretInvalid(BadInput):
+class RedisSecretInvalid(BadInput, ValueError):
     """The secret's value is not a Redis credential this runbook understands."""
 
 

@@ -1,0 +1,26 @@
+"""How a rotation runs: approvals, waiting, resuming. The same for every runbook; a flow parameter."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from rotation.approval import Preapproval
+
+
+class RotationOptions(BaseModel):
+    """How a rotation runs. Names and numbers only: a flow parameter never carries a secret value."""
+
+    resume: str | None = Field(default=None, description="Resume this rotation id instead of starting a new one.")
+    started_by: str | None = Field(default=None, description="Who starts the run (default: the OS user).")
+    approve_promote: bool = Field(default=True, description="Ask a human before the new credential goes live.")
+    approve_retire: bool = Field(default=False, description="Ask a human before the old credential is removed.")
+    approval_timeout_seconds: float = Field(default=3600, gt=0)
+    allow_self_approval: bool = Field(default=False, description="Let the person who started the run approve it.")
+    approval_poll_seconds: int = Field(default=1, ge=1, le=60)
+    preapproved: Preapproval | None = Field(
+        default=None, description="A decision given in advance (`--yes`): every approval is recorded, none pauses."
+    )
+    max_sleep_seconds: float = Field(
+        default=900, ge=0, description="Longer grace periods are handed to a scheduled follow-up run when deployed."
+    )
+    journal: str | None = Field(default=None, description="Rotation journal (default: $ROTATE_JOURNAL).")
