@@ -114,7 +114,6 @@ def _options(
 
 def _launch(secret: str, runbook: Callable[[], dict[str, Any]], journal: str | None) -> None:
     """Run ``runbook`` here, answering its approvals at the terminal, and print its summary (ids and states)."""
-    open_store(secret)  # a malformed store URI is one line here, before Prefect starts
     summary = run_here(runbook, Journal(journal), console)
     console.print_json(json.dumps(summary, default=str))
 
@@ -150,8 +149,9 @@ def jwt(
             grace_seconds=grace,
             publish_first=publish_first,
         )
-        options = _options(no_approval, approve_retire, allow_self_approval, journal, yes, approver)
+        open_store(secret)  # a malformed store URI is one line here, before Prefect starts
         consumers = _consumers(consumers_file, reload_url, verify_url)
+        options = _options(no_approval, approve_retire, allow_self_approval, journal, yes, approver)
         _launch(
             secret,
             lambda: rotate_jwt_signing_key(secret, consumers=consumers, policy=policy, options=options),
@@ -185,8 +185,9 @@ def postgres(
         policy = PgPolicy(
             strategy=strategy, retire=retire, grace_seconds=grace, **({"privilege_checks": check} if check else {})
         )
-        options = _options(no_approval, approve_retire, allow_self_approval, journal, yes, approver)
+        open_store(secret)  # a malformed store URI is one line here, before Prefect starts
         consumers = _consumers(consumers_file, reload_url, None)
+        options = _options(no_approval, approve_retire, allow_self_approval, journal, yes, approver)
         _launch(
             secret,
             lambda: rotate_postgres_credentials(
@@ -211,12 +212,13 @@ def redis(
     journal: JournalOption = None,
 ) -> None:
     """Rotate a Redis ACL password on every node: add beside the old one, move consumers, remove the old one."""
-    from flows.redis import RedisPolicy, rotate_redis_password
+    from flows.redis_password import RedisPolicy, rotate_redis_password
 
     with _clear_errors():
         policy = RedisPolicy(grace_seconds=grace)
-        options = _options(no_approval, approve_retire, allow_self_approval, journal, yes, approver)
+        open_store(secret)  # a malformed store URI is one line here, before Prefect starts
         consumers = _consumers(consumers_file, reload_url, None)
+        options = _options(no_approval, approve_retire, allow_self_approval, journal, yes, approver)
         _launch(
             secret,
             lambda: rotate_redis_password(secret, admin_secret, consumers=consumers, policy=policy, options=options),

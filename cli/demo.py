@@ -16,8 +16,8 @@ from rich.table import Table
 from cli.terminal import run_here
 from flows.jwt import JwtPolicy, rotate_jwt_signing_key
 from rotation.approval import Preapproval
-from rotation.options import RotationOptions
 from rotation.journal import Journal
+from rotation.options import RotationOptions
 from stores import open_store
 from stores.errors import SecretNotFound
 from targets.consumers import Consumer, HttpReload

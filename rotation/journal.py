@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from pydantic import BaseModel
@@ -262,7 +263,8 @@ def _sqlite_kind(path: Path) -> str:
     if not path.exists() or path.stat().st_size == 0:
         return "new"
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        # immutable: not even the WAL index (-shm) of another database is touched
+        db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro&immutable=1", uri=True)
         try:
             (app_id,) = db.execute("PRAGMA application_id").fetchone()
         finally:
@@ -297,7 +299,10 @@ def _engine(location: str, create: bool) -> Engine:
         if engine is not None:
             return engine
         if _is_url(location):
-            engine = sa.create_engine(location, pool_pre_ping=True)
+            url = sa.make_url(location)
+            if url.drivername == "postgresql":
+                url = url.set(drivername="postgresql+psycopg2")  # the driver this project installs
+            engine = sa.create_engine(url, pool_pre_ping=True)
         else:
             path = Path(location)
             kind = _sqlite_kind(path)

@@ -8,6 +8,8 @@ from pathlib import Path
 # Prefect reads its settings at import: keep it offline and quiet before anything imports it.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+# A crashed run's rotation may be taken over once its lease expires: keep that wait short in tests.
+os.environ.setdefault("ROTATE_LEASE_SECONDS", "3")
 
 pytest_plugins = sorted(
     f"tests.fixtures.{path.stem}"

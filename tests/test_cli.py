@@ -40,7 +40,7 @@ def test_the_quick_start_demo_rotates_the_example_service(prefect_server, tmp_pa
 
 def _bad(tmp_path: Path, *args: str) -> tuple[str, Journal]:
     journal = Journal(tmp_path / "journal.db")
-    result = CliRunner().invoke(app, [*args, "--journal", str(journal.path), "--yes"])
+    result = CliRunner().invoke(app, [*args, "--journal", str(journal.path), "--yes", "--approver", "bob"])
     assert result.exit_code == 1, result.output
     assert result.output.startswith("error:"), result.output
     assert "Traceback" not in result.output

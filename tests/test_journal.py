@@ -1,71 +1,168 @@
-"""The rotation journal: one rotation per secret, the compensation stack's order, durable marks."""
+"""The rotation journal on both backends (an SQLite file, PostgreSQL): one rotation per secret, leases, named steps,
+the compensation stack's order; and a journal file that is private and never confused with another file."""
 
 from __future__ import annotations
 
+import sqlite3
+import stat
 import time
+from pathlib import Path
 
 import pytest
+from sqlalchemy import make_url
 
-from rotation.journal import Journal, RotationInProgress, RotationNotFound, RotationState
+from errors import NotFound, Refused
+from rotation.journal import (
+    Journal,
+    Lease,
+    LeaseLost,
+    NotAJournal,
+    RotationInProgress,
+    RotationNotFound,
+    RotationState,
+)
 
 
-@pytest.fixture
-def journal(tmp_path) -> Journal:
-    return Journal(tmp_path / "journal.db")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def journal(request: pytest.FixtureRequest, tmp_path: Path) -> Journal:
+    if request.param == "sqlite":
+        return Journal(tmp_path / "state" / "journal.db")
+    return Journal(request.getfixturevalue("pg_database"))
+
+
+def begin(journal: Journal, secret: str = "aws://x?region=eu-west-1", seconds: float = 30) -> Lease:
+    lease = Lease.new(f"{time.monotonic_ns():036d}"[-36:], "run-1", seconds)
+    journal.begin(
+        secret=secret,
+        runbook="jwt-signing-key",
+        started_by="alice",
+        parameters={"secret": secret},
+        consumers=[],
+        versions={"current": "v1", "previous": None},
+        lease=lease,
+    )
+    return lease
 
 
 def test_a_second_rotation_of_the_same_secret_is_refused_with_a_way_out(journal: Journal) -> None:
-    first = journal.begin("local:///s.db?secret=a", "jwt-signing-key", "alice", {})
+    first = begin(journal)
     with pytest.raises(RotationInProgress) as refused:
-        journal.begin("local:///s.db?secret=a", "jwt-signing-key", "bob", {})
+        begin(journal)
     message = str(refused.value)
-    assert first.id in message
-    assert f"rotate resume {first.id}" in message
-    assert f"rotate rollback {first.id}" in message
-    other = journal.begin("local:///s.db?secret=b", "jwt-signing-key", "bob", {})
-    assert other.id != first.id
+    assert first.rotation_id in message and "is alive" in message
+    assert f"rotate resume {first.rotation_id}" in message and f"rotate rollback {first.rotation_id}" in message
+    other = begin(journal, "aws://y?region=eu-west-1")
+    assert other.rotation_id != first.rotation_id
+    assert journal.get(first.rotation_id).versions == {"current": "v1", "previous": None}
 
 
-def test_finishing_a_rotation_releases_the_secret(journal: Journal) -> None:
-    first = journal.begin("aws://x", "jwt-signing-key", "alice", {})
-    journal.set_state(first.id, RotationState.FAILED)
-    with pytest.raises(RotationInProgress):
-        journal.begin("aws://x", "jwt-signing-key", "alice", {})
-    journal.set_state(first.id, RotationState.ROLLED_BACK)
-    second = journal.begin("aws://x", "jwt-signing-key", "alice", {})
-    assert [r.id for r in journal.list(active_only=True)] == [second.id]
+def test_only_a_finished_rotation_releases_its_secret(journal: Journal) -> None:
+    first = begin(journal)
+    journal.end_run(first, RotationState.FAILED, "after retire")
+    with pytest.raises(RotationInProgress, match="its run has stopped"):
+        begin(journal)
+    taken = journal.take_over(first.rotation_id, again := Lease.new(first.rotation_id, "run-2"), "resume")
+    assert taken.superseded == "run-1" and taken.record.state is RotationState.RUNNING
+    journal.end_run(again, RotationState.COMPLETED)
+    second = begin(journal)
+    assert [r.id for r in journal.list(active_only=True)] == [second.rotation_id]
 
 
-def test_undos_run_newest_first_and_deferred_ones_last_and_are_recorded_once(journal: Journal) -> None:
-    rid = journal.begin("aws://x", "r", "alice", {}).id
-    journal.push_undo(rid, "1:stage", "tasks.secrets:discard_secret", {"n": 1}, deferred=False)
-    journal.push_undo(rid, "restart", "tasks.consumers:restart_consumers", {"n": 2}, deferred=True)
-    journal.push_undo(rid, "3:promote", "tasks.secrets:revert_secret", {"n": 3}, deferred=False)
-    journal.push_undo(rid, "1:stage", "tasks.secrets:discard_secret", {"n": 99}, deferred=False)  # a resumed run
-    undos = journal.undos(rid)
-    assert [u.key for u in undos] == ["3:promote", "1:stage", "restart"]
+def test_a_live_lease_refuses_resume_and_rollback_until_it_expires(journal: Journal) -> None:
+    owner = begin(journal, seconds=1)
+    rescuer = Lease.new(owner.rotation_id, "run-2")
+    for purpose in ("resume", "rollback"):
+        with pytest.raises(Refused, match="is owned by flow run run-1, which is still alive"):
+            journal.take_over(owner.rotation_id, rescuer, purpose)
+    assert journal.renew(owner)
+    time.sleep(1.2)  # the owner stopped renewing: it crashed
+    assert journal.take_over(owner.rotation_id, rescuer, "rollback").superseded == "run-1"
+    assert not journal.renew(owner)
+    with pytest.raises(LeaseLost):
+        journal.start_step(owner, "stage", "stage", {})
+
+
+def test_a_step_keeps_its_first_detail_and_records_its_facts(journal: Journal) -> None:
+    lease = begin(journal)
+    journal.start_step(lease, "grace", "wait", {"due": "first"})
+    journal.start_step(lease, "grace", "wait", {"due": "second"})  # a resumed run starts it again
+    journal.complete_step(lease, "grace", {"due": "first"})
+    journal.start_step(lease, "check", "check", {})
+    steps = journal.steps(lease.rotation_id)
+    assert list(steps) == ["grace", "check"]
+    assert steps["grace"].detail == {"due": "first"} and steps["grace"].completed
+    assert steps["grace"].facts == {"due": "first"} and not steps["check"].completed
+
+
+def test_undos_run_newest_first_deferred_last_and_are_recorded_once(journal: Journal) -> None:
+    lease = begin(journal)
+    journal.start_step(lease, "stage", "stage", {}, undo=("discard_secret", {"n": 1}, False))
+    journal.push_undo(lease, "restart-consumers", "restart_consumers", {"n": 2}, True)
+    journal.start_step(lease, "promote", "promote", {}, undo=("revert_secret", {"n": 3}, False))
+    journal.start_step(lease, "stage", "stage", {}, undo=("discard_secret", {"n": 99}, False))  # resumed
+    undos = journal.undos(lease.rotation_id)
+    assert [u.step for u in undos] == ["promote", "stage", "restart-consumers"]
     assert undos[1].kwargs == {"n": 1}
-    journal.mark_undone(rid, "3:promote")
-    assert [u.done for u in journal.undos(rid)] == [True, False, False]
+    journal.mark_undone(lease, "promote")
+    assert [u.done for u in journal.undos(lease.rotation_id)] == [True, False, False]
 
 
-def test_marks_and_due_times_keep_their_first_value(journal: Journal) -> None:
-    rid = journal.begin("aws://x", "r", "alice", {}).id
-    assert journal.mark(rid, "approve") == {}
-    assert journal.mark(rid, "approve", {"approver": "bob"}) == {"approver": "bob"}
-    assert journal.mark(rid, "approve", {"approver": "eve"}) == {"approver": "bob"}
-    due = journal.due_time(rid, "wait", 60)
-    time.sleep(0.01)
-    assert journal.due_time(rid, "wait", 60) == due
-    assert journal.record_facts(rid, {"a": 1}) == {"a": 1}
-    assert journal.record_facts(rid, {"a": 2, "b": 3}) == {"a": 1, "b": 3}
+def test_retirement_is_recorded_with_the_start_of_its_step(journal: Journal) -> None:
+    lease = begin(journal)
+    assert journal.get(lease.rotation_id).retired_at is None
+    journal.start_step(lease, "drop-old-key", "retire", {}, retire=True)
+    assert journal.get(lease.rotation_id).retired_at is not None
+    with pytest.raises(Refused, match="point of no return"):
+        journal.take_over(lease.rotation_id, Lease.new(lease.rotation_id, "run-2"), "rollback")
 
 
-def test_an_unknown_rotation_is_named(journal: Journal) -> None:
-    with pytest.raises(RotationNotFound, match="no rotation nope"):
+def test_a_rotation_refused_by_its_checks_is_forgotten(journal: Journal) -> None:
+    lease = begin(journal)
+    journal.start_step(lease, "check", "check", {})
+    journal.forget(lease)
+    assert journal.list() == []
+    begin(journal)  # the secret is free
+
+
+def test_an_unknown_rotation_is_named_with_the_journal(journal: Journal) -> None:
+    with pytest.raises(RotationNotFound) as missing:
         journal.get("nope")
+    assert f"no rotation nope in the journal {journal.display}" in str(missing.value)
+    if journal.path is None:  # a PostgreSQL URL: its password is never shown
+        assert ":***@" in journal.display
+        assert make_url(journal.location).password not in str(missing.value)
 
 
-def test_marks_given_to_begin_are_recorded_with_the_rotation(journal: Journal) -> None:
-    rid = journal.begin("aws://x", "r", "alice", {}, marks={"versions": {"current": "v1", "previous": None}}).id
-    assert journal.mark(rid, "versions") == {"current": "v1", "previous": None}
+def test_the_journal_file_and_its_folder_are_private(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "state" / "journal.db")
+    assert stat.S_IMODE(journal.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(journal.path.parent.stat().st_mode) == 0o700
+
+
+def test_reading_needs_a_journal_and_creates_nothing(tmp_path: Path) -> None:
+    with pytest.raises(NotFound, match="no rotation journal at"):
+        Journal(tmp_path / "absent.db", create=False)
+    assert not (tmp_path / "absent.db").exists()
+
+
+@pytest.mark.parametrize("kind", ["another-sqlite-database", "a-store", "not-sqlite"])
+def test_a_file_that_is_not_a_journal_is_refused_and_left_as_it_was(
+    tmp_path: Path, local_store_factory, kind: str
+) -> None:
+    if kind == "a-store":
+        store = local_store_factory()
+        store.create("value-0123456789")
+        path = Path(store.uri.location)
+    else:
+        path = tmp_path / "other.db"
+        if kind == "not-sqlite":
+            path.write_text("just some notes\n")
+        else:
+            db = sqlite3.connect(path)
+            db.execute("CREATE TABLE notes (body TEXT)")
+            db.commit()
+            db.close()
+    before = sorted((p.name, p.read_bytes()) for p in path.parent.iterdir())
+    with pytest.raises(NotAJournal, match="is not a rotation journal"):
+        Journal(path)
+    assert sorted((p.name, p.read_bytes()) for p in path.parent.iterdir()) == before

@@ -17,6 +17,7 @@ from uuid import UUID
 import pytest
 from prefect import get_client
 
+from rotation.approval import waiting_for
 from rotation.journal import Journal, RotationState
 from stores import Stage
 from targets.jwt.keyset import JwtKeyset, new_key
@@ -39,16 +40,14 @@ def wait_for(condition, timeout: float = 90, what: str = "condition") -> None:
         time.sleep(0.2)
 
 
-def waiting_for_approval(journal: Journal, resumed: bool = False) -> bool:
-    """The active rotation (of its resumed run, if ``resumed``) waits for an approval."""
+def waiting_for_approval(journal: Journal) -> bool:
+    """The active rotation's live run waits for an approval."""
     active = journal.list(active_only=True)
-    if not active:
-        return False
-    steps = journal.steps(active[0].id)
-    if resumed:
-        starts = [i for i, s in enumerate(steps) if (s.step, s.status) == ("rotation", "resumed")]
-        steps = steps[starts[-1] :] if starts else []
-    return bool(steps) and steps[-1].status == "waiting" and steps[-1].step.endswith(":approve")
+    return (
+        bool(active)
+        and active[0].lease_live()
+        and waiting_for(journal, active[0].id, active[0].flow_run_id) is not None
+    )
 
 
 @pytest.fixture
@@ -76,8 +75,9 @@ def killed_after_staging(prefect_server, local_store_factory, auth_service, tmp_
 
 def test_a_killed_rotation_is_completed_by_resuming_it(killed_after_staging) -> None:
     store, service, journal, record, _ = killed_after_staging
+    wait_for(lambda: not journal.get(record.id).lease_live(), what="the killed run's lease to expire")
     resumed = rotate("resume", record.id, "--journal", str(journal.path))
-    wait_for(lambda: waiting_for_approval(journal, resumed=True), what="the approval pause of the resumed run")
+    wait_for(lambda: waiting_for_approval(journal), what="the approval pause of the resumed run")
     assert journal.get(record.id).flow_run_id != record.flow_run_id
     with get_client(sync_client=True) as client:  # the killed run no longer offers its approval in the UI
         assert client.read_flow_run(UUID(record.flow_run_id)).state.is_crashed()
@@ -93,7 +93,7 @@ def test_a_killed_rotation_is_completed_by_resuming_it(killed_after_staging) -> 
     done = journal.get(record.id)
     assert done.state is RotationState.COMPLETED
     current = JwtKeyset.from_secret(store.read(Stage.CURRENT))
-    staged_kid = done.facts["new_kid"]
+    staged_kid = journal.steps(record.id)["find-new-key"].facts["new"]
     assert [k.kid for k in current.keys] == [staged_kid]
     assert store.describe().version_at(Stage.PREVIOUS) == record.id  # the keyset staged before the kill
     assert signing_kid(service) == staged_kid
@@ -102,6 +102,7 @@ def test_a_killed_rotation_is_completed_by_resuming_it(killed_after_staging) -> 
 def test_a_killed_rotation_is_undone_by_rotate_rollback(killed_after_staging) -> None:
     store, service, journal, record, before = killed_after_staging
     old_kid = signing_kid(service)
+    wait_for(lambda: not journal.get(record.id).lease_live(), what="the killed run's lease to expire")
     undo = subprocess.run(
         [ROTATE, "rollback", record.id, "--journal", str(journal.path)], capture_output=True, text=True, timeout=120
     )

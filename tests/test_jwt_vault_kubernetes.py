@@ -10,7 +10,8 @@ import pytest
 
 from flows.jwt import JwtPolicy, rotate_jwt_signing_key
 from flows.recovery import rollback_rotation
-from rotation.context import RollbackFailed, RotationOptions
+from rotation import RotationOptions
+from rotation.compensation import RollbackFailed
 from rotation.journal import Journal, RotationState
 from stores import Stage
 from targets.consumers import Consumer, HttpReload, KubernetesRollout
@@ -50,8 +51,8 @@ def test_a_rotation_in_vault_restarts_the_deployment(rig, kubernetes_api) -> Non
     )
     assert summary["state"] == RotationState.COMPLETED
     assert kubernetes_api.restarted_at("Deployment", workload) is not None
-    assert [k.kid for k in JwtKeyset.from_secret(store.read(Stage.CURRENT)).keys] == [summary["facts"]["new_kid"]]
-    assert signing_kid(service) == summary["facts"]["new_kid"]
+    assert [k.kid for k in JwtKeyset.from_secret(store.read(Stage.CURRENT)).keys] == [summary["new_kid"]]
+    assert signing_kid(service) == summary["new_kid"]
 
 
 def test_a_stuck_rollout_rolls_the_rotation_back(rig, kubernetes_api) -> None:

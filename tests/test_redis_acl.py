@@ -15,7 +15,7 @@ import pytest
 from stores import SecretStore
 from targets.redis.credential import RedisSecretInvalid, new_password_value
 from targets.redis.nodes import LoginRefused, NodeUnreachable, NotPermitted, UnknownUser
-from tasks.redis import (
+from tasks.redis_acl import (
     add_password,
     inspect_redis_secret,
     logins_accepted,

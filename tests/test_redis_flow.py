@@ -16,7 +16,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from flows.redis import RedisPolicy, rotate_redis_password
+from flows.redis_password import RedisPolicy, rotate_redis_password
 from rotation.context import RotationOptions, RotationRolledBack
 from stores import SecretStore, Stage, open_store
 from targets.consumers import CommandRestart, Consumer

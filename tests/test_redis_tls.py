@@ -13,7 +13,7 @@ import pytest
 from stores import SecretStore
 from targets.redis.credential import new_password_value
 from targets.redis.nodes import NodeUnreachable, TlsVerificationFailed
-from tasks.redis import add_password, inspect_redis_secret, logins_accepted, logins_refused, remove_old_password
+from tasks.redis_acl import add_password, inspect_redis_secret, logins_accepted, logins_refused, remove_old_password
 from tests.fixtures.redis_servers import RedisServer
 
 TlsFiles = Callable[[str], tuple[Path, Path, Path]]

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from rotation import RotationOptions, Undo, rotation, runbook
 from targets.consumers import Consumer
 from targets.redis.credential import new_password_value
-from tasks.redis import (
+from tasks.redis_acl import (
     add_password,
     inspect_redis_secret,
     logins_accepted,
