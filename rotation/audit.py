@@ -1,8 +1,9 @@
-"""The audit trail: every step of a rotation as a journal record and a Prefect event, ids and names only.
+"""The audit trail: every step of a rotation is a journal record, written in the same transaction as the step
+itself; what people and automations act on is also a Prefect event (``secret-rotation.step.*``: a rotation started,
+resumed, completed, failed or rolled back; an approval waiting, given, refused or rejected). Ids and names only.
 
-The journal writes a step's records in the same transaction as the step itself; :func:`emit` then tells Prefect
-(automations listen for ``secret-rotation.step.*``). :func:`record` is for records that stand alone (an approval
-refused, a run waiting).
+Routine step records stay in the journal alone: each event is a write on the Prefect server, and a rotation's floor
+is Prefect's per-run cost, not its own bookkeeping.
 """
 
 from __future__ import annotations

@@ -49,7 +49,6 @@ def roll_back(journal: Journal, lease: Lease, record: RotationRecord, reason: st
         if undo.done:
             continue
         task = book.undo(undo.task)
-        audit.emit(record.id, record.secret, f"undo:{undo.step}", "started", task=undo.task)
         try:
             task(record.secret, record.id, **undo.kwargs)
         except Exception as exc:
@@ -61,7 +60,6 @@ def roll_back(journal: Journal, lease: Lease, record: RotationRecord, reason: st
                 f"`rotate rollback {record.id}` again; the steps already undone will not run twice"
             ) from exc
         journal.mark_undone(lease, undo.step)
-        audit.emit(record.id, record.secret, f"undo:{undo.step}", "completed", task=undo.task)
     journal.end_run(lease, RotationState.ROLLED_BACK, reason)
     audit.emit(record.id, record.secret, "rotation", "rolled-back", reason=reason)
 

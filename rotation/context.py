@@ -137,10 +137,8 @@ class Rotation:
             undo=(undo.task.name, undo.kwargs, False) if undo else None,
             retire=retire,
         )
-        audit.emit(self.id, self.secret, name, "started", kind=kind)
         result = act(started)
         self.journal.complete_step(self.lease, name, to_jsonable_python(result))
-        audit.emit(self.id, self.secret, name, "completed", kind=kind)
         if retire:
             self._retired = True
         return result

@@ -262,6 +262,8 @@ def restore_login_password(
         raise PostgresRotationError(f"rotation {rotation_id} is CURRENT in {secret}; revert the secret first")
     current = parse_credential(store.read(Stage.CURRENT), f"the CURRENT version of {secret}")
     password = _version(secret, restore_version).secret if restore_version else None
+    if password is not None and could_login and login_works(current, user, password):
+        return "unchanged"  # its password was never changed, or was already put back
     with _admin(current, admin_secret) as conn:
         if not role_info(conn, user).exists:
             return "absent"
@@ -308,6 +310,9 @@ def restore_single_user(
     """
     store = open_store(secret)
     old = _version(secret, old_version)
+    if login_works(old, user, old.secret):  # never changed (or already restored): only the secret goes back
+        store.revert(rotation_id, previous_version)
+        return "unchanged"
     with _admin(old, admin_secret) as conn:
         if not role_info(conn, user).exists:
             raise UnknownUser(f"user {user!r} disappeared from {old.host}:{old.port}; restore it by hand")

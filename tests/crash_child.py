@@ -1,0 +1,76 @@
+"""The process the crash harness kills: it runs one runbook and SIGKILLs itself at the chosen step boundary.
+
+Started from a forkserver that has imported the runbooks already, so a trial does not pay Python's and Prefect's
+start-up. The kill comes from inside, right after the journal write that marks the boundary, so it lands exactly
+there: after a step's start is recorded (its undo with it) and before it acts, or after its completion is recorded.
+``paused`` kills once the flow run is Paused on the server, waiting for an approval; ``sleeping`` kills in the middle
+of a grace wait.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from flows import jwt, postgres, postgres_fleet, redis_password  # noqa: F401 - registers every runbook
+from rotation import audit, journal, runbooks
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _when_paused(flow_run_id: str) -> None:
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        while True:
+            state = client.read_flow_run(UUID(flow_run_id)).state
+            if state is not None and state.is_paused():
+                _die()
+            time.sleep(0.05)
+
+
+def run(spec: dict[str, Any]) -> None:
+    """Run ``spec["runbook"]`` with ``spec["kwargs"]``; kill at ``spec["kill"]`` (step, phase) or never; append
+    every boundary passed to ``spec["trace"]``."""
+    os.environ.update(spec.get("environ", {}))
+    kill = tuple(spec["kill"]) if spec.get("kill") else None
+    trace = Path(spec["trace"])
+
+    def passed(step: str, phase: str, kind: str = "") -> None:
+        with trace.open("a") as out:
+            out.write(json.dumps([step, phase, kind]) + "\n")
+        if kill == (step, phase):
+            _die()
+
+    start_step, complete_step = journal.Journal.start_step, journal.Journal.complete_step
+    record = audit.record
+
+    def started(self: journal.Journal, lease: journal.Lease, name: str, kind: str, *args: Any, **kwargs: Any):
+        entry = start_step(self, lease, name, kind, *args, **kwargs)
+        if kind == "wait" and kill == (name, "sleeping"):
+            threading.Timer(0.2, _die).start()
+        passed(name, "started", kind)
+        return entry
+
+    def completed(self: journal.Journal, lease: journal.Lease, name: str, *args: Any, **kwargs: Any) -> None:
+        complete_step(self, lease, name, *args, **kwargs)
+        passed(name, "completed")
+
+    def recorded(book: journal.Journal, rotation_id: str, secret: str, step: str, status: str, **details: Any):
+        record(book, rotation_id, secret, step, status, **details)
+        if status == "waiting" and kill == (step, "paused"):
+            threading.Thread(target=_when_paused, args=(details["flow_run"],), daemon=True).start()
+
+    journal.Journal.start_step = started
+    journal.Journal.complete_step = completed
+    audit.record = recorded
+    flow = postgres_fleet.rotate_postgres_fleet if spec["runbook"] == "postgres-fleet" else None
+    (flow or runbooks.named(spec["runbook"]).flow)(**spec["kwargs"])

@@ -1,0 +1,336 @@
+"""The crash harness: every runbook SIGKILLed at every step boundary, then resumed or rolled back.
+
+For each registered case (a runbook and its variant) the harness first runs it once to learn its boundaries: before
+and after each named step (the kill lands right after the journal write, see ``tests/crash_child.py``), during the
+approval pause and during the grace wait. Then, per boundary and in separate trials, it starts the runbook in a fresh
+world, kills it there, checks that the credential the store calls CURRENT works against the real target, waits for
+the dead run's lease to expire, and resumes it (``flows.recovery.resume_rotation``, approvals given in advance) or
+rolls it back (``flows.recovery.rollback_rotation``). It then checks the end state (rotated, or exactly as before;
+after retirement a rollback is refused and a resume finishes it) and that no lock or lease is left.
+
+A later runbook joins by adding one entry to ``CASES``: a ``World`` factory that makes a fresh secret and target,
+and says how the target is checked. The totals show in the "measured" section of pytest's summary.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import secrets
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import pytest
+
+from errors import Refused
+from flows.recovery import resume_rotation, rollback_rotation
+from rotation.approval import Preapproval
+from rotation.journal import Journal, RotationState
+from stores import SecretStore, Stage
+from targets.jwt.keyset import JwtKeyset, new_key, verify_token
+from tests.fixtures.postgres import PgApp
+
+LEASE_SECONDS = "1.5"
+APPROVER = "harness-approver"
+
+
+class World(Protocol):
+    """One fresh secret and its target, for one trial."""
+
+    runbook: str
+    kwargs: dict[str, Any]  # the flow's parameters but ``options``
+
+    def works(self) -> bool:
+        """The credential the store calls CURRENT works against the real target now."""
+
+    def snapshot(self) -> Any:
+        """Everything a rollback must restore exactly: stages, the target's state, what consumers hold."""
+
+    def rotated(self, rotation_id: str) -> bool:
+        """The rotation's end state: the new credential current and working, the old one retired as configured."""
+
+
+def _stages(store: SecretStore) -> dict[str, list[str]]:
+    return {v.version_id: list(v.stages) for v in store.describe().versions if v.stages}
+
+
+@dataclass
+class JwtWorld:
+    store: SecretStore
+    service: Any
+    publish_first: bool
+    runbook: str = "jwt-signing-key"
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        base = self.service.base_url
+        return {
+            "secret": self.store.uri.display,
+            "consumers": [
+                {"name": "auth", "restart": {"kind": "http", "url": f"{base}/reload"}, "verify_url": f"{base}/me"}
+            ],
+            "policy": {"token_lifetime_seconds": 0, "grace_seconds": 0.5, "publish_first": self.publish_first},
+        }
+
+    def works(self) -> bool:
+        """The service accepts the tokens it issues, and a replica loading CURRENT now would accept them too."""
+        issued = httpx.post(f"{self.service.base_url}/token", json={"sub": "harness"}, timeout=5).json()["access_token"]
+        accepted = httpx.get(f"{self.service.base_url}/me", headers={"Authorization": f"Bearer {issued}"}, timeout=5)
+        try:
+            verify_token(JwtKeyset.from_secret(self.store.read(Stage.CURRENT)), issued)
+        except Exception:
+            return False
+        return accepted.is_success
+
+    def snapshot(self) -> Any:
+        health = httpx.get(f"{self.service.base_url}/health", timeout=5).json()
+        return _stages(self.store), health["signing_kid"], sorted(health["kids"])
+
+    def rotated(self, rotation_id: str) -> bool:
+        current = JwtKeyset.from_secret(self.store.read(Stage.CURRENT))
+        health = httpx.get(f"{self.service.base_url}/health", timeout=5).json()
+        return len(current.keys) == 1 and health["kids"] == [current.signing_key.kid] and self.works()
+
+
+@dataclass
+class PostgresWorld:
+    app: PgApp
+    strategy: str
+    runbook: str = "postgres-credentials"
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return {"secret": self.app.uri, "policy": {"strategy": self.strategy, "grace_seconds": 0.5, "retire": "keep"}}
+
+    def works(self) -> bool:
+        current = self.app.current()
+        return self.app.can_login(current["username"], current["password"])
+
+    def snapshot(self) -> Any:
+        # Which password logs in as whom, not the verifiers: setting the same password again salts it anew.
+        users = [self.app.user, f"{self.app.user}_clone"]
+        return _stages(self.app.secret), self.app.roles(), [self.app.can_login(u, self.app.password) for u in users]
+
+    def rotated(self, rotation_id: str) -> bool:
+        current = self.app.current()
+        moved = current["password"] != self.app.password
+        if self.strategy == "alternating-users":
+            moved = moved and current["username"] == f"{self.app.user}_clone"
+        return moved and self.app.secret.describe().version_at(Stage.CURRENT) == rotation_id and self.works()
+
+
+@dataclass
+class RedisWorld:
+    server: Any
+    secret: SecretStore
+    admin: SecretStore
+    runbook: str = "redis-password"
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "secret": self.secret.uri.display,
+            "admin_secret": self.admin.uri.display,
+            "policy": {"grace_seconds": 0.5},
+        }
+
+    def works(self) -> bool:
+        return self.server.can_login(json.loads(self.secret.read(Stage.CURRENT))["password"])
+
+    def snapshot(self) -> Any:
+        return _stages(self.secret), self.server.password_hashes()
+
+    def rotated(self, rotation_id: str) -> bool:
+        current = self.secret.describe().version_at(Stage.CURRENT)
+        return current == rotation_id and len(self.server.password_hashes()) == 1 and self.works()
+
+
+Fixtures = Callable[[str], Any]  # a fixture's value by name, resolved once, before trials run in threads
+
+
+@dataclass(frozen=True)
+class CrashCase:
+    name: str
+    fixtures: tuple[str, ...]  # the factories its worlds are made with
+    make: Callable[[Fixtures], World]
+
+
+def _jwt(publish_first: bool) -> Callable[[Fixtures], World]:
+    def make(fixture: Fixtures) -> World:
+        store = fixture("local_store_factory")()
+        store.create(JwtKeyset(keys=[new_key("HS256", 512)]).to_secret())
+        return JwtWorld(store, fixture("auth_service")(store.uri.display), publish_first)
+
+    return make
+
+
+def _postgres(strategy: str) -> Callable[[Fixtures], World]:
+    return lambda fixture: PostgresWorld(fixture("pg_app")(), strategy)
+
+
+def _redis(fixture: Fixtures) -> World:
+    app_password, admin_password = "canary-" + secrets.token_urlsafe(20), secrets.token_urlsafe(20)
+    server = fixture("redis_servers")(app_password=app_password, admin_password=admin_password)
+    secret, admin = fixture("local_store_factory")(), fixture("local_store_factory")()
+    secret.create(json.dumps({"hosts": [server.node], "username": "app", "password": app_password}))
+    admin.create(json.dumps({"username": "admin", "password": admin_password}))
+    return RedisWorld(server, secret, admin)
+
+
+#: Every runbook of flows/ that rotates a secret, in each of its variants: jwt (both orders), postgres (both
+#: strategies), redis_password. Recovery runs through flows/recovery.py.
+CASES = [
+    CrashCase("jwt", ("local_store_factory", "auth_service"), _jwt(publish_first=False)),
+    CrashCase("jwt-publish-first", ("local_store_factory", "auth_service"), _jwt(publish_first=True)),
+    CrashCase("postgres-alternating-users", ("pg_app",), _postgres("alternating-users")),
+    CrashCase("postgres-single-user", ("pg_app",), _postgres("single-user")),
+    CrashCase("redis-password", ("redis_servers", "local_store_factory"), _redis),
+]
+#: Trials run this many at a time: most of a trial is waiting (for a lease to expire, for Prefect).
+CONCURRENT_TRIALS = 4
+
+
+@pytest.fixture(scope="module")
+def forkserver(prefect_server) -> multiprocessing.context.BaseContext:
+    """Children fork from a process that has imported the runbooks and Prefect already (``tests.crash_child``)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["tests.crash_child"])
+    return context
+
+
+@dataclass
+class Outcome:
+    """What one trial found; ``problems`` empty when it went as it must."""
+
+    problems: list[str] = field(default_factory=list)
+    stuck: bool = False
+    without_credential: int = 0
+
+
+def run_child(forkserver: Any, world: World, journal: Journal, trace: Path, kill: tuple[str, str] | None, pause: bool):
+    """Run the world's runbook in a child process, killed at ``kill``; returns its exit code (-9 when killed)."""
+    from tests.crash_child import run
+
+    options = {
+        "journal": journal.location,
+        "started_by": "harness",
+        "approval_timeout_seconds": 120,
+        # ``pause``: wait for a person; otherwise the approvals are given in advance and recorded.
+        "preapproved": None if pause else {"approver": APPROVER},
+    }
+    spec = {
+        "runbook": world.runbook,
+        "kwargs": {**world.kwargs, "options": options},
+        "kill": kill,
+        "trace": str(trace),
+        "environ": {"ROTATE_LEASE_SECONDS": LEASE_SECONDS},
+    }
+    child = forkserver.Process(target=run, args=(spec,))
+    child.start()
+    child.join(180)
+    return child.exitcode
+
+
+def _boundaries(trace: Path) -> list[tuple[str, str]]:
+    points: list[tuple[str, str]] = []
+    for line in trace.read_text().splitlines():
+        step, phase, kind = json.loads(line)
+        points.append((step, phase))
+        if kind == "wait" and phase == "started":
+            points.append((step, "sleeping"))
+    return points
+
+
+def _wait_for_lease_expiry(journal: Journal, rotation_id: str) -> None:
+    deadline = time.monotonic() + 30
+    while journal.get(rotation_id).lease_live():
+        assert time.monotonic() < deadline, "the killed run's lease never expired"
+        time.sleep(0.1)
+
+
+def trial(forkserver: Any, world: World, folder: Path, kill: tuple[str, str], pause: bool, recovery: str) -> Outcome:
+    """Kill the runbook at ``kill``, check the credential, then recover as ``recovery`` and check the end state."""
+    outcome = Outcome()
+    journal = Journal(folder / "journal.db")
+    before = world.snapshot()
+    code = run_child(forkserver, world, journal, folder / "trace", kill, pause)
+    if code != -9:
+        outcome.problems.append(f"the run was not killed (exit code {code})")
+        return outcome
+    (record,) = journal.list()
+    if not world.works():
+        outcome.without_credential += 1
+        outcome.problems.append("no working credential after the kill")
+    _wait_for_lease_expiry(journal, record.id)
+    try:
+        if recovery == "rollback" and journal.get(record.id).retired_at is not None:
+            with pytest.raises(Refused, match="point of no return"):
+                rollback_rotation(record.id, journal=journal.location)
+            recovery = "resume"  # past retirement the only way is forward
+        if recovery == "resume":
+            resume_rotation(record.id, journal=journal.location, preapproved=Preapproval(approver=APPROVER))
+        else:
+            rollback_rotation(record.id, journal=journal.location)
+    except Exception as exc:
+        outcome.problems.append(f"{recovery} failed: {type(exc).__name__}: {exc}")
+        return outcome
+    done = journal.get(record.id)
+    if journal.list(active_only=True) or done.lease_token is not None:
+        outcome.stuck = True
+        outcome.problems.append(f"a lock or a lease is left ({done.state})")
+    if recovery == "resume" and not (done.state is RotationState.COMPLETED and world.rotated(record.id)):
+        outcome.problems.append(f"resumed to {done.state}, not rotated")
+    if recovery == "rollback" and not (done.state is RotationState.ROLLED_BACK and world.snapshot() == before):
+        outcome.problems.append(f"rolled back to {done.state}, not exactly as before")
+    if not world.works():
+        outcome.without_credential += 1
+        outcome.problems.append(f"no working credential after {recovery}")
+    return outcome
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_every_kill_point_can_be_resumed_and_rolled_back(
+    case: CrashCase, request: pytest.FixtureRequest, forkserver, tmp_path: Path, record_property
+) -> None:
+    os.environ["ROTATE_LEASE_SECONDS"] = LEASE_SECONDS  # the recovery runs here, with the same short lease
+    request.addfinalizer(lambda: os.environ.update(ROTATE_LEASE_SECONDS="3"))
+    factories = {name: request.getfixturevalue(name) for name in case.fixtures}
+    fixture = factories.__getitem__
+
+    # One run to learn the boundaries, its approvals given in advance; the approval pause is one more.
+    world, journal = case.make(fixture), Journal(tmp_path / "discover.db")
+    assert run_child(forkserver, world, journal, tmp_path / "discover.trace", None, pause=False) == 0
+    (first,) = journal.list()
+    assert first.state is RotationState.COMPLETED and world.rotated(first.id)
+    boundaries = _boundaries(tmp_path / "discover.trace")
+    pause_step = next(step for step, phase in boundaries if step.startswith("approve-") and phase == "started")
+    points = [(point, False) for point in boundaries] + [((pause_step, "paused"), True)]
+
+    def one(number: int, kill: tuple[str, str], pause: bool, recovery: str) -> tuple[str, Outcome]:
+        folder = tmp_path / f"trial-{number}-{recovery}"
+        folder.mkdir()
+        return f"{kill[0]}/{kill[1]} then {recovery}", trial(
+            forkserver, case.make(fixture), folder, kill, pause, recovery
+        )
+
+    with ThreadPoolExecutor(CONCURRENT_TRIALS, thread_name_prefix="trial") as pool:
+        futures = [
+            pool.submit(one, number, kill, pause, recovery)
+            for number, (kill, pause) in enumerate(points)
+            for recovery in ("resume", "rollback")
+        ]
+        outcomes = [future.result() for future in futures]
+
+    problems = [f"{label}: {problem}" for label, outcome in outcomes for problem in outcome.problems]
+    record_property("kill_points", len(points))
+    record_property("trials", len(outcomes))
+    record_property("failures", sum(1 for _, o in outcomes if o.problems))
+    record_property("stuck", sum(o.stuck for _, o in outcomes))
+    record_property("without_credential", sum(o.without_credential for _, o in outcomes))
+    assert problems == [], "\n".join(problems)
