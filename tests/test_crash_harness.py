@@ -15,8 +15,6 @@ and says how the target is checked. The totals show in the "measured" section of
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -34,10 +32,8 @@ from rotation.approval import Preapproval
 from rotation.journal import Journal, RotationState
 from stores import SecretStore, Stage
 from targets.jwt.keyset import JwtKeyset, new_key, verify_token
+from tests.fixtures.crash import APPROVER, run_child
 from tests.fixtures.postgres import PgApp
-
-LEASE_SECONDS = "1.5"
-APPROVER = "harness-approver"
 
 
 class World(Protocol):
@@ -196,14 +192,6 @@ CASES = [
 CONCURRENT_TRIALS = 4
 
 
-@pytest.fixture(scope="module")
-def forkserver(prefect_server) -> multiprocessing.context.BaseContext:
-    """Children fork from a process that has imported the runbooks and Prefect already (``tests.crash_child``)."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["tests.crash_child"])
-    return context
-
-
 @dataclass
 class Outcome:
     """What one trial found; ``problems`` empty when it went as it must."""
@@ -211,30 +199,6 @@ class Outcome:
     problems: list[str] = field(default_factory=list)
     stuck: bool = False
     without_credential: int = 0
-
-
-def run_child(forkserver: Any, world: World, journal: Journal, trace: Path, kill: tuple[str, str] | None, pause: bool):
-    """Run the world's runbook in a child process, killed at ``kill``; returns its exit code (-9 when killed)."""
-    from tests.crash_child import run
-
-    options = {
-        "journal": journal.location,
-        "started_by": "harness",
-        "approval_timeout_seconds": 120,
-        # ``pause``: wait for a person; otherwise the approvals are given in advance and recorded.
-        "preapproved": None if pause else {"approver": APPROVER},
-    }
-    spec = {
-        "runbook": world.runbook,
-        "kwargs": {**world.kwargs, "options": options},
-        "kill": kill,
-        "trace": str(trace),
-        "environ": {"ROTATE_LEASE_SECONDS": LEASE_SECONDS},
-    }
-    child = forkserver.Process(target=run, args=(spec,))
-    child.start()
-    child.join(180)
-    return child.exitcode
 
 
 def _boundaries(trace: Path) -> list[tuple[str, str]]:
@@ -259,7 +223,7 @@ def trial(forkserver: Any, world: World, folder: Path, kill: tuple[str, str], pa
     outcome = Outcome()
     journal = Journal(folder / "journal.db")
     before = world.snapshot()
-    code = run_child(forkserver, world, journal, folder / "trace", kill, pause)
+    code = run_child(forkserver, world.runbook, world.kwargs, journal, folder / "trace", kill, pause)
     if code != -9:
         outcome.problems.append(f"the run was not killed (exit code {code})")
         return outcome
@@ -296,16 +260,14 @@ def trial(forkserver: Any, world: World, folder: Path, kill: tuple[str, str], pa
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_every_kill_point_can_be_resumed_and_rolled_back(
-    case: CrashCase, request: pytest.FixtureRequest, forkserver, tmp_path: Path, record_property
+    case: CrashCase, request: pytest.FixtureRequest, forkserver, short_leases, tmp_path: Path, record_property
 ) -> None:
-    os.environ["ROTATE_LEASE_SECONDS"] = LEASE_SECONDS  # the recovery runs here, with the same short lease
-    request.addfinalizer(lambda: os.environ.update(ROTATE_LEASE_SECONDS="3"))
     factories = {name: request.getfixturevalue(name) for name in case.fixtures}
     fixture = factories.__getitem__
 
     # One run to learn the boundaries, its approvals given in advance; the approval pause is one more.
     world, journal = case.make(fixture), Journal(tmp_path / "discover.db")
-    assert run_child(forkserver, world, journal, tmp_path / "discover.trace", None, pause=False) == 0
+    assert run_child(forkserver, world.runbook, world.kwargs, journal, tmp_path / "discover.trace", None) == 0
     (first,) = journal.list()
     assert first.state is RotationState.COMPLETED and world.rotated(first.id)
     boundaries = _boundaries(tmp_path / "discover.trace")
