@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from rotation.approval import Preapproval
 
@@ -24,3 +24,14 @@ class RotationOptions(BaseModel):
         default=900, ge=0, description="Longer grace periods are handed to a scheduled follow-up run when deployed."
     )
     journal: str | None = Field(default=None, description="Rotation journal (default: $ROTATE_JOURNAL).")
+
+    @field_validator("journal")
+    @classmethod
+    def _no_password(cls, journal: str | None) -> str | None:
+        # A flow parameter is stored in plain text by Prefect: a journal URL's password must not travel in one.
+        if journal and "://" in journal and "@" in journal.partition("://")[2].partition("/")[0]:
+            raise ValueError(
+                "a journal URL with credentials must not be a flow parameter: set ROTATE_JOURNAL on the worker "
+                "(or keep the password in ~/.pgpass) and leave options.journal empty"
+            )
+        return journal
