@@ -16,6 +16,7 @@ a crash between its calls.
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from functools import cached_property
@@ -102,7 +103,9 @@ class AwsStore(SecretStore):
                 "secretsmanager", endpoint_url=self.endpoint_url, config=_CONFIG
             )
 
-        return shared_client(("aws", region, self.endpoint_url), build)
+        # One client per region, endpoint and credentials named by the environment (boto3's chain reads it once).
+        identity = (os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_PROFILE"))
+        return shared_client(("aws", region, self.endpoint_url, identity), build)
 
     # --- primitives ------------------------------------------------------------------------------------------------
 
@@ -220,7 +223,7 @@ class AwsStore(SecretStore):
                     f"secret {self.secret_id!r} already exists in {self.uri.display}: rotate it instead, or pick "
                     "another secret name"
                 )
-            if code in _DENIED:
+            if code in _DENIED or status in (401, 403):
                 return StorePermissionDenied(
                     f"AWS refused to {action} on {self.uri.display} ({code}): give the credentials in use the "
                     "secretsmanager permissions on this secret (DescribeSecret, GetSecretValue, PutSecretValue, "

@@ -122,6 +122,7 @@ class Snapshot:
     versions: frozenset[str]  # every version the manager still knows, with or without a stage
     token: Any = None  # what the adapter's writes compare against (revision, etag, resourceVersion, its whole read)
     staged_by: Mapping[str, str] = field(default_factory=dict)  # rotation id -> version id, where they differ
+    forgotten: frozenset[str] = frozenset()  # ids of versions gone with their value, remembered so as not to reuse
     values: Mapping[str, str] = field(default_factory=dict, repr=False)  # values the same read returned
 
     def version_of(self, rotation_id: str) -> str | None:
@@ -351,9 +352,9 @@ class SecretStore(abc.ABC):
         with self._session(write=True):
             snapshot = self._fresh()
             version = snapshot.version_of(rotation_id)
-            if version is not None:
-                if snapshot.stages.stages_of(version):
-                    return version
+            if version is not None and snapshot.stages.stages_of(version):
+                return version
+            if version is not None or rotation_id in snapshot.forgotten:
                 raise StagingConflict(
                     f"rotation {rotation_id!r} of {self.uri.display} was reverted or discarded (its version has no "
                     "stage left): start a new rotation with a new id"

@@ -12,8 +12,8 @@ Layout of ``k8s://NAMESPACE/SECRET_NAME?context=CTX&keys=MAPPING``:
 - Beside them, the stages: the data keys ``current``, ``pending`` and ``previous`` hold whole values, and
   ``retired`` the version the last promotion pushed out of PREVIOUS (what a revert gives PREVIOUS back). The
   annotation ``secret-rotation.io/versions`` maps each to ``{"id": VERSION_ID, "created": ISO}``, and
-  ``secret-rotation.io/projected`` lists the projected keys. A version that loses its key is gone: Kubernetes keeps
-  no history.
+  ``secret-rotation.io/projected`` lists the projected keys. A version that loses its key is gone (Kubernetes keeps
+  no history); ``secret-rotation.io/forgotten`` keeps the last ids gone, which are not staged again.
 - A Secret made with ``kubectl`` is adopted as version ``initial``: its ``current`` key if it has one, else all its
   keys as one JSON object (so a ``username``/``password`` Secret keeps its shape through rotations).
 
@@ -57,6 +57,8 @@ from targets.kubernetes import NoKubernetesCredentials, kube_api_client
 
 VERSIONS_ANNOTATION = "secret-rotation.io/versions"
 PROJECTED_ANNOTATION = "secret-rotation.io/projected"
+FORGOTTEN_ANNOTATION = "secret-rotation.io/forgotten"
+_FORGOTTEN_KEPT = 16  # ids of dropped versions remembered, so that a rotation id is not staged twice
 MANAGED_BY = {"app.kubernetes.io/managed-by": "secret-rotation"}
 _SLOTS = {Stage.CURRENT: "current", Stage.PENDING: "pending", Stage.PREVIOUS: "previous"}
 _RESERVED = frozenset({*_SLOTS.values(), "retired"})
@@ -169,7 +171,9 @@ class KubernetesStore(SecretStore):
             values = {"initial": json.dumps({key: self._decoded(data[key], key) for key in sorted(data)})}
         stages = StageMap(**{stage.name.lower(): slots.get(key, {}).get("id") for stage, key in _SLOTS.items()})
         versions = frozenset(slot["id"] for slot in slots.values())
-        return Snapshot(stages=stages, versions=versions, token=(secret, slots, projected), values=values)
+        forgotten = frozenset(json.loads(annotations.get(FORGOTTEN_ANNOTATION, "[]")))
+        token = (secret, slots, projected)
+        return Snapshot(stages=stages, versions=versions, token=token, values=values, forgotten=forgotten)
 
     def _read_value(self, version_id: str, snapshot: Snapshot | None) -> str:
         values = (snapshot or self._snapshot(repair=False)).values
@@ -206,7 +210,8 @@ class KubernetesStore(SecretStore):
     def _describe(self) -> list[VersionInfo]:
         snapshot = self._snapshot(repair=False)
         _, slots, _ = snapshot.token
-        ordered = sorted(slots.values(), key=lambda slot: slot.get("created", ""))
+        unique = {slot["id"]: slot for slot in slots.values()}  # PENDING left on CURRENT: one version in two keys
+        ordered = sorted(unique.values(), key=lambda slot: slot.get("created", ""))
         return [
             VersionInfo(
                 version_id=slot["id"],
@@ -245,14 +250,18 @@ class KubernetesStore(SecretStore):
         self, snapshot: Snapshot, stage_data: dict[str, str], current: str, slots: dict[str, Any], action: str
     ) -> None:
         """Write the stage keys and CURRENT's projection; other keys (not this store's) are kept as they are."""
-        secret = snapshot.token[0]
+        secret, old_slots, _ = snapshot.token
         foreign = self._foreign(snapshot)
         projection = self._projection(current, foreign)
+        kept = {slot["id"] for slot in slots.values()}
+        gone = [slot["id"] for slot in old_slots.values() if slot["id"] not in kept]
+        forgotten = json.loads((secret.metadata.annotations or {}).get(FORGOTTEN_ANNOTATION, "[]"))  # oldest first
         secret.data = {**foreign, **{key: _b64(field) for key, field in projection.items()}, **stage_data}
         secret.metadata.annotations = {
             **(secret.metadata.annotations or {}),
             VERSIONS_ANNOTATION: json.dumps(slots),
             PROJECTED_ANNOTATION: json.dumps(sorted(projection)),
+            FORGOTTEN_ANNOTATION: json.dumps([*forgotten, *dict.fromkeys(gone)][-_FORGOTTEN_KEPT:]),
         }
         # metadata.resourceVersion is still the one read: the API server refuses the write if anyone wrote since.
         self._call(action, lambda: self.api.replace_namespaced_secret(self.name, self.namespace, secret))

@@ -346,18 +346,18 @@ class LocalStore(SecretStore):
             encoded = self.key_path.read_bytes()
         except FileNotFoundError:
             raise LocalKeyError(
-                f"key file {self.key_path} of local store {self.path} is missing: restore it from your backup "
+                f"key file {self.key_path} of {self.uri.display} is missing: restore it from your backup "
                 "(without it the store cannot be decrypted, and no new key is made for a store that holds versions), "
                 "or point key= at it"
             ) from None
         except PermissionError:
             raise LocalKeyError(
-                f"key file {self.key_path} of local store {self.path} is not readable by this user: "
+                f"key file {self.key_path} of {self.uri.display} is not readable by this user: "
                 "run the rotation as the user that owns it"
             ) from None
         if not stat.S_ISREG(info.st_mode) or info.st_mode & 0o077:
             raise LocalKeyError(
-                f"key file {self.key_path} of local store {self.path} has mode {stat.filemode(info.st_mode)}: "
+                f"key file {self.key_path} of {self.uri.display} has mode {stat.filemode(info.st_mode)}: "
                 f"other users may read it; run chmod 600 {self.key_path} (and check nobody copied it)"
             )
         try:
@@ -366,7 +366,7 @@ class LocalStore(SecretStore):
             key = b""
         if len(key) != _KEY_BYTES:
             raise LocalKeyError(
-                f"key file {self.key_path} of local store {self.path} does not hold a 256-bit base64 key: "
+                f"key file {self.key_path} of {self.uri.display} does not hold a 256-bit base64 key: "
                 "restore the original key file"
             )
         return key

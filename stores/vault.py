@@ -41,6 +41,7 @@ import os
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -185,7 +186,7 @@ class VaultStore(SecretStore):
             )
 
     # --- connection -----------------------------------------------------------------------------------------------
-    @property
+    @cached_property
     def client(self) -> hvac.Client:
         """One logged-in client per Vault, namespace and credentials in this process (a login is a round trip)."""
         credentials = tuple(os.environ.get(name) for name in _CREDENTIAL_VARIABLES)
