@@ -230,13 +230,17 @@ class LocalStore(SecretStore):
 
     def _open(self, write: bool) -> sqlite3.Connection | None:
         kind = self._file_kind()
-        if not write:
-            return self._open_readonly() if kind == "store" else None  # never written: nothing to read, nothing made
+        if not write and kind != "store":
+            return None  # never written: nothing to read, and nothing is made
+        if not write and not (os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)):
+            return self._open_readonly()
         if kind == "absent":
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             # Made here, not by SQLite, so the file (and the -wal/-shm files SQLite copies its mode to) is private.
             with contextlib.suppress(FileExistsError):
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        # Read-write even to read, when it may: the last connection to close then folds and removes the -wal and
+        # -shm files, where a read-only one would leave them behind.
         db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
         try:
             if kind != "store":
@@ -279,6 +283,7 @@ class LocalStore(SecretStore):
         )
 
     def _open_readonly(self) -> sqlite3.Connection:
+        """For a consumer that may not write the file or its folder (a read-only mount)."""
         location = f"file:{quote(str(self.path))}?mode=ro"
         db = sqlite3.connect(location, uri=True, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
         try:
