@@ -8,8 +8,7 @@ A version whose labels are all gone is what AWS calls deprecated: Secrets Manage
 removes deprecated versions itself, so discarding and pruning remove labels and :meth:`describe` lists only labelled
 versions, as ``describe_secret`` does (without dates: Secrets Manager reports none per version there).
 
-Costs, in API calls: read a stage 1, read a version 1 (0 if this process read it), describe 1, stage 2, promote 3,
-revert 3, discard 2. Secrets Manager has no conditional writes: a label move names the version it takes the label
+Secrets Manager has no conditional writes: a label move names the version it takes the label
 from, which AWS checks; a put of AWSPENDING does not. Every multi-call step finishes correctly when run again after
 a crash between its calls.
 """
@@ -19,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from datetime import datetime
 from functools import cached_property
 from typing import Any, ClassVar
 
@@ -29,15 +29,13 @@ from botocore.exceptions import (
     ClientError,
     HTTPClientError,
     NoCredentialsError,
-    ParamValidationError,
     PartialCredentialsError,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from stores.base import SecretStore, Snapshot, Stage, Staged, StageMap, VersionInfo, shared_client
+from stores.base import SecretStore, Snapshot, Stage, Staged, StageMap, shared_client
 from stores.errors import (
     InvalidRequest,
-    InvalidRotationId,
     InvalidStoreURI,
     SecretExists,
     SecretNotFound,
@@ -49,8 +47,6 @@ from stores.errors import (
 )
 from stores.uri import SecretURI
 
-__all__ = ["AwsStore", "InvalidRotationId"]
-
 _LABELS = {Stage.CURRENT: "AWSCURRENT", Stage.PENDING: "AWSPENDING", Stage.PREVIOUS: "AWSPREVIOUS"}
 _STAGES = {label: stage for stage, label in _LABELS.items()}
 # An unreachable endpoint must fail in seconds, not after botocore's default 60 s timeouts and 5 attempts.
@@ -60,6 +56,22 @@ _DENIED = frozenset(
 )
 _TRANSIENT = frozenset({"InternalServiceError", "ThrottlingException", "ServiceUnavailable", "RequestTimeout"})
 
+_ERRORS: dict[str, tuple[type[StoreError], str]] = {
+    "ResourceNotFoundException": (SecretNotFound, "the secret does not exist: check its name and region, or create "
+                                  "it first"),
+    "ResourceExistsException": (SecretExists, "the secret already exists: rotate it instead, or pick another name"),
+    "denied": (StorePermissionDenied, "give the credentials in use secretsmanager:DescribeSecret, GetSecretValue, "
+               "PutSecretValue and UpdateSecretVersionStage on this secret, or use other credentials"),
+    "no credentials": (StorePermissionDenied, "no usable AWS credentials: configure boto3's chain (AWS_PROFILE, "
+                       "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, an instance or task role)"),
+    "unavailable": (StoreUnavailable, "Secrets Manager failed after retries; retry later"),
+    "unreachable": (StoreUnavailable, "cannot reach {store.endpoint}: check the network, the endpoint_url and "
+                    "the region, then retry"),
+    "moved": (StagingConflict, "another writer moved the labels since they were read (AWS checks the version a "
+              "label is taken from); nothing was changed by this call, retry"),
+    "invalid": (InvalidRequest, "Secrets Manager refused the request as invalid"),
+}  # fmt: skip
+
 
 class AwsStore(SecretStore):
     """One secret in AWS Secrets Manager (or anything answering its API, such as moto_server)."""
@@ -67,17 +79,12 @@ class AwsStore(SecretStore):
     OPTIONS: ClassVar[dict[str, str]] = {"region": "region=REGION", "endpoint_url": "endpoint_url=URL"}
     ROTATION_ID = re.compile(".{32,64}", re.S)
     ROTATION_ID_RULE = "an AWS version id is a string of 32 to 64 characters, for example str(uuid.uuid4())"
+    ERRORS = _ERRORS
 
     def __init__(self, uri: SecretURI) -> None:
         super().__init__(uri)
-        endpoint = self.uri.options.get("endpoint_url")
-        if endpoint is not None and not endpoint.startswith(("https://", "http://")):
-            raise InvalidStoreURI(
-                f"endpoint_url {endpoint!r} in {uri.display} is not a URL: use https://HOST[:PORT] (or http:// for a "
-                "local test server)"
-            )
         self.secret_id = uri.name
-        self.endpoint_url = endpoint
+        self.endpoint_url = self._url_option("endpoint_url")
 
     def canonical_options(self, uri: SecretURI) -> dict[str, str]:
         options = dict(uri.options)
@@ -131,7 +138,7 @@ class AwsStore(SecretStore):
             raise VersionNotFound(f"{self.uri.display} has no version {version_id!r}: AWS version ids are 32-64 long")
         return self._get(f"read version {version_id}", VersionId=version_id)["SecretString"]
 
-    def _write_stages(self, snapshot: Snapshot, stages: StageMap, staged: Staged | None = None) -> str:
+    def _write_stages(self, snapshot: Snapshot, stages: StageMap, staged: Staged | None = None) -> str | None:
         """Label moves, in the order that leaves a resumable state after a crash between any two of them."""
         before = snapshot.stages
         if staged is not None:
@@ -159,16 +166,15 @@ class AwsStore(SecretStore):
             self._move(Stage.PREVIOUS, stages.previous, before.previous)
         if stages.pending != before.pending:
             self._move(Stage.PENDING, stages.pending, before.pending)
-        return stages.current or ""
+        return None
 
     def _delete(self, snapshot: Snapshot, version_id: str) -> None:
         """Nothing to do: the version has no label left, which is all Secrets Manager can do to one version."""
 
-    def _describe(self) -> list[VersionInfo]:
-        stages = self._snapshot(repair=False).stages
+    def _describe(self, snapshot: Snapshot) -> list[tuple[str, datetime | None]]:
+        stages = snapshot.stages
         order = [stages.previous, stages.current, stages.pending]  # oldest first, as the labels say
-        unique = [v for n, v in enumerate(order) if v is not None and v not in order[:n]]
-        return [VersionInfo(version_id=v, stages=stages.stages_of(v)) for v in unique]
+        return [(v, None) for n, v in enumerate(order) if v is not None and v not in order[:n]]
 
     def _create(self, value: str) -> str:
         answer = self._call(
@@ -208,46 +214,23 @@ class AwsStore(SecretStore):
             arguments["RemoveFromVersionId"] = away_from
         self._call(f"move the {_LABELS[stage]} label", lambda: self._client.update_secret_version_stage(**arguments))
 
-    def _translate(self, exc: Exception, action: str) -> StoreError | None:
-        """Every botocore failure onto one store error per condition."""
+    def _condition(self, exc: Exception, action: str) -> tuple[str, str] | None:
         if isinstance(exc, ClientError):
             code = exc.response.get("Error", {}).get("Code", "")
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if code == "ResourceNotFoundException":
-                return SecretNotFound(
-                    f"secret {self.secret_id!r} does not exist in {self.uri.display}: create it first, for example "
-                    f"open_store({self.uri.display!r}).create(value), or check the name and region"
-                )
-            if code == "ResourceExistsException":
-                return SecretExists(
-                    f"secret {self.secret_id!r} already exists in {self.uri.display}: rotate it instead, or pick "
-                    "another secret name"
-                )
+            if code in ("ResourceNotFoundException", "ResourceExistsException"):
+                return code, code
             if code in _DENIED or status in (401, 403):
-                return StorePermissionDenied(
-                    f"AWS refused to {action} on {self.uri.display} ({code}): give the credentials in use the "
-                    "secretsmanager permissions on this secret (DescribeSecret, GetSecretValue, PutSecretValue, "
-                    "UpdateSecretVersionStage), or use other credentials"
-                )
+                return "denied", code
             if code in _TRANSIENT or status >= 500:
-                return StoreUnavailable(f"AWS Secrets Manager failed to {action} on {self.uri.display} ({code}); retry")
-            if code == "InvalidParameterException" and "label" in action:
-                return StagingConflict(
-                    f"could not {action} on {self.uri.display}: another writer moved the labels since they were read "
-                    "(AWS checked the version the label was taken from); nothing was changed by this call, retry"
-                )
-            return InvalidRequest(f"AWS Secrets Manager refused to {action} on {self.uri.display} ({code})")
+                return "unavailable", code
+            return ("moved" if code == "InvalidParameterException" and "label" in action else "invalid"), code
         if isinstance(exc, NoCredentialsError | PartialCredentialsError):
-            return StorePermissionDenied(
-                f"no usable AWS credentials for {self.uri.display}: configure boto3's credential chain "
-                "(AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, an instance or task role)"
-            )
+            return "no credentials", type(exc).__name__
         if isinstance(exc, BotoConnectionError | HTTPClientError):
-            endpoint = self.endpoint_url or f"the Secrets Manager endpoint of region {self.uri.options.get('region')}"
-            return StoreUnavailable(
-                f"cannot reach {endpoint} for {self.uri.display} ({type(exc).__name__}): check the network, the "
-                "endpoint_url and the region, then retry"
-            )
-        if isinstance(exc, ParamValidationError | BotoCoreError):
-            return InvalidRequest(f"the AWS SDK refused to {action} on {self.uri.display} ({type(exc).__name__})")
-        return None
+            return "unreachable", type(exc).__name__
+        return ("invalid", type(exc).__name__) if isinstance(exc, BotoCoreError) else None
+
+    @property
+    def endpoint(self) -> str:
+        return self.endpoint_url or f"the Secrets Manager endpoint of region {self.uri.options.get('region')}"

@@ -41,9 +41,9 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cached_property
 from typing import ClassVar
-from urllib.parse import urlsplit
 
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import (
@@ -58,7 +58,7 @@ from azure.core.exceptions import (
 from azure.identity import DefaultAzureCredential
 from azure.keyvault.secrets import KeyVaultSecret, SecretClient, SecretProperties
 
-from stores.base import SecretStore, Snapshot, Stage, Staged, StageMap, VersionInfo, shared_client
+from stores.base import SecretStore, Snapshot, Stage, Staged, StageMap, shared_client
 from stores.errors import (
     InvalidRequest,
     InvalidStoreURI,
@@ -78,6 +78,24 @@ _STAGE_TAGS = {
     Stage.PENDING: "rotation-pending",
     Stage.PREVIOUS: "rotation-previous",
 }
+_ERRORS: dict[str, tuple[type[StoreError], str]] = {
+    "challenge": (StorePermissionDenied, "{store.vault_url} answered with a challenge for another resource than the "
+                  "vault URL, so no token was sent: check url=; for a vault behind a custom domain add "
+                  "verify_challenge_resource=false"),
+    "ResourceNotFoundError": (SecretNotFound, "the secret does not exist in {store.vault_url}: check the vault and "
+                              "secret names, or create it first"),
+    "ClientAuthenticationError": (StorePermissionDenied, "DefaultAzureCredential found no valid identity (sign in "
+                                  "with `az login`, or set AZURE_TENANT_ID/AZURE_CLIENT_ID with a secret, "
+                                  "certificate or workload identity, or run with a managed identity)"),
+    "ResourceExistsError": (StagingConflict, "Key Vault answered with a conflict (the secret may be deleted but "
+                            "recoverable: recover or purge it first)"),
+    "disabled": (VersionNotFound, "the version is disabled (discarded): it cannot be read"),
+    "denied": (StorePermissionDenied, "give the identity the 'Key Vault Secrets Officer' role on the vault (or an "
+               "access policy with get, list and set on secrets), and check the vault's firewall"),
+    "unavailable": (StoreUnavailable, "Key Vault at {store.vault_url} could not be reached or failed: check the "
+                    "vault URL, the network and the vault's firewall, then retry"),
+    "invalid": (InvalidRequest, "Key Vault refused the request as invalid"),
+}  # fmt: skip
 
 
 def _store_id(properties: SecretProperties) -> str:
@@ -115,6 +133,7 @@ class AzureStore(SecretStore):
         "ca_file": "ca_file=/path/ca.pem",
         "verify_challenge_resource": "verify_challenge_resource=false (with url=)",
     }
+    ERRORS = _ERRORS
     ROTATION_ID = re.compile(r"(?![0-9a-f]{32}$)[A-Za-z0-9._:-]{1,100}")
     ROTATION_ID_RULE = (
         "use 1-100 letters, digits, '.', '_', ':' or '-', not 32 hexadecimal digits (the form of Key Vault's own "
@@ -123,13 +142,7 @@ class AzureStore(SecretStore):
 
     def __init__(self, uri: SecretURI, credential: TokenCredential | None = None) -> None:
         super().__init__(uri)
-        self.vault_url = uri.options.get("url") or f"https://{uri.location}.vault.azure.net"
-        parts = urlsplit(self.vault_url)
-        if parts.scheme != "https" or not parts.hostname or parts.path.strip("/"):
-            raise InvalidStoreURI(
-                f"vault url {self.vault_url!r} for {uri.display} must be https://HOST[:PORT]: Key Vault is reached "
-                "over TLS only"
-            )
+        self.vault_url = self._url_option("url", tls_only=True) or f"https://{uri.location}.vault.azure.net"
         verify_resource = uri.options.get("verify_challenge_resource", "true").lower()
         if verify_resource not in ("true", "false") or (verify_resource == "false" and "url" not in uri.options):
             raise InvalidStoreURI(
@@ -143,60 +156,31 @@ class AzureStore(SecretStore):
     @cached_property
     def client(self) -> SecretClient:
         ca_file = self.uri.options.get("ca_file")
-
-        def build() -> SecretClient:
-            return SecretClient(
+        return shared_client(
+            ("azure", self.vault_url, ca_file, self._verify_resource, self._credential),
+            lambda: SecretClient(
                 self.vault_url,
                 self._credential or DefaultAzureCredential(),
                 verify_challenge_resource=self._verify_resource,
                 connection_verify=ca_file or True,
                 retry_total=2,
-            )
+            ),
+        )
 
-        return shared_client(("azure", self.vault_url, ca_file, self._verify_resource, self._credential), build)
-
-    def _translate(self, exc: Exception, action: str) -> StoreError | None:
-        """Every azure-core failure onto one store error per condition."""
-        where = f"secret {self.secret_name!r} in {self.vault_url} ({self.uri.display})"
+    def _condition(self, exc: Exception, action: str) -> tuple[str, str] | None:
+        name = type(exc).__name__
         if isinstance(exc, ValueError) and "challenge" in str(exc):
-            return StorePermissionDenied(
-                f"{self.vault_url} answered with an authentication challenge for another resource than the vault "
-                f"URL, so no token was sent for {self.uri.display}: check url=; for a vault behind a custom domain "
-                "add verify_challenge_resource=false"
-            )
+            return "challenge", "authentication challenge for another resource"
         if not isinstance(exc, AzureError):
             return None
-        if isinstance(exc, ResourceNotFoundError):
-            return SecretNotFound(
-                f"secret {self.secret_name!r} does not exist in {self.vault_url} ({self.uri.display}): check the "
-                "vault and secret names, or create it first"
-            )
-        if isinstance(exc, ClientAuthenticationError):
-            return StorePermissionDenied(
-                f"could not authenticate to {action} for {where}: DefaultAzureCredential found no valid identity "
-                "(sign in with `az login`, or set AZURE_TENANT_ID/AZURE_CLIENT_ID with a secret, certificate or "
-                "workload identity, or run with a managed identity)"
-            )
-        if isinstance(exc, ResourceExistsError):
-            return StagingConflict(
-                f"Key Vault refused to {action} for {where} with a conflict (the secret may be deleted but "
-                "recoverable: recover or purge it first)"
-            )
         status = getattr(exc, "status_code", None) or 0
-        if isinstance(exc, HttpResponseError) and status == 403 and _inner_code(exc) == "SecretDisabled":
-            return VersionNotFound(f"a version of {self.uri.display} is disabled (discarded): it cannot be read")
+        if isinstance(exc, ResourceNotFoundError | ClientAuthenticationError | ResourceExistsError):
+            return name, f"HTTP {status}"
         if isinstance(exc, HttpResponseError) and status == 403:
-            return StorePermissionDenied(
-                f"Key Vault denied permission to {action} for {where}: give the identity the 'Key Vault Secrets "
-                "Officer' role on the vault (or an access policy with get, list and set on secrets), and check the "
-                "vault's firewall"
-            )
+            return ("disabled" if _inner_code(exc) == "SecretDisabled" else "denied"), f"HTTP 403 {_inner_code(exc)}"
         if isinstance(exc, ServiceRequestError | ServiceResponseError) or status in (429, 500, 502, 503, 504):
-            return StoreUnavailable(
-                f"Key Vault at {self.vault_url} could not {action} for {self.uri.display} ({type(exc).__name__}): "
-                "check the vault URL, the network and the vault's firewall, then retry"
-            )
-        return InvalidRequest(f"Key Vault refused to {action} for {where}: HTTP {status} {type(exc).__name__}")
+            return "unavailable", name
+        return "invalid", f"HTTP {status} {name}"
 
     # --- primitives -----------------------------------------------------------------------------------------------
     def _snapshot(self, repair: bool) -> Snapshot:
@@ -219,12 +203,12 @@ class AzureStore(SecretStore):
         secret = self._call(f"read version {version_id}", lambda: self.client.get_secret(self.secret_name, keyvault_id))
         return secret.value or ""
 
-    def _write_stages(self, snapshot: Snapshot, stages: StageMap, staged: Staged | None = None) -> str:
+    def _write_stages(self, snapshot: Snapshot, stages: StageMap, staged: Staged | None = None) -> str | None:
         state: _State = snapshot.token
         self._guard(state, "change the stages")
         if staged is None:
             self._settle(state, stages, "change the stages")
-            return stages.current or ""
+            return None
         stages = stages.but(pending=staged.rotation_id)
         current = stages.current or ""
         current_value = self._value(current, snapshot)
@@ -244,18 +228,12 @@ class AzureStore(SecretStore):
                 ),
             )
 
-    def _describe(self) -> list[VersionInfo]:
-        state = self._state()
-        stages = state.stages()
-        infos = [
-            VersionInfo(
-                version_id=version_id,
-                stages=stages.stages_of(version_id),
-                created_at=min((p.created_on for p in holders if p.created_on), default=None),
-            )
-            for version_id, holders in state.versions.items()
+    def _describe(self, snapshot: Snapshot) -> list[tuple[str, datetime | None]]:
+        found = [
+            (version, min((p.created_on for p in holders if p.created_on), default=None))
+            for version, holders in snapshot.token.versions.items()
         ]
-        return sorted(infos, key=lambda v: (v.created_at is None, v.created_at, v.version_id))
+        return sorted(found, key=lambda v: (v[1] is None, v[1], v[0]))
 
     def _create(self, value: str) -> str:
         try:

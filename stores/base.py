@@ -8,7 +8,8 @@ The model is AWS Secrets Manager's: a rotation stages a new version under its ro
 - ``_write_stages(snapshot, stages, staged)``: replace the stage map if nobody wrote since ``snapshot`` (else
   :class:`StagingConflict` and nothing changed), first writing ``staged`` as a new PENDING version if given;
 - ``_read_value``, ``_delete``, ``_describe``, ``_create``, ``_list``; and
-- ``_translate``: its SDK's exceptions onto one store error per condition, the one place it does so (``_call``).
+- ``_condition`` with the table ``ERRORS``: its SDK's exceptions onto one store error per condition, applied in one
+  place (``_call``), as httpx maps transport errors.
 
 The same semantics for every store:
 
@@ -39,11 +40,11 @@ import enum
 import re
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict
 
@@ -60,6 +61,7 @@ from stores.errors import (
 from stores.uri import SecretURI
 
 T = TypeVar("T")
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class Stage(enum.StrEnum):
@@ -148,28 +150,23 @@ class _ValueCache:
     process.
     """
 
-    MAX_ENTRIES = 512
-    MAX_AGE_S = 600.0
+    MAX_ENTRIES, MAX_AGE_S = 512, 600.0
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[str, str], tuple[float, str]] = OrderedDict()
+        self._entries: dict[tuple[str, str], tuple[float, str]] = {}  # in the order written
 
     def get(self, key: tuple[str, str]) -> str | None:
         with self._lock:
-            found = self._entries.get(key)
-            if found is None or time.monotonic() - found[0] > self.MAX_AGE_S:
-                self._entries.pop(key, None)
-                return None
-            self._entries.move_to_end(key)
-            return found[1]
+            written, value = self._entries.get(key, (0.0, None))
+        return value if time.monotonic() - written <= self.MAX_AGE_S else None
 
     def put(self, key: tuple[str, str], value: str) -> None:
         with self._lock:
+            self._entries.pop(key, None)
             self._entries[key] = (time.monotonic(), value)
-            self._entries.move_to_end(key)
             while len(self._entries) > self.MAX_ENTRIES:
-                self._entries.popitem(last=False)
+                del self._entries[next(iter(self._entries))]  # the oldest written
 
     def drop(self, key: tuple[str, str]) -> None:
         with self._lock:
@@ -205,6 +202,8 @@ class SecretStore(abc.ABC):
     #: The rotation ids this manager can use to name a version, and the rule in words (for the error message).
     ROTATION_ID: ClassVar[re.Pattern[str]] = re.compile(r"[A-Za-z0-9._:-]{1,100}")
     ROTATION_ID_RULE: ClassVar[str] = "use 1-100 letters, digits, '.', '_', ':' or '-', for example a UUID"
+    #: The mapping table: condition -> (the store error, what to do); ``{store.…}`` names this store's attributes.
+    ERRORS: ClassVar[dict[str, tuple[type[StoreError], str]]] = {}
     #: Whether this process keeps the values it read (remote stores: a call saved; a local file is as cheap to read
     #: again, and re-reading it checks its authentication every time).
     CACHE_VALUES: ClassVar[bool] = True
@@ -226,6 +225,19 @@ class SecretStore(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri.display!r})"
+
+    def _url_option(self, name: str, *, tls_only: bool = False) -> str | None:
+        """The URL option ``name``: ``https://HOST[:PORT]``, or plain ``http://`` to a test server on this machine
+        unless ``tls_only``; anything else would send credentials in clear or to a path nobody meant."""
+        url = self.uri.options.get(name)
+        parts = urlsplit(url or "")
+        plain = not tls_only and parts.scheme == "http" and parts.hostname in _LOOPBACK
+        if url is not None and ((parts.scheme != "https" and not plain) or not parts.hostname or parts.path.strip("/")):
+            also = "TLS only" if tls_only else "or http:// to a test server on 127.0.0.1"
+            raise InvalidStoreURI(
+                f"{name} {url!r} in {self.uri.display} is not a URL it may use: https://HOST ({also})"
+            )
+        return url
 
     # --- the interface ----------------------------------------------------------------------------------------------
 
@@ -250,7 +262,10 @@ class SecretStore(abc.ABC):
     def describe(self) -> SecretDescription:
         """Versions (oldest first), stages and dates; never values."""
         with self._session(write=False):
-            return SecretDescription(uri=self.uri.display, versions=tuple(self._describe()))
+            snapshot = self._fresh(repair=False)
+            described = self._describe(snapshot)
+        versions = (VersionInfo(version_id=v, stages=snapshot.stages.stages_of(v), created_at=t) for v, t in described)
+        return SecretDescription(uri=self.uri.display, versions=tuple(versions))
 
     def list(self) -> list[str]:
         """Names of the secrets in the same place (same file, account and region, mount, namespace...)."""
@@ -337,7 +352,7 @@ class SecretStore(abc.ABC):
             raise InvalidRequest(f"keep={keep!r} for {self.uri.display}: give how many old versions to keep, 0 or more")
         with self._session(write=True):
             snapshot = self._fresh()
-            unstaged = [v.version_id for v in self._describe() if not v.stages]
+            unstaged = [v for v, _ in self._describe(snapshot) if not snapshot.stages.stages_of(v)]
             doomed = unstaged[: max(len(unstaged) - keep, 0)]
             for version in doomed:
                 self._delete(snapshot, version)
@@ -363,6 +378,7 @@ class SecretStore(abc.ABC):
             value = make(snapshot)
             check_value(value)
             version = self._write_stages(snapshot, snapshot.stages.but(pending=None), Staged(rotation_id, value))
+        assert version is not None
         self._remember(version, value)
         return version
 
@@ -430,6 +446,19 @@ class SecretStore(abc.ABC):
     def _forget(self, version_id: str) -> None:
         _values.drop((self.uri.display, version_id))
 
+    def _translate(self, exc: Exception, action: str) -> StoreError | None:
+        """The store error for an exception raised while doing ``action``; None if it is not the SDK's.
+
+        One message shape for every store: what could not be done, for which secret, the SDK's code (never its
+        text, which can quote a request), and what to do, from the adapter's table ``ERRORS``.
+        """
+        found = self._condition(exc, action)
+        if found is None:
+            return None
+        kind, advice = self.ERRORS[found[0]]
+        detail = f" ({found[1]})" if found[1] else ""
+        return kind(f"could not {action} for {self.uri.display}{detail}: {advice.format(store=self, action=action)}")
+
     def _call(self, action: str, fn: Callable[[], T]) -> T:
         """Run one SDK call; its exception becomes the store error ``_translate`` maps it to.
 
@@ -452,21 +481,19 @@ class SecretStore(abc.ABC):
     # --- the primitives each adapter supplies ----------------------------------------------------------------------
 
     @abc.abstractmethod
-    def _translate(self, exc: Exception, action: str) -> StoreError | None:
-        """The store error for an exception of the SDK raised while doing ``action``; None if it is not the SDK's."""
+    def _condition(self, exc: Exception, action: str) -> tuple[str, str] | None:
+        """The condition (a key of ``ERRORS``) and the SDK's code for one of its exceptions; None if not the SDK's."""
 
     @abc.abstractmethod
     def _snapshot(self, repair: bool) -> Snapshot:
-        """The stage map and the versions; :class:`SecretNotFound` if the secret does not exist.
-
-        ``repair`` (before a change): first finish what a call of this store that crashed half-way left.
-        """
+        """The stage map and the versions, or :class:`SecretNotFound`; ``repair`` (before a change): first finish
+        what a call of this store that crashed half-way left."""
 
     @abc.abstractmethod
-    def _write_stages(self, snapshot: Snapshot, stages: StageMap, staged: Staged | None = None) -> str:
+    def _write_stages(self, snapshot: Snapshot, stages: StageMap, staged: Staged | None = None) -> str | None:
         """Make ``stages`` the stage map if it is still the one in ``snapshot``, else :class:`StagingConflict` with
         nothing changed. With ``staged``, write it first as a new version and point PENDING at it (``stages.pending``
-        is then ignored). Returns the staged version's id (``stages.current`` when nothing is staged)."""
+        is then ignored); returns its id."""
 
     @abc.abstractmethod
     def _read_value(self, version_id: str, snapshot: Snapshot | None) -> str:
@@ -478,8 +505,8 @@ class SecretStore(abc.ABC):
         """Destroy a version no stage points to (``snapshot`` was read before its stage was dropped)."""
 
     @abc.abstractmethod
-    def _describe(self) -> list[VersionInfo]:
-        """The versions, oldest first, with their stages."""
+    def _describe(self, snapshot: Snapshot) -> list[tuple[str, datetime | None]]:
+        """The versions (``snapshot`` read just before), oldest first, with their creation times where known."""
 
     @abc.abstractmethod
     def _create(self, value: str) -> str:

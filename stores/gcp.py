@@ -17,8 +17,6 @@ for good, so a value that never went live cannot be re-enabled); its annotation 
 staged again. A secret with versions but no ``current`` alias (written by other tools) has its newest enabled version
 as CURRENT until the first rotation pins the alias. Every number up to the highest this store recorded names a
 version (Secret Manager numbers them 1, 2, 3...), which is how a revert knows an older version without listing them.
-Costs, in API calls: read a stage 2 (1 when this process has read the value), describe 2, stage 5, promote 2,
-revert 2, discard 3.
 
 Credentials: application default credentials (``GOOGLE_APPLICATION_CREDENTIALS``, ``gcloud auth
 application-default login``, or the metadata server). The client speaks the REST API (``transport="rest"``); the
@@ -34,7 +32,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from typing import ClassVar
-from urllib.parse import urlsplit
 
 import requests
 from google.api_core import exceptions as gexc
@@ -45,10 +42,9 @@ from google.auth.credentials import Credentials
 from google.cloud import secretmanager_v1 as sm
 from google.protobuf import field_mask_pb2
 
-from stores.base import SecretStore, Snapshot, Stage, Staged, StageMap, VersionInfo, shared_client
+from stores.base import SecretStore, Snapshot, Stage, Staged, StageMap, shared_client
 from stores.errors import (
     InvalidRequest,
-    InvalidStoreURI,
     SecretExists,
     SecretNotFound,
     StagingConflict,
@@ -62,7 +58,6 @@ from stores.uri import SecretURI
 _ALIASES = {Stage.CURRENT: "current", Stage.PENDING: "pending", Stage.PREVIOUS: "previous"}
 _PREFIX = "rotation."
 _KEPT_UNSTAGED = 16  # rotation annotations kept for versions with no alias; annotations are limited to 16 KiB
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 _TIMEOUT = 30.0
 # Reads are retried on transient errors; writes are not (a step is retried as a whole, and is idempotent).
 _READ_RETRY = Retry(
@@ -71,6 +66,21 @@ _READ_RETRY = Retry(
     maximum=2.0,
     timeout=10.0,
 )
+_ERRORS: dict[str, tuple[type[StoreError], str]] = {
+    "missing": (SecretNotFound, "secret {store.secret_id!r} does not exist in project {store.project!r}: check the "
+                "project and secret id, or create it first"),
+    "changed": (StagingConflict, "another writer changed the secret since it was read (etag mismatch); nothing was "
+                "changed by this step, retry it"),
+    "gone": (VersionNotFound, "the version is disabled or destroyed"),
+    "rejected": (StorePermissionDenied, "Google rejected the credentials: renew them (`gcloud auth "
+                 "application-default login`) or check GOOGLE_APPLICATION_CREDENTIALS"),
+    "denied": (StorePermissionDenied, "grant the caller roles/secretmanager.admin on the secret (or secretAccessor "
+               "and secretVersionManager), and check that project {store.project!r} exists"),
+    "exists": (SecretExists, "the secret already exists; nothing was written"),
+    "conflict": (StagingConflict, "a concurrent change conflicted; retry the step"),
+    "unavailable": (StoreUnavailable, "Secret Manager could not be reached or failed: check the network and retry"),
+    "invalid": (InvalidRequest, "Secret Manager refused the request as invalid"),
+}  # fmt: skip
 
 
 def _number(version_name: str) -> int:
@@ -113,6 +123,7 @@ class GcpStore(SecretStore):
     """One secret in Google Secret Manager (see the module docstring for the layout)."""
 
     OPTIONS: ClassVar[dict[str, str]] = {"endpoint": "endpoint=URL"}
+    ERRORS = _ERRORS
     ROTATION_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,52}[A-Za-z0-9])?")
     ROTATION_ID_RULE = (
         "it names a Secret Manager annotation: use 1-54 letters, digits, '.', '_' or '-', starting and ending with a "
@@ -121,18 +132,7 @@ class GcpStore(SecretStore):
 
     def __init__(self, uri: SecretURI, credentials: Credentials | None = None) -> None:
         super().__init__(uri)
-        self.endpoint = uri.options.get("endpoint")
-        if self.endpoint is not None:
-            parts = urlsplit(self.endpoint)
-            if parts.scheme not in ("https", "http") or not parts.hostname:
-                raise InvalidStoreURI(
-                    f"endpoint {self.endpoint!r} in {uri.display} is not a URL: use https://HOST[:PORT]"
-                )
-            if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
-                raise InvalidStoreURI(
-                    f"endpoint {self.endpoint!r} in {uri.display} is plain HTTP to another host: use https:// "
-                    "(plain HTTP is accepted for a local test server on 127.0.0.1 only)"
-                )
+        self.endpoint = self._url_option("endpoint")
         self.project, self.secret_id = uri.location, uri.name
         self.name = f"projects/{self.project}/secrets/{self.secret_id}"
         self._credentials = credentials
@@ -140,67 +140,37 @@ class GcpStore(SecretStore):
     @cached_property
     def client(self) -> sm.SecretManagerServiceClient:
         options = ClientOptions(api_endpoint=self.endpoint) if self.endpoint else None
-
-        def build() -> sm.SecretManagerServiceClient:
-            return sm.SecretManagerServiceClient(
-                credentials=self._credentials, transport="rest", client_options=options
-            )
-
         try:
-            return shared_client(("gcp", self.endpoint, self._credentials), build)
+            return shared_client(
+                ("gcp", self.endpoint, self._credentials),
+                lambda: sm.SecretManagerServiceClient(
+                    credentials=self._credentials, transport="rest", client_options=options
+                ),
+            )
         except auth_errors.DefaultCredentialsError:
-            pass
-        raise StorePermissionDenied(
-            f"no Google credentials for {self.uri.display}: run `gcloud auth application-default login`, or set "
-            "GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, or run where a metadata server gives one"
-        )
+            raise StorePermissionDenied(
+                f"no Google credentials for {self.uri.display}: run `gcloud auth application-default login`, or set "
+                "GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, or run where a metadata server gives one"
+            ) from None
 
-    def _translate(self, exc: Exception, action: str) -> StoreError | None:
-        """Every API, auth and transport failure onto one store error per condition."""
+    def _condition(self, exc: Exception, action: str) -> tuple[str, str] | None:
         if not isinstance(exc, gexc.GoogleAPIError | auth_errors.GoogleAuthError | requests.RequestException):
             return None
-        where = f"{self.uri.display} ({self.name})"
-        status = _status(exc)
+        status = _status(exc) or type(exc).__name__
         if isinstance(exc, gexc.NotFound):
-            return SecretNotFound(
-                f"secret {self.secret_id!r} does not exist in project {self.project!r} ({self.uri.display}): check "
-                "the project and secret id, or create it first"
-            )
-        if status == "FAILED_PRECONDITION" and "etag" in str(getattr(exc, "message", "")):
-            return StagingConflict(
-                f"could not {action} for {where}: another writer changed the secret since it was read (etag "
-                "mismatch); nothing was changed by this step, retry it"
-            )
+            return "missing", status
         if status == "FAILED_PRECONDITION":
-            return VersionNotFound(f"could not {action} for {where}: the version is disabled or destroyed")
+            return ("changed" if "etag" in str(getattr(exc, "message", "")) else "gone"), status
         if isinstance(exc, gexc.Unauthenticated | auth_errors.RefreshError):
-            return StorePermissionDenied(
-                f"Google rejected the credentials used to {action} for {where}: renew them (`gcloud auth "
-                "application-default login`) or check GOOGLE_APPLICATION_CREDENTIALS"
-            )
+            return "rejected", status
         if isinstance(exc, gexc.PermissionDenied | gexc.Forbidden):
-            return StorePermissionDenied(
-                f"permission denied to {action} for {where}: grant the caller roles/secretmanager.admin on the "
-                f"secret (or secretAccessor and secretVersionManager), and check that project {self.project!r} "
-                f"exists ({getattr(exc, 'message', '')})"
-            )
+            return "denied", status
         if isinstance(exc, gexc.AlreadyExists) or status == "ALREADY_EXISTS":
-            return SecretExists(f"secret {self.uri.display} already exists; nothing was written")
+            return "exists", status
         if isinstance(exc, gexc.Conflict | gexc.Aborted):
-            return StagingConflict(f"could not {action} for {where}: a concurrent change conflicted; retry the step")
-        if isinstance(
-            exc,
-            gexc.ServiceUnavailable
-            | gexc.InternalServerError
-            | gexc.DeadlineExceeded
-            | gexc.RetryError
-            | requests.RequestException,
-        ):
-            return StoreUnavailable(
-                f"Secret Manager{' at ' + self.endpoint if self.endpoint else ''} could not {action} for "
-                f"{self.uri.display} ({type(exc).__name__}): check the network and retry"
-            )
-        return InvalidRequest(f"Secret Manager refused to {action} for {where}: {status or type(exc).__name__}")
+            return "conflict", status
+        transient = gexc.ServiceUnavailable | gexc.InternalServerError | gexc.DeadlineExceeded | gexc.RetryError
+        return ("unavailable" if isinstance(exc, transient | requests.RequestException) else "invalid"), status
 
     # --- primitives -----------------------------------------------------------------------------------------------
     def _snapshot(self, repair: bool) -> Snapshot:
@@ -235,11 +205,11 @@ class GcpStore(SecretStore):
                 f"version {version_id} of {self.uri.display} is not UTF-8 text; this store keeps text values"
             ) from None
 
-    def _write_stages(self, snapshot: Snapshot, stages: StageMap, staged: Staged | None = None) -> str:
+    def _write_stages(self, snapshot: Snapshot, stages: StageMap, staged: Staged | None = None) -> str | None:
         state: _State = snapshot.token
         if staged is None:
             self._patch(state, "move the aliases", self._aliases(state, stages), state.annotations)
-            return stages.current or ""
+            return None
         key = _PREFIX + staged.rotation_id
         if key not in state.annotations:  # else an earlier attempt recorded its intent and added nothing
             highest = max((_number(v.name) for v in self._versions()), default=0)
@@ -258,17 +228,9 @@ class GcpStore(SecretStore):
         with contextlib.suppress(VersionNotFound):  # destroyed by an earlier attempt: what was asked is done
             self._destroy(int(version_id))
 
-    def _describe(self) -> list[VersionInfo]:
-        stages = self._snapshot(repair=False).stages
-        return [
-            VersionInfo(
-                version_id=str(_number(version.name)),
-                stages=stages.stages_of(str(_number(version.name))),
-                created_at=version.create_time if isinstance(version.create_time, datetime) else None,
-            )
-            for version in self._versions()
-            if version.state == sm.SecretVersion.State.ENABLED
-        ]
+    def _describe(self, snapshot: Snapshot) -> list[tuple[str, datetime | None]]:
+        enabled = [v for v in self._versions() if v.state == sm.SecretVersion.State.ENABLED]
+        return [(str(_number(v.name)), v.create_time if isinstance(v.create_time, datetime) else None) for v in enabled]
 
     def _create(self, value: str) -> str:
         secret = sm.Secret(replication=sm.Replication(automatic=sm.Replication.Automatic()))

@@ -18,8 +18,7 @@ Layout of ``k8s://NAMESPACE/SECRET_NAME?context=CTX&keys=MAPPING``:
   keys as one JSON object (so a ``username``/``password`` Secret keeps its shape through rotations).
 
 Every change is one ``replace`` carrying the ``resourceVersion`` read just before, so a concurrent writer makes it
-fail with 409 (:class:`~stores.errors.StagingConflict`) instead of being overwritten. Costs, in API calls: one read
-per operation, and one replace per change.
+fail with 409 (:class:`~stores.errors.StagingConflict`) instead of being overwritten.
 
 Credentials: in-cluster service account when running in a Pod (and no ``?context=``), else the kubeconfig
 (``KUBECONFIG`` or ``~/.kube/config``) with its current context or ``?context=CTX``.
@@ -40,7 +39,7 @@ import urllib3
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from stores.base import SecretStore, Snapshot, Stage, Staged, StageMap, VersionInfo, shared_client
+from stores.base import SecretStore, Snapshot, Stage, Staged, StageMap, shared_client
 from stores.errors import (
     InvalidRequest,
     InvalidStoreURI,
@@ -60,6 +59,21 @@ PROJECTED_ANNOTATION = "secret-rotation.io/projected"
 FORGOTTEN_ANNOTATION = "secret-rotation.io/forgotten"
 _FORGOTTEN_KEPT = 16  # ids of dropped versions remembered, so that a rotation id is not staged twice
 MANAGED_BY = {"app.kubernetes.io/managed-by": "secret-rotation"}
+_ERRORS: dict[str, tuple[type[StoreError], str]] = {
+    "unreachable": (StoreUnavailable, "the Kubernetes API server is unreachable: check the kubeconfig's server and "
+                    "the network"),
+    "denied": (StorePermissionDenied, "check the RBAC role of the credentials in use (get, create and update on "
+               "secrets in namespace {store.namespace!r})"),
+    "no namespace": (SecretNotFound, "namespace {store.namespace!r} does not exist: check the URI and kube context"),
+    "missing": (SecretNotFound, "Secret {store.name!r} does not exist in namespace {store.namespace!r}: check the "
+                "namespace, the name and the kube context, or create it first"),
+    "exists": (SecretExists, "Secret {store.name!r} already exists in namespace {store.namespace!r}; nothing was "
+               "written"),
+    "changed": (StagingConflict, "another writer updated Secret {store.name!r} in namespace {store.namespace!r} "
+                "since it was read (resourceVersion conflict); nothing was written, retry the step"),
+    "unavailable": (StoreUnavailable, "the Kubernetes API failed; retry later"),
+    "invalid": (InvalidRequest, "the Kubernetes API refused the request as invalid"),
+}  # fmt: skip
 _SLOTS = {Stage.CURRENT: "current", Stage.PENDING: "pending", Stage.PREVIOUS: "previous"}
 _RESERVED = frozenset({*_SLOTS.values(), "retired"})
 _DATA_KEY = re.compile(r"[-._a-zA-Z0-9]+")
@@ -83,6 +97,7 @@ class KubernetesStore(SecretStore):
     """A Kubernetes Secret laid out as described in the module docstring."""
 
     OPTIONS: ClassVar[dict[str, str]] = {"context": "context=CTX", "keys": "keys=auto|none|FIELD:KEY,..."}
+    ERRORS = _ERRORS
 
     def __init__(self, uri: SecretURI) -> None:
         super().__init__(uri)
@@ -106,42 +121,24 @@ class KubernetesStore(SecretStore):
         except NoKubernetesCredentials as exc:
             raise StorePermissionDenied(str(exc)) from None
 
-    def _translate(self, exc: Exception, action: str) -> StoreError | None:
-        """Every API and transport failure onto one store error per condition."""
+    def _condition(self, exc: Exception, action: str) -> tuple[str, str] | None:
         if isinstance(exc, urllib3.exceptions.HTTPError | OSError):
-            return StoreUnavailable(
-                f"the Kubernetes API server is unreachable ({type(exc).__name__}) to {action} for {self.uri.display}:"
-                " check the kubeconfig's server and the network"
-            )
+            return "unreachable", type(exc).__name__
         if not isinstance(exc, ApiException):
             return None
         try:
             reported = json.loads(exc.body or "{}")
         except ValueError:
             reported = {}
-        reason, message = reported.get("reason", exc.reason), reported.get("message", "")
-        where = f"Secret {self.name!r} in namespace {self.namespace!r} ({self.uri.display})"
+        reason = reported.get("reason", exc.reason)
+        code = f"HTTP {exc.status} {reason}"
         if exc.status in (401, 403):
-            return StorePermissionDenied(
-                f"the Kubernetes API refused to {action} for {where}: {message or exc.reason}; check the RBAC "
-                "role of the credentials in use (get, create and update on secrets)"
-            )
+            return "denied", code
         if exc.status == 404:
-            if (reported.get("details") or {}).get("kind") == "namespaces":
-                return SecretNotFound(f"namespace {self.namespace!r} does not exist (store {self.uri.display})")
-            return SecretNotFound(
-                f"{where} does not exist: check the namespace, the name and the kube context, or create it first"
-            )
-        if exc.status == 409 and reason == "AlreadyExists":
-            return SecretExists(f"{where} already exists; nothing was written")
+            return ("no namespace" if (reported.get("details") or {}).get("kind") == "namespaces" else "missing"), code
         if exc.status == 409:
-            return StagingConflict(
-                f"could not {action} for {where}: another writer updated the Secret since it was read "
-                "(resourceVersion conflict); nothing was written, retry the step"
-            )
-        if exc.status >= 500 or exc.status == 429:
-            return StoreUnavailable(f"the Kubernetes API failed to {action} for {where}: HTTP {exc.status} {reason}")
-        return InvalidRequest(f"the Kubernetes API refused to {action} for {where}: HTTP {exc.status} {message}")
+            return ("exists" if reason == "AlreadyExists" else "changed"), code
+        return ("unavailable" if exc.status >= 500 or exc.status == 429 else "invalid"), code
 
     # --- primitives -----------------------------------------------------------------------------------------------
     def _get(self) -> k8s.V1Secret:
@@ -181,7 +178,7 @@ class KubernetesStore(SecretStore):
             raise VersionNotFound(f"{self.uri.display} has no version {version_id!r}")
         return values[version_id]
 
-    def _write_stages(self, snapshot: Snapshot, stages: StageMap, staged: Staged | None = None) -> str:
+    def _write_stages(self, snapshot: Snapshot, stages: StageMap, staged: Staged | None = None) -> str | None:
         """One replace: the stage keys, the projection of CURRENT, and the annotations that describe them."""
         _, slots, _ = snapshot.token
         values = dict(snapshot.values)
@@ -197,7 +194,7 @@ class KubernetesStore(SecretStore):
         new_slots = {key: {"id": v, "created": created[v]} for key, v in held.items() if v is not None}
         data = {key: _b64(values[slot["id"]]) for key, slot in new_slots.items()}
         self._replace(snapshot, data, values[stages.current or ""], new_slots, "change the stages")
-        return staged.rotation_id if staged else stages.current or ""
+        return staged.rotation_id if staged else None
 
     def _delete(self, snapshot: Snapshot, version_id: str) -> None:
         """Only the retired version survives its stages; the others went with the replace that dropped them."""
@@ -207,19 +204,10 @@ class KubernetesStore(SecretStore):
             data = {key: secret.data[key] for key in kept}
             self._replace(snapshot, data, snapshot.values[slots["current"]["id"]], kept, "destroy a retired version")
 
-    def _describe(self) -> list[VersionInfo]:
-        snapshot = self._snapshot(repair=False)
-        _, slots, _ = snapshot.token
-        unique = {slot["id"]: slot for slot in slots.values()}  # PENDING left on CURRENT: one version in two keys
-        ordered = sorted(unique.values(), key=lambda slot: slot.get("created", ""))
-        return [
-            VersionInfo(
-                version_id=slot["id"],
-                stages=snapshot.stages.stages_of(slot["id"]),
-                created_at=datetime.fromisoformat(slot["created"]) if slot.get("created") else None,
-            )
-            for slot in ordered
-        ]
+    def _describe(self, snapshot: Snapshot) -> list[tuple[str, datetime | None]]:
+        unique = {slot["id"]: slot.get("created") for slot in snapshot.token[1].values()}  # PENDING on CURRENT: 1
+        ordered = sorted(unique.items(), key=lambda version: version[1] or "")
+        return [(v, datetime.fromisoformat(created) if created else None) for v, created in ordered]
 
     def _create(self, value: str) -> str:
         version_id = uuid.uuid4().hex

@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random
 
-from stores.base import SecretStore, Snapshot, Staged, StageMap, VersionInfo
+from stores.base import SecretStore, Snapshot, Staged, StageMap
 from stores.errors import (
     InvalidStoreURI,
     SecretExists,
@@ -70,6 +70,13 @@ _SCHEMA = (
 )
 _KEY_BYTES = 32
 _BUSY_TIMEOUT_S = 30.0
+_ERRORS: dict[str, tuple[type[StoreError], str]] = {
+    "locked": (StoreUnavailable, "the file stayed locked by another writer past the busy timeout: retry when the "
+               "other rotation's step has finished"),
+    "readonly": (StorePermissionDenied, "the file is read-only for this user: run the rotation as a user that may "
+                 "write the file and its folder"),
+    "unusable": (StoreUnavailable, "check that it is a readable and writable store file, and retry"),
+}  # fmt: skip
 
 
 class LocalKeyError(StorePermissionDenied):
@@ -85,6 +92,7 @@ class LocalStore(SecretStore):
 
     OPTIONS: ClassVar[dict[str, str]] = {"key": "key=/abs/path/to/keyfile"}
     CACHE_VALUES: ClassVar[bool] = False
+    ERRORS = _ERRORS
 
     def __init__(self, uri: SecretURI) -> None:
         super().__init__(uri)
@@ -124,7 +132,7 @@ class LocalStore(SecretStore):
         versions = frozenset(v for (v,) in self._query("SELECT version_id FROM versions WHERE secret = ?"))
         return Snapshot(stages=StageMap.model_validate_json(stages), versions=versions, token=revision)
 
-    def _write_stages(self, snapshot: Snapshot, stages: StageMap, staged: Staged | None = None) -> str:
+    def _write_stages(self, snapshot: Snapshot, stages: StageMap, staged: Staged | None = None) -> str | None:
         assert self._db is not None
         if staged is not None:
             self._insert(staged.rotation_id, staged.value)
@@ -136,7 +144,7 @@ class LocalStore(SecretStore):
         ).rowcount
         if not written:  # inside one transaction this cannot happen; it keeps the primitive's promise regardless
             raise StagingConflict(f"the stage map of {self.uri.display} changed meanwhile; retry the step")
-        return staged.rotation_id if staged else stages.current or ""
+        return staged.rotation_id if staged else None
 
     def _read_value(self, version_id: str, snapshot: Snapshot | None) -> str:
         rows = self._query("SELECT ciphertext, nonce FROM versions WHERE secret = ? AND version_id = ?", version_id)
@@ -156,13 +164,9 @@ class LocalStore(SecretStore):
         assert self._db is not None
         self._db.execute("DELETE FROM versions WHERE secret = ? AND version_id = ?", (self.secret, version_id))
 
-    def _describe(self) -> list[VersionInfo]:
-        stages = self._snapshot(repair=False).stages
+    def _describe(self, snapshot: Snapshot) -> list[tuple[str, datetime | None]]:
         rows = self._query("SELECT version_id, created_at FROM versions WHERE secret = ? ORDER BY seq")
-        return [
-            VersionInfo(version_id=v, stages=stages.stages_of(v), created_at=datetime.fromisoformat(created))
-            for v, created in rows
-        ]
+        return [(version, datetime.fromisoformat(created)) for version, created in rows]
 
     def _create(self, value: str) -> str:
         assert self._db is not None
@@ -182,23 +186,10 @@ class LocalStore(SecretStore):
     def _list(self) -> list[str]:
         return [name for (name,) in self._query("SELECT secret FROM stage_maps ORDER BY secret", secret=False)]
 
-    def _translate(self, exc: Exception, action: str) -> StoreError | None:
+    def _condition(self, exc: Exception, action: str) -> tuple[str, str] | None:
         if not isinstance(exc, sqlite3.Error):
             return None
-        if "locked" in str(exc):
-            return StoreUnavailable(
-                f"local store file {self.path} stayed locked by another writer for {_BUSY_TIMEOUT_S:.0f} s: "
-                "retry when the other rotation's step has finished"
-            )
-        if "readonly" in str(exc):
-            return StorePermissionDenied(
-                f"local store file {self.path} is read-only for this user, so it cannot {action}: run the rotation "
-                "as a user that may write the file and its folder"
-            )
-        return StoreUnavailable(
-            f"local store file {self.path} could not be used to {action} ({exc}): check that it is a readable and "
-            "writable store file and retry"
-        )
+        return next((c for c in ("locked", "readonly") if c in str(exc)), "unusable"), type(exc).__name__
 
     # --- the file --------------------------------------------------------------------------------------------------
 
@@ -207,22 +198,20 @@ class LocalStore(SecretStore):
         failure: StoreError | None = None
         try:
             db = self._open(write)
-            try:
-                if db is not None:
-                    db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            if db is None:  # a store never written: every read finds nothing
+                yield
+                return
+            with contextlib.closing(db):
+                db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 self._db = db
                 try:
                     yield
-                except BaseException:
-                    if db is not None:
-                        db.execute("ROLLBACK")
-                    raise
-                if db is not None:
                     db.execute("COMMIT")
-            finally:
-                self._db = None
-                if db is not None:
-                    db.close()
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                finally:
+                    self._db = None
         except sqlite3.Error as exc:
             failure = self._translate(exc, "change the secret" if write else "read the secret")
         if failure is not None:

@@ -26,8 +26,7 @@ first and refuses to go on if it changed, so a concurrent writer gets :class:`~s
 instead of a lost update.
 
 A discarded or pruned version is destroyed (its data erased for good); the map keeps its id, so that id is never
-staged again. Costs, in API calls: read a stage 2 (1 when this process has read the value), describe 1, stage 5,
-promote 4, revert 4 or 5, discard 4.
+staged again.
 
 Credentials: ``VAULT_ADDR``, ``VAULT_NAMESPACE`` (or ``?namespace=``), ``VAULT_CACERT`` (TLS is always verified),
 then ``VAULT_TOKEN``, or AppRole (``VAULT_ROLE_ID`` + ``VAULT_SECRET_ID``, mount ``VAULT_APPROLE_MOUNT``), or
@@ -49,7 +48,7 @@ import hvac
 import requests
 from hvac import exceptions as vault_errors
 
-from stores.base import SecretStore, Snapshot, Stage, Staged, StageMap, VersionInfo, shared_client
+from stores.base import SecretStore, Snapshot, Stage, Staged, StageMap, shared_client
 from stores.errors import (
     InvalidRequest,
     InvalidStoreURI,
@@ -69,21 +68,23 @@ _KV_ID = re.compile(r"kv-(\d+)")
 _KEPT_UNSTAGED = 16  # version-map entries kept for versions without a stage; Vault allows 64 metadata keys
 _KEPT_COPIES = 32  # Vault version numbers kept per version id; a metadata value may hold 512 bytes
 _STAGE_KEYS = {Stage.CURRENT: "stage.current", Stage.PENDING: "stage.pending", Stage.PREVIOUS: "stage.previous"}
+_ERRORS: dict[str, tuple[type[StoreError], str]] = {
+    "unreachable": (StoreUnavailable, "Vault at {store.address} is unreachable: check VAULT_ADDR and the network"),
+    "changed": (StagingConflict, "another writer changed the secret since it was read; nothing was written, retry"),
+    "login refused": (StorePermissionDenied, "Vault at {store.address} refused the login: check the credentials"),
+    # Vault answers 403 for a missing mount too, so that mounts cannot be discovered: name both causes.
+    "denied": (StorePermissionDenied, "check the token's policies on {store.mount}/data/{store.path} and "
+               "{store.mount}/metadata/{store.path}, that mount {store.mount!r} exists, and the Vault namespace"),
+    "no mount": (SecretNotFound, "Vault at {store.address} has no mount {store.mount!r}: check the mount name in the "
+                 "URI and the Vault namespace"),
+    "missing": (SecretNotFound, "the secret does not exist at {store.address}: check the path, or create it first"),
+    "unavailable": (StoreUnavailable, "Vault at {store.address} failed; retry later"),
+    "invalid": (InvalidRequest, "Vault refused the request as invalid"),
+}  # fmt: skip
 _CREDENTIAL_VARIABLES = (
     "VAULT_NAMESPACE", "VAULT_CACERT", "VAULT_TOKEN", "VAULT_ROLE_ID", "VAULT_SECRET_ID", "VAULT_APPROLE_MOUNT",
     "VAULT_K8S_ROLE", "VAULT_K8S_TOKEN_PATH", "VAULT_K8S_MOUNT",
 )  # fmt: skip
-
-
-def _parse_time(stamp: str | None) -> datetime | None:
-    """Vault's RFC 3339 timestamps carry nanoseconds; Python keeps microseconds."""
-    if not stamp:
-        return None
-    match = re.fullmatch(r"(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", stamp)
-    if match is None:
-        return None
-    head, fraction, zone = match.groups()
-    return datetime.fromisoformat(f"{head}.{(fraction or '0')[:6]:0<6}{'+00:00' if zone == 'Z' else zone}")
 
 
 def _numbers(mapped: str) -> list[int]:
@@ -175,6 +176,7 @@ class VaultStore(SecretStore):
     OPTIONS: ClassVar[dict[str, str]] = {"namespace": "namespace=NS"}
     ROTATION_ID = re.compile(r"(?!kv-\d+$)[A-Za-z0-9._:-]{1,100}")
     ROTATION_ID_RULE = "use 1-100 letters, digits, '.', '_', ':' or '-', not of the form kv-NUMBER"
+    ERRORS = _ERRORS
 
     def __init__(self, uri: SecretURI) -> None:
         super().__init__(uri)
@@ -230,48 +232,26 @@ class VaultStore(SecretStore):
             )
         return client
 
-    def _translate(self, exc: Exception, action: str) -> StoreError | None:
-        """Every hvac and transport failure onto one store error per condition."""
-        where = f"{self.uri.display} at {self.address}"
+    def _condition(self, exc: Exception, action: str) -> tuple[str, str] | None:
+        name = type(exc).__name__
         if isinstance(exc, requests.ConnectionError | requests.Timeout):
-            return StoreUnavailable(
-                f"Vault at {self.address} is unreachable ({type(exc).__name__}) for {self.uri.display}: "
-                "check VAULT_ADDR and the network"
-            )
+            return "unreachable", name
         if not isinstance(exc, vault_errors.VaultError):
             return None
-        if isinstance(exc, vault_errors.InvalidRequest) and _CAS_MISMATCH in str(exc):
-            return StagingConflict(
-                f"could not {action} for {where}: another writer changed the secret since it was read "
-                "(check-and-set failed); nothing was written, retry the step"
-            )
-        if isinstance(exc, vault_errors.InvalidRequest) and action.startswith("log in"):
-            return StorePermissionDenied(f"Vault refused to {action} for {where}: {'; '.join(exc.errors or [])}")
+        if isinstance(exc, vault_errors.InvalidRequest):
+            if _CAS_MISMATCH in str(exc):
+                return "changed", "check-and-set failed"
+            return ("login refused" if action.startswith("log in") else "invalid"), "; ".join(exc.errors or [name])
         if isinstance(exc, vault_errors.Forbidden | vault_errors.Unauthorized):
-            # Vault answers 403 for a missing mount too, so that mounts cannot be discovered: name both causes.
-            return StorePermissionDenied(
-                f"Vault denied permission to {action} for {where}: check the token's policies on "
-                f"{self.mount}/data/{self.path} and {self.mount}/metadata/{self.path}, that mount {self.mount!r} "
-                "exists, and the Vault namespace"
-            )
+            return "denied", name
         if isinstance(exc, vault_errors.InvalidPath):
             if "no handler for route" in str(exc):
-                return SecretNotFound(
-                    f"Vault at {self.address} has no mount {self.mount!r} (store {self.uri.display}): check the "
-                    "mount name in the URI and the Vault namespace"
-                )
+                return "no mount", name
             if not action.startswith("log in"):
                 self._check_mount()
-            return SecretNotFound(f"secret {where} does not exist: check the path, or create it first")
-        if isinstance(
-            exc,
-            vault_errors.VaultDown
-            | vault_errors.InternalServerError
-            | vault_errors.BadGateway
-            | vault_errors.RateLimitExceeded,
-        ):
-            return StoreUnavailable(f"Vault at {self.address} could not {action} for {where}: {type(exc).__name__}")
-        return InvalidRequest(f"Vault refused to {action} for {where}: {'; '.join(exc.errors or [type(exc).__name__])}")
+            return "missing", name
+        transient = vault_errors.VaultDown | vault_errors.InternalServerError | vault_errors.BadGateway
+        return ("unavailable" if isinstance(exc, transient | vault_errors.RateLimitExceeded) else "invalid"), name
 
     def _check_mount(self) -> None:
         """Raise a clear error when the mount does not exist or is not KV version 2 (Vault's CLI checks this too)."""
@@ -303,7 +283,7 @@ class VaultStore(SecretStore):
             raise VersionNotFound(f"{self.uri.display} has no version {version_id!r}")
         return self._number_value(number, f"version {version_id}")
 
-    def _write_stages(self, snapshot: Snapshot, stages: StageMap, staged: Staged | None = None) -> str:
+    def _write_stages(self, snapshot: Snapshot, stages: StageMap, staged: Staged | None = None) -> str | None:
         """Data writes first, each checked against the version number read; then the metadata that records them."""
         state: _State = snapshot.token
         if staged is not None:
@@ -324,7 +304,7 @@ class VaultStore(SecretStore):
             state, custom = self._write_copy(state, stages.current or "", "write the new CURRENT as the latest")
         moved = {stage.name.lower(): stages.at(stage) for stage in Stage}
         self._set_custom(state, state.with_stages(custom, **moved), "record the stages")
-        return stages.current or ""
+        return None
 
     def _delete(self, snapshot: Snapshot, version_id: str) -> None:
         """Destroy (erase for good, not soft-delete) every Vault version holding the value; the map keeps its id, so
@@ -338,21 +318,14 @@ class VaultStore(SecretStore):
                 ),
             )
 
-    def _describe(self) -> list[VersionInfo]:
+    def _describe(self, snapshot: Snapshot) -> list[tuple[str, datetime | None]]:
         """One entry per live version id, dated by its first write (later re-writes as latest hold the same value)."""
-        state = self._state()
-        stages = StageMap(**{stage.name.lower(): state.at(stage) for stage in Stage})
+        state: _State = snapshot.token
         first: dict[str, int] = {}
         for number in sorted(n for n in state.versions if state.live(n)):
             first.setdefault(state.id_of(number), number)
-        return [
-            VersionInfo(
-                version_id=version_id,
-                stages=stages.stages_of(version_id),
-                created_at=_parse_time(state.versions[number].get("created_time")),
-            )
-            for version_id, number in first.items()
-        ]
+        # Vault's RFC 3339 stamps carry nanoseconds: Python 3.11 reads them, keeping microseconds.
+        return [(v, datetime.fromisoformat(state.versions[n]["created_time"])) for v, n in first.items()]
 
     def _create(self, value: str) -> str:
         try:

@@ -15,8 +15,8 @@ import boto3
 import pytest
 
 from stores import SecretStore, Stage, open_store
-from stores.aws import InvalidRotationId
 from stores.errors import (
+    InvalidRotationId,
     InvalidStoreURI,
     SecretExists,
     SecretNotFound,
