@@ -41,8 +41,8 @@ import stores.base
 from benchmarks.store_operations import _start_stores
 from flows.jwt import JwtPolicy, rotate_jwt_signing_key
 from flows.postgres import PgPolicy, rotate_postgres_credentials
-from flows.redis import RedisPolicy, rotate_redis_password
-from rotation.context import RotationOptions
+from flows.redis_password import RedisPolicy, rotate_redis_password
+from rotation.options import RotationOptions
 from stores import SecretStore, open_store
 from targets.jwt.keyset import JwtKeyset, new_key
 from tests.doubles import JsonHandler
