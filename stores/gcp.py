@@ -213,8 +213,9 @@ class GcpStore(SecretStore):
         key = _PREFIX + staged.rotation_id
         if key not in state.annotations:  # else an earlier attempt recorded its intent and added nothing
             highest = max((_number(v.name) for v in self._versions()), default=0)
-            intent = {**state.annotations, key: f"adding:{highest}"}
-            state = self._patch(state, "record the staging intent", state.aliases, intent)
+            # Only one rotation stages at a time: an intent left by another is stale, and is dropped.
+            kept = {k: v for k, v in state.annotations.items() if not v.startswith("adding:")}
+            state = self._patch(state, "record the staging intent", state.aliases, {**kept, key: f"adding:{highest}"})
         number = self._add(staged.value)
         aliases = self._aliases(state, stages.but(pending=str(number)))
         try:
@@ -281,32 +282,21 @@ class GcpStore(SecretStore):
 
     def _adopt_interrupted(self, state: _State) -> _State:
         """A stage that crashed after adding its version and before recording it: record that version as PENDING."""
-        intents = {k: v for k, v in state.annotations.items() if k.startswith(_PREFIX) and v.startswith("adding:")}
+        intents = [(k, v) for k, v in state.annotations.items() if k.startswith(_PREFIX) and v.startswith("adding:")]
         if not intents or state.at(Stage.PENDING) is not None:
             return state
-        recorded = set(state.recorded().values())
-        versions = self._versions()
-        for key, intent in intents.items():
-            after = int(intent.removeprefix("adding:"))
-            written = [
-                _number(v.name)
-                for v in versions
-                if _number(v.name) > after
-                and _number(v.name) not in recorded
-                and v.state == sm.SecretVersion.State.ENABLED
-            ]
-            if len(written) > 1:
-                raise StagingConflict(
-                    f"{self.uri.display}: versions {written} were added while rotation "
-                    f"{key.removeprefix(_PREFIX)!r} was staging; someone else writes this secret: check who, then "
-                    "discard this rotation"
-                )
-            if written:
-                aliases = {**state.aliases, "pending": written[0]}
-                return self._patch(
-                    state, "record an interrupted stage", aliases, {**state.annotations, key: str(written[0])}
-                )
-        return state
+        (key, intent), recorded = intents[0], set(state.recorded().values())  # one: a new intent replaces the old
+        enabled = [_number(v.name) for v in self._versions() if v.state == sm.SecretVersion.State.ENABLED]
+        written = [n for n in enabled if n > int(intent.removeprefix("adding:")) and n not in recorded]
+        if len(written) > 1:
+            raise StagingConflict(
+                f"{self.uri.display}: versions {written} were added while rotation {key.removeprefix(_PREFIX)!r} was "
+                "staging; someone else writes this secret: check who, then discard this rotation"
+            )
+        if not written:
+            return state
+        aliases, annotations = {**state.aliases, "pending": written[0]}, {**state.annotations, key: str(written[0])}
+        return self._patch(state, "record an interrupted stage", aliases, annotations)
 
     def _aliases(self, state: _State, stages: StageMap) -> dict[str, int]:
         """The secret's aliases with this store's three set to ``stages``; others' aliases are kept."""
