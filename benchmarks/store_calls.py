@@ -204,10 +204,10 @@ def _operation_counts(store: SecretStore, calls: Calls) -> dict[str, int]:
         return secrets.token_urlsafe(24)
 
     first = measure("create", lambda: store.create(value()))
-    stores.base._values = stores.base._ValueCache()  # as in a process that has not read this secret yet
-    measure("read_version (cold)", lambda: store.read_version(first))
-    measure("read_version (warm)", lambda: store.read_version(first))
-    measure("read CURRENT", store.read)
+    for label, read in (("read CURRENT", store.read), ("read_version", lambda: store.read_version(first))):
+        stores.base._values = stores.base._ValueCache()  # as in a process that has not read this secret yet
+        measure(f"{label} (cold)", read)
+        measure(f"{label} (warm)", read)
     measure("describe", store.describe)
     rotation, dropped, last = (str(uuid.uuid4()) for _ in range(3))
     measure("stage", lambda: store.stage(value(), rotation))
