@@ -34,7 +34,6 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 from prefect.context import TaskRunContext
 
 import stores.base
@@ -46,7 +45,7 @@ from rotation.options import RotationOptions
 from stores import SecretStore, open_store
 from targets.jwt.keyset import JwtKeyset, new_key
 from tests.doubles import JsonHandler
-from tests.fixtures.postgres import PgCluster, start_cluster, stop_cluster
+from tests.fixtures.postgres import create_app, start_cluster, stop_cluster
 from tests.fixtures.prefect import running_prefect_server
 from tests.fixtures.redis_servers import start_redis_server
 
@@ -118,25 +117,6 @@ def _count_doubles(calls: Calls) -> None:
 # --- part 1: runbooks -------------------------------------------------------------------------------------------
 
 
-def _pg_secrets(cluster: PgCluster, aws: Callable[[str], SecretStore]) -> tuple[SecretStore, SecretStore]:
-    suffix = uuid.uuid4().hex[:8]
-    user, dbname, password = f"bench_{suffix}", f"bench_{suffix}", secrets.token_urlsafe(24)
-    with cluster.connect() as conn:
-        stored = psycopg2.extensions.encrypt_password(password, user, conn, "scram-sha-256")
-    cluster.query(f'CREATE ROLE "{user}" LOGIN PASSWORD %s', (stored,))
-    cluster.query(f'CREATE DATABASE "{dbname}" OWNER "{user}"')
-    conn = cluster.connect(dbname, user, password)
-    with conn, conn.cursor() as cur:
-        cur.execute("CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL)")
-    conn.close()
-    common = {"engine": "postgres", "host": cluster.host, "port": cluster.port, "dbname": dbname, "sslmode": "disable"}
-    admin, secret = aws(f"bench/pg-admin-{suffix}"), aws(f"bench/pg-{suffix}")
-    admin.create(json.dumps({**common, "username": cluster.superuser, "password": cluster.password}))
-    value = {**common, "username": user, "password": password, "masterarn": admin.uri.display}
-    secret.create(json.dumps(value))
-    return secret, admin
-
-
 def bench_runbooks(base: Path, aws: Callable[[str], SecretStore], calls: Calls) -> dict[str, list[dict[str, Any]]]:
     options = RotationOptions(approve_promote=False, journal=str(base / "journal.db"), started_by="benchmark")
     cluster_folder = Path(tempfile.mkdtemp(prefix="store-calls-pg-"))  # its own: handed to the postgres user
@@ -149,18 +129,33 @@ def bench_runbooks(base: Path, aws: Callable[[str], SecretStore], calls: Calls) 
         app = {"hosts": [redis_server.node], "username": "app", "password": redis_server.app_password}
         redis_secret.create(json.dumps(app))
         redis_admin.create(json.dumps({"username": "admin", "password": redis_server.admin_password}))
-        alternating, single = _pg_secrets(cluster, aws), _pg_secrets(cluster, aws)
-        runbooks: dict[str, tuple[tuple[SecretStore, ...], Callable[[], object]]] = {
-            "jwt": ((jwt,), lambda: rotate_jwt_signing_key(
-                jwt.uri.display, policy=JwtPolicy(token_lifetime_seconds=0, grace_seconds=0), options=options)),
-            "postgres (alternating users)": (alternating, lambda: rotate_postgres_credentials(
-                alternating[0].uri.display, policy=PgPolicy(grace_seconds=0), options=options)),
-            "postgres (single user)": (single, lambda: rotate_postgres_credentials(
-                single[0].uri.display, policy=PgPolicy(strategy="single-user", grace_seconds=0), options=options)),
-            "redis": ((redis_secret, redis_admin), lambda: rotate_redis_password(
-                redis_secret.uri.display, redis_admin.uri.display, policy=RedisPolicy(grace_seconds=0),
-                options=options)),
-        }  # fmt: skip
+        alternating, single = (create_app(cluster, aws(f"bench/pg-{n}"), aws(f"bench/pg-admin-{n}")) for n in "ab")
+        pg, single_user = PgPolicy(grace_seconds=0), PgPolicy(strategy="single-user", grace_seconds=0)
+        runbooks: dict[str, tuple[tuple[SecretStore, ...], Callable[..., object]]] = {
+            "jwt": (
+                (jwt,),
+                functools.partial(
+                    rotate_jwt_signing_key, jwt.uri.display, policy=JwtPolicy(token_lifetime_seconds=0, grace_seconds=0)
+                ),
+            ),
+            "postgres (alternating users)": (
+                (alternating.secret, alternating.admin),
+                functools.partial(rotate_postgres_credentials, alternating.uri, policy=pg),
+            ),
+            "postgres (single user)": (
+                (single.secret, single.admin),
+                functools.partial(rotate_postgres_credentials, single.uri, policy=single_user),
+            ),
+            "redis": (
+                (redis_secret, redis_admin),
+                functools.partial(
+                    rotate_redis_password,
+                    redis_secret.uri.display,
+                    redis_admin.uri.display,
+                    policy=RedisPolicy(grace_seconds=0),
+                ),
+            ),
+        }
         results: dict[str, list[dict[str, Any]]] = {}
         for runbook, (involved, run) in runbooks.items():
             names = {store.uri.name: role for store, role in zip(involved, ("secret", "administrator"), strict=False)}
@@ -168,7 +163,7 @@ def bench_runbooks(base: Path, aws: Callable[[str], SecretStore], calls: Calls) 
             for _ in range(2):
                 stores.base._values = stores.base._ValueCache()  # each rotation as a new worker process starts it
                 with calls.counting() as seen:
-                    run()
+                    run(options=options)
                 results[runbook].append(_summary([row for row in seen if row[0] in names], names))
         return results
     finally:
