@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from typing import ClassVar
@@ -106,7 +106,7 @@ def _store_id(properties: SecretProperties) -> str:
 class _State:
     """The latest version (value and map) and the Key Vault versions, by store version id."""
 
-    latest: KeyVaultSecret
+    latest: KeyVaultSecret = field(repr=False)  # its value is CURRENT's
     versions: dict[str, list[SecretProperties]]  # store id -> its enabled Key Vault versions, newest first
     known: frozenset[str]  # every store id, disabled (discarded) ones included
 

@@ -122,7 +122,8 @@ class Snapshot:
 
     stages: StageMap
     versions: frozenset[str]  # every version the manager still knows, with or without a stage
-    token: Any = None  # what the adapter's writes compare against (revision, etag, resourceVersion, its whole read)
+    # What the adapter's writes compare against (revision, etag, resourceVersion, its whole read: values too).
+    token: Any = field(default=None, repr=False)
     staged_by: Mapping[str, str] = field(default_factory=dict)  # rotation id -> version id, where they differ
     forgotten: frozenset[str] = frozenset()  # ids of versions gone with their value, remembered so as not to reuse
     values: Mapping[str, str] = field(default_factory=dict, repr=False)  # values the same read returned
