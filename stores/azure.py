@@ -28,6 +28,7 @@ pins again.
 
 Key Vault has no conditional writes: before writing, this store re-reads the latest version and raises
 :class:`~stores.errors.StagingConflict` if another writer added one since the state was read (a check, not a lock).
+A discarded value's Key Vault versions stay, disabled, so its id is not staged again.
 
 Options: ``url=https://HOST[:PORT]`` for another vault URL (sovereign clouds, a private endpoint, a test double),
 ``ca_file=PATH`` for a private CA (TLS is always verified), ``verify_challenge_resource=false`` when the vault URL is
@@ -39,11 +40,10 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property
-from typing import ClassVar, TypeVar
-from urllib.parse import urlsplit
+from typing import ClassVar
 
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import (
@@ -58,8 +58,9 @@ from azure.core.exceptions import (
 from azure.identity import DefaultAzureCredential
 from azure.keyvault.secrets import KeyVaultSecret, SecretClient, SecretProperties
 
-from stores.base import SecretDescription, SecretStore, Stage, VersionInfo
+from stores.base import SecretStore, Snapshot, Stage, Staged, StageMap, shared_client
 from stores.errors import (
+    InvalidRequest,
     InvalidStoreURI,
     SecretExists,
     SecretNotFound,
@@ -77,17 +78,24 @@ _STAGE_TAGS = {
     Stage.PENDING: "rotation-pending",
     Stage.PREVIOUS: "rotation-previous",
 }
-_ROTATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,100}")
-_KEYVAULT_ID = re.compile(r"[0-9a-f]{32}")
-_T = TypeVar("_T")
-
-
-def _check_rotation_id(rotation_id: str) -> None:
-    if not _ROTATION_ID.fullmatch(rotation_id) or _KEYVAULT_ID.fullmatch(rotation_id):
-        raise ValueError(
-            f"rotation id {rotation_id!r} cannot name a Key Vault value: use 1-100 letters, digits, '.', '_', ':' or "
-            "'-', not 32 hexadecimal digits (the form of Key Vault's own version ids)"
-        )
+_ERRORS: dict[str, tuple[type[StoreError], str]] = {
+    "challenge": (StorePermissionDenied, "{store.vault_url} answered with a challenge for another resource than the "
+                  "vault URL, so no token was sent: check url=; for a vault behind a custom domain add "
+                  "verify_challenge_resource=false"),
+    "ResourceNotFoundError": (SecretNotFound, "the secret does not exist in {store.vault_url}: check the vault and "
+                              "secret names, or create it first"),
+    "ClientAuthenticationError": (StorePermissionDenied, "DefaultAzureCredential found no valid identity (sign in "
+                                  "with `az login`, or set AZURE_TENANT_ID/AZURE_CLIENT_ID with a secret, "
+                                  "certificate or workload identity, or run with a managed identity)"),
+    "ResourceExistsError": (StagingConflict, "Key Vault answered with a conflict (the secret may be deleted but "
+                            "recoverable: recover or purge it first)"),
+    "disabled": (VersionNotFound, "the version is disabled (discarded): it cannot be read"),
+    "denied": (StorePermissionDenied, "give the identity the 'Key Vault Secrets Officer' role on the vault (or an "
+               "access policy with get, list and set on secrets), and check the vault's firewall"),
+    "unavailable": (StoreUnavailable, "Key Vault at {store.vault_url} could not be reached or failed: check the "
+                    "vault URL, the network and the vault's firewall, then retry"),
+    "invalid": (InvalidRequest, "Key Vault refused the request as invalid"),
+}  # fmt: skip
 
 
 def _store_id(properties: SecretProperties) -> str:
@@ -96,20 +104,25 @@ def _store_id(properties: SecretProperties) -> str:
 
 @dataclass(frozen=True)
 class _State:
-    """The latest version (value and map) and every enabled Key Vault version, by store version id."""
+    """The latest version (value and map) and the Key Vault versions, by store version id."""
 
-    latest: KeyVaultSecret
+    latest: KeyVaultSecret = field(repr=False)  # its value is CURRENT's
     versions: dict[str, list[SecretProperties]]  # store id -> its enabled Key Vault versions, newest first
+    known: frozenset[str]  # every store id, disabled (discarded) ones included
 
     @property
     def latest_id(self) -> str:
         return _store_id(self.latest.properties)
 
-    def stages(self) -> dict[Stage, str | None]:
+    def stages(self) -> StageMap:
         tags = self.latest.properties.tags or {}
-        held: dict[Stage, str | None] = {stage: tags.get(tag) or None for stage, tag in _STAGE_TAGS.items()}
-        held[Stage.CURRENT] = held[Stage.CURRENT] or self.latest_id
-        return held
+        held = {stage.name.lower(): tags.get(tag) or None for stage, tag in _STAGE_TAGS.items()}
+        return StageMap(**{**held, "current": held["current"] or self.latest_id})
+
+
+def _tags(stages: StageMap, version_id: str) -> dict[str, str]:
+    held = {_STAGE_TAGS[stage]: stages.at(stage) for stage in Stage}
+    return {**{tag: v for tag, v in held.items() if v}, _VERSION_TAG: version_id}
 
 
 class AzureStore(SecretStore):
@@ -120,16 +133,16 @@ class AzureStore(SecretStore):
         "ca_file": "ca_file=/path/ca.pem",
         "verify_challenge_resource": "verify_challenge_resource=false (with url=)",
     }
+    ERRORS = _ERRORS
+    ROTATION_ID = re.compile(r"(?![0-9a-f]{32}$)[A-Za-z0-9._:-]{1,100}")
+    ROTATION_ID_RULE = (
+        "use 1-100 letters, digits, '.', '_', ':' or '-', not 32 hexadecimal digits (the form of Key Vault's own "
+        "version ids)"
+    )
 
     def __init__(self, uri: SecretURI, credential: TokenCredential | None = None) -> None:
         super().__init__(uri)
-        self.vault_url = uri.options.get("url") or f"https://{uri.location}.vault.azure.net"
-        parts = urlsplit(self.vault_url)
-        if parts.scheme != "https" or not parts.hostname or parts.path.strip("/"):
-            raise InvalidStoreURI(
-                f"vault url {self.vault_url!r} for {uri.display} must be https://HOST[:PORT]: Key Vault is reached "
-                "over TLS only"
-            )
+        self.vault_url = self._url_option("url", tls_only=True) or f"https://{uri.location}.vault.azure.net"
         verify_resource = uri.options.get("verify_challenge_resource", "true").lower()
         if verify_resource not in ("true", "false") or (verify_resource == "false" and "url" not in uri.options):
             raise InvalidStoreURI(
@@ -142,72 +155,104 @@ class AzureStore(SecretStore):
 
     @cached_property
     def client(self) -> SecretClient:
-        return SecretClient(
-            self.vault_url,
-            self._credential or DefaultAzureCredential(),
-            verify_challenge_resource=self._verify_resource,
-            connection_verify=self.uri.options.get("ca_file") or True,
-            retry_total=2,
+        ca_file = self.uri.options.get("ca_file")
+        return shared_client(
+            ("azure", self.vault_url, ca_file, self._verify_resource, self._credential),
+            lambda: SecretClient(
+                self.vault_url,
+                self._credential or DefaultAzureCredential(),
+                verify_challenge_resource=self._verify_resource,
+                connection_verify=ca_file or True,
+                retry_total=2,
+            ),
         )
 
-    # --- errors ---------------------------------------------------------------------------------------------------
-    def _call(self, action: str, fn: Callable[[], _T], missing: Callable[[], StoreError] | None = None) -> _T:
-        """Run one Key Vault call and turn its failures into store errors that name the secret, never a value."""
+    def _condition(self, exc: Exception, action: str) -> tuple[str, str] | None:
+        name = type(exc).__name__
+        if isinstance(exc, ValueError) and "challenge" in str(exc):
+            return "challenge", "authentication challenge for another resource"
+        if not isinstance(exc, AzureError):
+            return None
+        status = getattr(exc, "status_code", None) or 0
+        if isinstance(exc, ResourceNotFoundError | ClientAuthenticationError | ResourceExistsError):
+            return name, f"HTTP {status}"
+        if isinstance(exc, HttpResponseError) and status == 403:
+            return ("disabled" if _inner_code(exc) == "SecretDisabled" else "denied"), f"HTTP 403 {_inner_code(exc)}"
+        if isinstance(exc, ServiceRequestError | ServiceResponseError) or status in (429, 500, 502, 503, 504):
+            return "unavailable", name
+        return "invalid", f"HTTP {status} {name}"
+
+    # --- primitives -----------------------------------------------------------------------------------------------
+    def _snapshot(self, repair: bool) -> Snapshot:
+        state = self._state()
+        stages = state.stages()
+        if repair and state.latest_id != stages.current:  # a stage that stopped before its pin
+            self._settle(state, stages, "pin the CURRENT value as the latest version")
+            state = self._state()
+        values = {state.latest_id: state.latest.value} if state.latest.value is not None else {}
+        return Snapshot(stages=stages, versions=state.known, token=state, values=values)
+
+    def _read_value(self, version_id: str, snapshot: Snapshot | None) -> str:
+        state: _State = snapshot.token if snapshot is not None else self._state()
+        if version_id == state.latest_id and state.latest.value is not None:
+            return state.latest.value
+        holders = state.versions.get(version_id)
+        if not holders:
+            raise VersionNotFound(f"version {version_id} of {self.uri.display} does not exist or is disabled")
+        keyvault_id = str(holders[0].version)
+        secret = self._call(f"read version {version_id}", lambda: self.client.get_secret(self.secret_name, keyvault_id))
+        return secret.value or ""
+
+    def _write_stages(self, snapshot: Snapshot, stages: StageMap, staged: Staged | None = None) -> str | None:
+        state: _State = snapshot.token
+        self._guard(state, "change the stages")
+        if staged is None:
+            self._settle(state, stages, "change the stages")
+            return None
+        stages = stages.but(pending=staged.rotation_id)
+        current = stages.current or ""
+        current_value = self._value(current, snapshot)
+        # The map names CURRENT explicitly: the staged version, briefly the latest, must not become CURRENT.
+        self._write(staged.value, _tags(stages, staged.rotation_id), "stage a new version")
+        self._write(current_value, _tags(stages, current), "pin the CURRENT value as the latest version")
+        return staged.rotation_id
+
+    def _delete(self, snapshot: Snapshot, version_id: str) -> None:
+        """Disable every Key Vault version holding the value: Key Vault cannot delete one version."""
+        for properties in snapshot.token.versions.get(version_id, []):
+            keyvault_id = str(properties.version)
+            self._call(
+                "disable a discarded version",
+                lambda keyvault_id=keyvault_id: self.client.update_secret_properties(
+                    self.secret_name, keyvault_id, enabled=False
+                ),
+            )
+
+    def _describe(self, snapshot: Snapshot) -> list[tuple[str, datetime | None]]:
+        found = [
+            (version, min((p.created_on for p in holders if p.created_on), default=None))
+            for version, holders in snapshot.token.versions.items()
+        ]
+        return sorted(found, key=lambda v: (v[1] is None, v[1], v[0]))
+
+    def _create(self, value: str) -> str:
         try:
-            return fn()
-        except (AzureError, ValueError) as exc:
-            if isinstance(exc, ValueError) and "challenge" not in str(exc):
-                raise
-            error = self._translate(action, exc, missing)
-        # Raised outside the except block so that the SDK's exception is not chained onto ours.
-        raise error
+            self._latest()
+        except SecretNotFound:
+            pass
+        else:
+            raise SecretExists(f"secret {self.uri.display} already exists; nothing was written")
+        try:
+            written = self._write(value, {}, "create the secret")
+        except StagingConflict as exc:
+            raise SecretExists(str(exc)) from None
+        return str(written.properties.version)
 
-    def _translate(self, action: str, exc: Exception, missing: Callable[[], StoreError] | None) -> StoreError:
-        where = f"secret {self.secret_name!r} in {self.vault_url} ({self.uri.display})"
-        if isinstance(exc, ValueError):
-            return StorePermissionDenied(
-                f"{self.vault_url} answered with an authentication challenge for another resource than the vault "
-                f"URL, so no token was sent for {self.uri.display}: check url=; for a vault behind a custom domain "
-                "add verify_challenge_resource=false"
-            )
-        if isinstance(exc, ResourceNotFoundError):
-            return missing() if missing else self._no_secret()
-        if isinstance(exc, ClientAuthenticationError):
-            return StorePermissionDenied(
-                f"could not authenticate to {action} for {where}: DefaultAzureCredential found no valid identity "
-                "(sign in with `az login`, or set AZURE_TENANT_ID/AZURE_CLIENT_ID with a secret, certificate or "
-                "workload identity, or run with a managed identity)"
-            )
-        if isinstance(exc, ResourceExistsError):
-            return StagingConflict(
-                f"Key Vault refused to {action} for {where} with a conflict (the secret may be deleted but "
-                "recoverable: recover or purge it first)"
-            )
-        if isinstance(exc, HttpResponseError) and exc.status_code == 403:
-            if _inner_code(exc) == "SecretDisabled" and missing is not None:
-                return missing()
-            return StorePermissionDenied(
-                f"Key Vault denied permission to {action} for {where}: give the identity the 'Key Vault Secrets "
-                "Officer' role on the vault (or an access policy with get, list and set on secrets), and check the "
-                "vault's firewall"
-            )
-        if isinstance(exc, ServiceRequestError | ServiceResponseError) or (
-            isinstance(exc, HttpResponseError) and (exc.status_code or 0) in (429, 500, 502, 503, 504)
-        ):
-            return StoreUnavailable(
-                f"Key Vault at {self.vault_url} could not {action} for {self.uri.display} ({type(exc).__name__}): "
-                "check the vault URL, the network and the vault's firewall, then retry"
-            )
-        status = getattr(exc, "status_code", None)
-        return StoreError(f"Key Vault failed to {action} for {where}: HTTP {status} {type(exc).__name__}")
+    def _list(self) -> list[str]:
+        listed = self._call("list the secrets", lambda: list(self.client.list_properties_of_secrets()))
+        return sorted(str(p.name) for p in listed)
 
-    def _no_secret(self) -> SecretNotFound:
-        return SecretNotFound(
-            f"secret {self.secret_name!r} does not exist in {self.vault_url} ({self.uri.display}): check the vault "
-            "and secret names, or create it first"
-        )
-
-    # --- reads ----------------------------------------------------------------------------------------------------
+    # --- Key Vault calls ------------------------------------------------------------------------------------------
     def _latest(self) -> KeyVaultSecret:
         return self._call("read the latest version", lambda: self.client.get_secret(self.secret_name))
 
@@ -220,52 +265,8 @@ class AzureStore(SecretStore):
         for properties in sorted(listed, key=lambda p: p.created_on or 0, reverse=True):
             if properties.enabled:
                 versions[_store_id(properties)].append(properties)
-        return _State(latest, dict(versions))
+        return _State(latest, dict(versions), frozenset(_store_id(p) for p in listed))
 
-    def _value(self, state: _State, version_id: str, what: str) -> str:
-        if version_id == state.latest_id and state.latest.value is not None:
-            return state.latest.value
-        holders = state.versions.get(version_id)
-        if not holders:
-            raise VersionNotFound(f"{what} of {self.uri.display} does not exist or is disabled")
-        keyvault_id = str(holders[0].version)
-        secret = self._call(
-            f"read {what}",
-            lambda: self.client.get_secret(self.secret_name, keyvault_id),
-            lambda: VersionNotFound(f"{what} of {self.uri.display} does not exist or is disabled"),
-        )
-        return secret.value or ""
-
-    def read(self, stage: Stage = Stage.CURRENT) -> str:
-        stage = Stage(stage)
-        state = self._state()
-        version_id = state.stages()[stage]
-        if version_id is None:
-            raise VersionNotFound(f"no version of {self.uri.display} is {stage.value}")
-        return self._value(state, version_id, f"the {stage.value} version {version_id}")
-
-    def read_version(self, version_id: str) -> str:
-        return self._value(self._state(), version_id, f"version {version_id}")
-
-    def describe(self) -> SecretDescription:
-        state = self._state()
-        held = state.stages()
-        infos = [
-            VersionInfo(
-                version_id=version_id,
-                stages=tuple(stage for stage in Stage if held[stage] == version_id),
-                created_at=min((p.created_on for p in holders if p.created_on), default=None),
-            )
-            for version_id, holders in state.versions.items()
-        ]
-        infos.sort(key=lambda v: (v.created_at is None, v.created_at, v.version_id))
-        return SecretDescription(uri=self.uri.display, versions=tuple(infos))
-
-    def list(self) -> list[str]:
-        listed = self._call("list the secrets", lambda: list(self.client.list_properties_of_secrets()))
-        return sorted(str(p.name) for p in listed)
-
-    # --- writes ---------------------------------------------------------------------------------------------------
     def _guard(self, state: _State, action: str) -> None:
         """Refuse to write if another writer added a version since ``state`` was read (Key Vault has no etags)."""
         now = self._latest()
@@ -280,114 +281,16 @@ class AzureStore(SecretStore):
     def _write(self, value: str, tags: dict[str, str], action: str) -> KeyVaultSecret:
         return self._call(action, lambda: self.client.set_secret(self.secret_name, value, tags=tags))
 
-    def _settle(self, state: _State, stages: dict[Stage, str | None], action: str) -> None:
+    def _settle(self, state: _State, stages: StageMap, action: str) -> None:
         """Record ``stages`` so that the latest version holds the CURRENT value and carries the map."""
-        current = stages[Stage.CURRENT]
-        assert current is not None
-        tags = {_STAGE_TAGS[stage]: held for stage, held in stages.items() if held}
-        if state.latest_id == current:
-            if (state.latest.properties.tags or {}) == {**tags, _VERSION_TAG: current}:
-                return
+        current = stages.current or ""
+        tags = _tags(stages, current)
+        if state.latest_id != current:
+            value = self._value(current, Snapshot(stages=stages, versions=state.known, token=state))
+            self._write(value, tags, action)
+        elif (state.latest.properties.tags or {}) != tags:
             version = str(state.latest.properties.version)
-            self._call(
-                action,
-                lambda: self.client.update_secret_properties(
-                    self.secret_name, version, tags={**tags, _VERSION_TAG: current}
-                ),
-            )
-            return
-        self._write(self._value(state, current, f"version {current}"), {**tags, _VERSION_TAG: current}, action)
-
-    def create(self, value: str) -> str:
-        try:
-            self._latest()
-        except SecretNotFound:
-            pass
-        else:
-            raise SecretExists(f"secret {self.uri.display} already exists; nothing was written")
-        try:
-            written = self._write(value, {}, "create the secret")
-        except StagingConflict as exc:
-            raise SecretExists(str(exc)) from None
-        return str(written.properties.version)
-
-    def stage(self, value: str, rotation_id: str) -> str:
-        _check_rotation_id(rotation_id)
-        state = self._state()
-        stages = state.stages()
-        if rotation_id in state.versions:
-            if state.latest_id != stages[Stage.CURRENT]:  # an earlier stage stopped before its pin
-                self._settle(state, stages, "pin the CURRENT value as the latest version")
-            return rotation_id
-        if stages[Stage.PENDING] is not None:
-            raise StagingConflict(
-                f"{self.uri.display} already has a PENDING version staged by rotation {stages[Stage.PENDING]!r}: "
-                f"finish or roll back that rotation before staging {rotation_id!r}"
-            )
-        current = stages[Stage.CURRENT]
-        assert current is not None
-        current_value = self._value(state, current, f"the CURRENT version {current}")
-        # The map names CURRENT explicitly: the staged version, briefly the latest, must not become CURRENT.
-        tags = {_STAGE_TAGS[stage]: held for stage, held in {**stages, Stage.PENDING: rotation_id}.items() if held}
-        self._guard(state, "stage a new version")
-        self._write(value, {**tags, _VERSION_TAG: rotation_id}, "stage a new version")
-        self._write(current_value, {**tags, _VERSION_TAG: current}, "pin the CURRENT value as the latest version")
-        return rotation_id
-
-    def promote(self, rotation_id: str) -> None:
-        state = self._state()
-        if rotation_id not in state.versions:
-            raise VersionNotFound(f"{self.uri.display} has no version staged by rotation {rotation_id!r}")
-        stages = state.stages()
-        current, pending = stages[Stage.CURRENT], stages[Stage.PENDING]
-        if pending not in (None, rotation_id):
-            raise StagingConflict(
-                f"{self.uri.display}: PENDING belongs to rotation {pending!r}, not {rotation_id!r}; nothing changed"
-            )
-        if current != rotation_id:
-            stages = {Stage.CURRENT: rotation_id, Stage.PREVIOUS: current, Stage.PENDING: None}
-        else:
-            stages[Stage.PENDING] = None
-        self._guard(state, "promote the PENDING version")
-        self._settle(state, stages, "promote the PENDING version")
-
-    def revert(self, rotation_id: str, previous_version: str | None) -> None:
-        """Undo a promotion; a rotation that was only staged loses its PENDING stage (its value stays enabled)."""
-        state = self._state()
-        stages = state.stages()
-        if stages[Stage.PENDING] == rotation_id:
-            stages[Stage.PENDING] = None
-        elif stages[Stage.CURRENT] == rotation_id:
-            restored = stages[Stage.PREVIOUS]
-            if restored is None or restored not in state.versions:
-                raise VersionNotFound(
-                    f"cannot revert rotation {rotation_id!r} of {self.uri.display}: no PREVIOUS version to make CURRENT"
-                )
-            keep = previous_version if previous_version in state.versions else None
-            stages = {Stage.CURRENT: restored, Stage.PREVIOUS: keep, Stage.PENDING: None}
-        else:
-            return
-        self._guard(state, "revert the rotation")
-        self._settle(state, stages, "revert the rotation")
-
-    def discard(self, rotation_id: str) -> None:
-        """Unstage the value and disable every Key Vault version holding it; a CURRENT value is left alone."""
-        state = self._state()
-        stages = state.stages()
-        if rotation_id not in state.versions or stages[Stage.CURRENT] == rotation_id:
-            return
-        kept = {stage: (None if held == rotation_id else held) for stage, held in stages.items()}
-        self._guard(state, "discard the staged version")
-        self._settle(state, kept, "discard the staged version")
-        for properties in state.versions[rotation_id]:
-            self._disable(str(properties.version))
-
-    def _disable(self, keyvault_id: str) -> None:
-        self._call(
-            "disable a discarded version",
-            lambda: self.client.update_secret_properties(self.secret_name, keyvault_id, enabled=False),
-            lambda: VersionNotFound(f"a version of {self.uri.display} vanished while it was being disabled"),
-        )
+            self._call(action, lambda: self.client.update_secret_properties(self.secret_name, version, tags=tags))
 
 
 def _inner_code(exc: HttpResponseError) -> str:

@@ -1,6 +1,7 @@
 """Store errors: one type per condition, each a branch of the project's error tree (``errors``).
 
-Every adapter maps its SDK's errors onto these once; messages name the store and the secret, never a value.
+Every adapter maps its SDK's errors onto these in one place (its ``_translate``); the stage transitions, written once
+in :mod:`stores.base`, raise the same types for every store. Messages name the store and the secret, never a value.
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ class StoreError(RotationError):
 
 
 class InvalidStoreURI(StoreError, BadInput, ValueError):
-    """A store URI that cannot be parsed or names an unknown kind of store."""
+    """A store URI that cannot be parsed, names an unknown kind of store, or a store that cannot be used as named."""
+
+
+class InvalidRotationId(StoreError, BadInput):
+    """A rotation id that this secret manager cannot use to name a version."""
+
+
+class InvalidRequest(StoreError, BadInput):
+    """The secret manager refused the request as invalid, or holds a value this project cannot use (binary data)."""
 
 
 class SecretNotFound(StoreError, NotFound):

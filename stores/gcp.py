@@ -12,9 +12,11 @@ Layout of ``gcp://PROJECT/SECRET_ID[?endpoint=URL]``:
 
 Every change of aliases and annotations is a ``secrets.patch`` carrying the etag that was read, so a concurrent writer
 makes it fail (FAILED_PRECONDITION) and this store raises :class:`~stores.errors.StagingConflict` with nothing
-changed. A discarded version is destroyed (its payload is erased for good, so a value that never went live cannot be
-re-enabled); a reverted one stays enabled with no alias. A secret with versions but no ``current`` alias (written by
-other tools) has its newest enabled version as CURRENT until the first rotation pins the alias.
+changed; aliases this store does not own are kept. A discarded or pruned version is destroyed (its payload is erased
+for good, so a value that never went live cannot be re-enabled); its annotation stays, so its rotation id is not
+staged again. A secret with versions but no ``current`` alias (written by other tools) has its newest enabled version
+as CURRENT until the first rotation pins the alias. Every number up to the highest this store recorded names a
+version (Secret Manager numbers them 1, 2, 3...), which is how a revert knows an older version without listing them.
 
 Credentials: application default credentials (``GOOGLE_APPLICATION_CREDENTIALS``, ``gcloud auth
 application-default login``, or the metadata server). The client speaks the REST API (``transport="rest"``); the
@@ -26,12 +28,10 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
-from typing import ClassVar, TypeVar
-from urllib.parse import urlsplit
+from typing import ClassVar
 
 import requests
 from google.api_core import exceptions as gexc
@@ -42,9 +42,9 @@ from google.auth.credentials import Credentials
 from google.cloud import secretmanager_v1 as sm
 from google.protobuf import field_mask_pb2
 
-from stores.base import SecretDescription, SecretStore, Stage, VersionInfo
+from stores.base import SecretStore, Snapshot, Stage, Staged, StageMap, shared_client
 from stores.errors import (
-    InvalidStoreURI,
+    InvalidRequest,
     SecretExists,
     SecretNotFound,
     StagingConflict,
@@ -57,10 +57,7 @@ from stores.uri import SecretURI
 
 _ALIASES = {Stage.CURRENT: "current", Stage.PENDING: "pending", Stage.PREVIOUS: "previous"}
 _PREFIX = "rotation."
-# Annotation keys: at most 63 characters, alphanumeric at both ends.
-_ROTATION_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,52}[A-Za-z0-9])?")
 _KEPT_UNSTAGED = 16  # rotation annotations kept for versions with no alias; annotations are limited to 16 KiB
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 _TIMEOUT = 30.0
 # Reads are retried on transient errors; writes are not (a step is retried as a whole, and is idempotent).
 _READ_RETRY = Retry(
@@ -69,15 +66,21 @@ _READ_RETRY = Retry(
     maximum=2.0,
     timeout=10.0,
 )
-_T = TypeVar("_T")
-
-
-def _check_rotation_id(rotation_id: str) -> None:
-    if not _ROTATION_ID.fullmatch(rotation_id):
-        raise ValueError(
-            f"rotation id {rotation_id!r} cannot name a Secret Manager annotation: use 1-54 letters, digits, '.', "
-            "'_' or '-', starting and ending with a letter or digit"
-        )
+_ERRORS: dict[str, tuple[type[StoreError], str]] = {
+    "missing": (SecretNotFound, "secret {store.secret_id!r} does not exist in project {store.project!r}: check the "
+                "project and secret id, or create it first"),
+    "changed": (StagingConflict, "another writer changed the secret since it was read (etag mismatch); nothing was "
+                "changed by this step, retry it"),
+    "gone": (VersionNotFound, "the version is disabled or destroyed"),
+    "rejected": (StorePermissionDenied, "Google rejected the credentials: renew them (`gcloud auth "
+                 "application-default login`) or check GOOGLE_APPLICATION_CREDENTIALS"),
+    "denied": (StorePermissionDenied, "grant the caller roles/secretmanager.admin on the secret (or secretAccessor "
+               "and secretVersionManager), and check that project {store.project!r} exists"),
+    "exists": (SecretExists, "the secret already exists; nothing was written"),
+    "conflict": (StagingConflict, "a concurrent change conflicted; retry the step"),
+    "unavailable": (StoreUnavailable, "Secret Manager could not be reached or failed: check the network and retry"),
+    "invalid": (InvalidRequest, "Secret Manager refused the request as invalid"),
+}  # fmt: skip
 
 
 def _number(version_name: str) -> int:
@@ -95,11 +98,13 @@ class _State:
     def at(self, stage: Stage) -> int | None:
         return self.aliases.get(_ALIASES[stage])
 
-    def recorded(self, rotation_id: str) -> str | None:
-        return self.annotations.get(_PREFIX + rotation_id)
-
-    def rotation_of(self, number: int) -> str | None:
-        return next((k.removeprefix(_PREFIX) for k, v in self.annotations.items() if v == str(number)), None)
+    def recorded(self) -> dict[str, int]:
+        """Rotation id -> the version it staged."""
+        return {
+            k.removeprefix(_PREFIX): int(v)
+            for k, v in self.annotations.items()
+            if k.startswith(_PREFIX) and v.isdigit()
+        }
 
     def pruned(self, annotations: dict[str, str], aliases: dict[str, int]) -> dict[str, str]:
         """``annotations`` without the records of old rotations whose versions no longer carry a stage."""
@@ -118,21 +123,16 @@ class GcpStore(SecretStore):
     """One secret in Google Secret Manager (see the module docstring for the layout)."""
 
     OPTIONS: ClassVar[dict[str, str]] = {"endpoint": "endpoint=URL"}
+    ERRORS = _ERRORS
+    ROTATION_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,52}[A-Za-z0-9])?")
+    ROTATION_ID_RULE = (
+        "it names a Secret Manager annotation: use 1-54 letters, digits, '.', '_' or '-', starting and ending with a "
+        "letter or digit"
+    )
 
     def __init__(self, uri: SecretURI, credentials: Credentials | None = None) -> None:
         super().__init__(uri)
-        self.endpoint = uri.options.get("endpoint")
-        if self.endpoint is not None:
-            parts = urlsplit(self.endpoint)
-            if parts.scheme not in ("https", "http") or not parts.hostname:
-                raise InvalidStoreURI(
-                    f"endpoint {self.endpoint!r} in {uri.display} is not a URL: use https://HOST[:PORT]"
-                )
-            if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
-                raise InvalidStoreURI(
-                    f"endpoint {self.endpoint!r} in {uri.display} is plain HTTP to another host: use https:// "
-                    "(plain HTTP is accepted for a local test server on 127.0.0.1 only)"
-                )
+        self.endpoint = self._url_option("endpoint")
         self.project, self.secret_id = uri.location, uri.name
         self.name = f"projects/{self.project}/secrets/{self.secret_id}"
         self._credentials = credentials
@@ -141,72 +141,126 @@ class GcpStore(SecretStore):
     def client(self) -> sm.SecretManagerServiceClient:
         options = ClientOptions(api_endpoint=self.endpoint) if self.endpoint else None
         try:
-            return sm.SecretManagerServiceClient(
-                credentials=self._credentials, transport="rest", client_options=options
+            return shared_client(
+                ("gcp", self.endpoint, self._credentials),
+                lambda: sm.SecretManagerServiceClient(
+                    credentials=self._credentials, transport="rest", client_options=options
+                ),
             )
         except auth_errors.DefaultCredentialsError:
-            pass
-        raise StorePermissionDenied(
-            f"no Google credentials for {self.uri.display}: run `gcloud auth application-default login`, or set "
-            "GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, or run where a metadata server gives one"
-        )
+            raise StorePermissionDenied(
+                f"no Google credentials for {self.uri.display}: run `gcloud auth application-default login`, or set "
+                "GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, or run where a metadata server gives one"
+            ) from None
 
-    # --- errors ---------------------------------------------------------------------------------------------------
-    def _call(self, action: str, fn: Callable[[], _T], missing: Callable[[], StoreError] | None = None) -> _T:
-        """Run one API call and turn its failures into store errors that name the secret, never a value."""
-        try:
-            return fn()
-        except (gexc.GoogleAPIError, auth_errors.GoogleAuthError, requests.RequestException) as exc:
-            error = self._translate(action, exc, missing)
-        # Raised outside the except block so that the SDK's exception is not chained onto ours.
-        raise error
-
-    def _translate(self, action: str, exc: Exception, missing: Callable[[], StoreError] | None) -> StoreError:
-        where = f"{self.uri.display} ({self.name})"
-        status = _status(exc)
+    def _condition(self, exc: Exception, action: str) -> tuple[str, str] | None:
+        if not isinstance(exc, gexc.GoogleAPIError | auth_errors.GoogleAuthError | requests.RequestException):
+            return None
+        status = _status(exc) or type(exc).__name__
         if isinstance(exc, gexc.NotFound):
-            return missing() if missing else self._no_secret()
-        if status == "FAILED_PRECONDITION" and "etag" in str(getattr(exc, "message", "")):
-            return StagingConflict(
-                f"could not {action} for {where}: another writer changed the secret since it was read (etag "
-                "mismatch); nothing was changed by this step, retry it"
-            )
-        if status == "FAILED_PRECONDITION" and missing is not None:
-            return missing()
+            return "missing", status
+        if status == "FAILED_PRECONDITION":
+            return ("changed" if "etag" in str(getattr(exc, "message", "")) else "gone"), status
         if isinstance(exc, gexc.Unauthenticated | auth_errors.RefreshError):
-            return StorePermissionDenied(
-                f"Google rejected the credentials used to {action} for {where}: renew them (`gcloud auth "
-                "application-default login`) or check GOOGLE_APPLICATION_CREDENTIALS"
-            )
+            return "rejected", status
         if isinstance(exc, gexc.PermissionDenied | gexc.Forbidden):
-            return StorePermissionDenied(
-                f"permission denied to {action} for {where}: grant the caller roles/secretmanager.admin on the "
-                f"secret (or secretAccessor and secretVersionManager), and check that project {self.project!r} "
-                f"exists ({getattr(exc, 'message', '')})"
-            )
+            return "denied", status
+        if isinstance(exc, gexc.AlreadyExists) or status == "ALREADY_EXISTS":
+            return "exists", status
         if isinstance(exc, gexc.Conflict | gexc.Aborted):
-            return StagingConflict(f"could not {action} for {where}: a concurrent change conflicted; retry the step")
-        if isinstance(
-            exc,
-            gexc.ServiceUnavailable
-            | gexc.InternalServerError
-            | gexc.DeadlineExceeded
-            | gexc.RetryError
-            | requests.RequestException,
-        ):
-            return StoreUnavailable(
-                f"Secret Manager{' at ' + self.endpoint if self.endpoint else ''} could not {action} for "
-                f"{self.uri.display} ({type(exc).__name__}): check the network and retry"
-            )
-        return StoreError(f"Secret Manager refused to {action} for {where}: {status or type(exc).__name__}")
+            return "conflict", status
+        transient = gexc.ServiceUnavailable | gexc.InternalServerError | gexc.DeadlineExceeded | gexc.RetryError
+        return ("unavailable" if isinstance(exc, transient | requests.RequestException) else "invalid"), status
 
-    def _no_secret(self) -> SecretNotFound:
-        return SecretNotFound(
-            f"secret {self.secret_id!r} does not exist in project {self.project!r} ({self.uri.display}): check the "
-            "project and secret id, or create it first"
+    # --- primitives -----------------------------------------------------------------------------------------------
+    def _snapshot(self, repair: bool) -> Snapshot:
+        state = self._state()
+        if repair:
+            state = self._adopt_interrupted(state)
+        held = {stage: state.at(stage) for stage in Stage}
+        if held[Stage.CURRENT] is None:
+            held[Stage.CURRENT] = self._newest_enabled()
+        recorded = state.recorded()
+        highest = max([n for n in held.values() if n] + list(recorded.values()), default=0)
+        return Snapshot(
+            stages=StageMap(**{stage.name.lower(): str(n) if n else None for stage, n in held.items()}),
+            versions=frozenset(str(n) for n in range(1, highest + 1)),
+            token=state,
+            staged_by={rotation: str(n) for rotation, n in recorded.items()},
         )
 
-    # --- reads ----------------------------------------------------------------------------------------------------
+    def _read_value(self, version_id: str, snapshot: Snapshot | None) -> str:
+        if not version_id.isdigit():
+            raise VersionNotFound(f"{self.uri.display} has no version {version_id!r}: version ids are numbers")
+        answer = self._call(
+            f"read version {version_id}",
+            lambda: self.client.access_secret_version(
+                name=f"{self.name}/versions/{version_id}", retry=_READ_RETRY, timeout=_TIMEOUT
+            ),
+        )
+        try:
+            return answer.payload.data.decode()
+        except UnicodeDecodeError:
+            raise InvalidRequest(
+                f"version {version_id} of {self.uri.display} is not UTF-8 text; this store keeps text values"
+            ) from None
+
+    def _write_stages(self, snapshot: Snapshot, stages: StageMap, staged: Staged | None = None) -> str | None:
+        state: _State = snapshot.token
+        if staged is None:
+            self._patch(state, "move the aliases", self._aliases(state, stages), state.annotations)
+            return None
+        key = _PREFIX + staged.rotation_id
+        if key not in state.annotations:  # else an earlier attempt recorded its intent and added nothing
+            highest = max((_number(v.name) for v in self._versions()), default=0)
+            # Only one rotation stages at a time: an intent left by another is stale, and is dropped.
+            kept = {k: v for k, v in state.annotations.items() if not v.startswith("adding:")}
+            state = self._patch(state, "record the staging intent", state.aliases, {**kept, key: f"adding:{highest}"})
+        number = self._add(staged.value)
+        aliases = self._aliases(state, stages.but(pending=str(number)))
+        try:
+            self._patch(state, "record the PENDING alias", aliases, {**state.annotations, key: str(number)})
+        except StagingConflict:
+            self._destroy(number)
+            raise
+        return str(number)
+
+    def _delete(self, snapshot: Snapshot, version_id: str) -> None:
+        with contextlib.suppress(VersionNotFound):  # destroyed by an earlier attempt: what was asked is done
+            self._destroy(int(version_id))
+
+    def _describe(self, snapshot: Snapshot) -> list[tuple[str, datetime | None]]:
+        enabled = [v for v in self._versions() if v.state == sm.SecretVersion.State.ENABLED]
+        return [(str(_number(v.name)), v.create_time if isinstance(v.create_time, datetime) else None) for v in enabled]
+
+    def _create(self, value: str) -> str:
+        secret = sm.Secret(replication=sm.Replication(automatic=sm.Replication.Automatic()))
+        try:
+            self._call(
+                "create the secret",
+                lambda: self.client.create_secret(
+                    parent=f"projects/{self.project}", secret_id=self.secret_id, secret=secret, timeout=_TIMEOUT
+                ),
+            )
+        except SecretExists:
+            # An empty secret is what a create interrupted before its first version leaves: finish it.
+            if self._state().aliases or self._versions():
+                raise
+        state = self._state()
+        number = self._add(value)
+        self._patch(state, "record the CURRENT alias", {"current": number}, state.annotations)
+        return str(number)
+
+    def _list(self) -> list[str]:
+        secrets = self._call(
+            "list the secrets",
+            lambda: list(
+                self.client.list_secrets(parent=f"projects/{self.project}", retry=_READ_RETRY, timeout=_TIMEOUT)
+            ),
+        )
+        return sorted(s.name.rpartition("/")[2] for s in secrets)
+
+    # --- Secret Manager calls -------------------------------------------------------------------------------------
     def _state(self) -> _State:
         secret = self._call(
             "read the secret", lambda: self.client.get_secret(name=self.name, retry=_READ_RETRY, timeout=_TIMEOUT)
@@ -221,84 +275,34 @@ class GcpStore(SecretStore):
         )
         return sorted(pages, key=lambda v: _number(v.name))
 
-    def _current(self, state: _State) -> int | None:
-        """CURRENT's version number: the ``current`` alias, else (a secret from other tools) the newest enabled one."""
-        if state.at(Stage.CURRENT) is not None:
-            return state.at(Stage.CURRENT)
+    def _newest_enabled(self) -> int | None:
+        """CURRENT of a secret written by other tools (no ``current`` alias): its newest enabled version."""
         enabled = [_number(v.name) for v in self._versions() if v.state == sm.SecretVersion.State.ENABLED]
-        return max(enabled) if enabled else None
+        return max(enabled, default=None)
 
-    def _access(self, number: int, what: str) -> str:
-        missing = lambda: VersionNotFound(f"{what} of {self.uri.display} does not exist or is disabled")  # noqa: E731
-        answer = self._call(
-            f"read {what}",
-            lambda: self.client.access_secret_version(
-                name=f"{self.name}/versions/{number}", retry=_READ_RETRY, timeout=_TIMEOUT
-            ),
-            missing,
-        )
-        try:
-            return answer.payload.data.decode()
-        except UnicodeDecodeError:
-            raise StoreError(f"{what} of {self.uri.display} is not UTF-8 text; this store keeps text values") from None
-
-    def _staged(self, state: _State, rotation_id: str) -> int | None:
-        """The version staged by ``rotation_id``, unless it was discarded (destroyed)."""
-        recorded = state.recorded(rotation_id)
-        if recorded is None or not recorded.isdigit():
-            return None
-        number = int(recorded)
-        version = self._call(
-            f"read version {number}",
-            lambda: self.client.get_secret_version(
-                name=f"{self.name}/versions/{number}", retry=_READ_RETRY, timeout=_TIMEOUT
-            ),
-            lambda: VersionNotFound(f"version {number} of {self.uri.display} does not exist"),
-        )
-        return None if version.state == sm.SecretVersion.State.DESTROYED else number
-
-    def read(self, stage: Stage = Stage.CURRENT) -> str:
-        stage = Stage(stage)
-        state = self._state()
-        number = self._current(state) if stage is Stage.CURRENT else state.at(stage)
-        if number is None:
-            raise VersionNotFound(f"no version of {self.uri.display} is {stage.value}")
-        return self._access(number, f"the {stage.value} version {number}")
-
-    def read_version(self, version_id: str) -> str:
-        self._state()  # a missing secret is SecretNotFound, not VersionNotFound
-        if not version_id.isdigit():
-            raise VersionNotFound(f"{self.uri.display} has no version {version_id!r}: version ids are numbers")
-        return self._access(int(version_id), f"version {version_id}")
-
-    def describe(self) -> SecretDescription:
-        state = self._state()
-        held = {stage: self._current(state) if stage is Stage.CURRENT else state.at(stage) for stage in Stage}
-        versions = []
-        for version in self._versions():
-            if version.state != sm.SecretVersion.State.ENABLED:
-                continue
-            number = _number(version.name)
-            created = version.create_time
-            versions.append(
-                VersionInfo(
-                    version_id=str(number),
-                    stages=tuple(stage for stage in Stage if held[stage] == number),
-                    created_at=created if isinstance(created, datetime) else None,
-                )
+    def _adopt_interrupted(self, state: _State) -> _State:
+        """A stage that crashed after adding its version and before recording it: record that version as PENDING."""
+        intents = [(k, v) for k, v in state.annotations.items() if k.startswith(_PREFIX) and v.startswith("adding:")]
+        if not intents or state.at(Stage.PENDING) is not None:
+            return state
+        (key, intent), recorded = intents[0], set(state.recorded().values())  # one: a new intent replaces the old
+        enabled = [_number(v.name) for v in self._versions() if v.state == sm.SecretVersion.State.ENABLED]
+        written = [n for n in enabled if n > int(intent.removeprefix("adding:")) and n not in recorded]
+        if len(written) > 1:
+            raise StagingConflict(
+                f"{self.uri.display}: versions {written} were added while rotation {key.removeprefix(_PREFIX)!r} was "
+                "staging; someone else writes this secret: check who, then discard this rotation"
             )
-        return SecretDescription(uri=self.uri.display, versions=tuple(versions))
+        if not written:
+            return state
+        aliases, annotations = {**state.aliases, "pending": written[0]}, {**state.annotations, key: str(written[0])}
+        return self._patch(state, "record an interrupted stage", aliases, annotations)
 
-    def list(self) -> list[str]:
-        secrets = self._call(
-            "list the secrets",
-            lambda: list(
-                self.client.list_secrets(parent=f"projects/{self.project}", retry=_READ_RETRY, timeout=_TIMEOUT)
-            ),
-        )
-        return sorted(s.name.rpartition("/")[2] for s in secrets)
+    def _aliases(self, state: _State, stages: StageMap) -> dict[str, int]:
+        """The secret's aliases with this store's three set to ``stages``; others' aliases are kept."""
+        ours = {_ALIASES[stage]: int(v) for stage in Stage if (v := stages.at(stage))}
+        return {**{k: v for k, v in state.aliases.items() if k not in _ALIASES.values()}, **ours}
 
-    # --- writes ---------------------------------------------------------------------------------------------------
     def _patch(self, state: _State, action: str, aliases: dict[str, int], annotations: dict[str, str]) -> _State:
         """Replace aliases and annotations if the secret's etag is still the one read (else StagingConflict)."""
         annotations = state.pruned(annotations, aliases)
@@ -323,132 +327,7 @@ class GcpStore(SecretStore):
             lambda: self.client.destroy_secret_version(
                 request={"name": f"{self.name}/versions/{number}"}, retry=None, timeout=_TIMEOUT
             ),
-            lambda: VersionNotFound(f"version {number} of {self.uri.display} is already destroyed"),
         )
-
-    def create(self, value: str) -> str:
-        secret = sm.Secret(replication=sm.Replication(automatic=sm.Replication.Automatic()))
-        try:
-            self._call(
-                "create the secret",
-                lambda: self.client.create_secret(
-                    parent=f"projects/{self.project}", secret_id=self.secret_id, secret=secret, timeout=_TIMEOUT
-                ),
-            )
-        except StagingConflict:
-            # An empty secret is what a create interrupted before its first version leaves: finish it.
-            if self._state().aliases or self._versions():
-                raise SecretExists(f"secret {self.uri.display} already exists; nothing was written") from None
-        state = self._state()
-        number = self._add(value)
-        self._patch(state, "record the CURRENT alias", {"current": number}, state.annotations)
-        return str(number)
-
-    def stage(self, value: str, rotation_id: str) -> str:
-        _check_rotation_id(rotation_id)
-        state = self._state()
-        staged = self._staged(state, rotation_id)
-        if staged is not None:
-            return str(staged)
-        pending = state.at(Stage.PENDING)
-        if pending is not None:
-            raise StagingConflict(
-                f"{self.uri.display} already has a PENDING version {pending} staged by rotation "
-                f"{state.rotation_of(pending)!r}: finish or roll back that rotation before staging {rotation_id!r}"
-            )
-        current = self._current(state)
-        if current is None:
-            raise VersionNotFound(f"{self.uri.display} has no enabled version to stage a rotation beside")
-        key = _PREFIX + rotation_id
-        versions = self._versions()
-        intent = state.recorded(rotation_id) or ""
-        adopted: int | None = None
-        if intent.startswith("adding:"):
-            after = int(intent.removeprefix("adding:"))
-            written = [
-                _number(v.name)
-                for v in versions
-                if _number(v.name) > after and v.state == sm.SecretVersion.State.ENABLED
-            ]
-            if len(written) > 1:
-                raise StagingConflict(
-                    f"{self.uri.display}: versions {written} were added while rotation {rotation_id!r} was staging; "
-                    "someone else writes this secret: check who, then discard this rotation"
-                )
-            adopted = written[0] if written else None
-        else:
-            highest = max((_number(v.name) for v in versions), default=0)
-            state = self._patch(
-                state, "record the staging intent", state.aliases, {**state.annotations, key: f"adding:{highest}"}
-            )
-        number = adopted if adopted is not None else self._add(value)
-        aliases = {**state.aliases, "current": current, "pending": number}
-        try:
-            self._patch(state, "record the PENDING alias", aliases, {**state.annotations, key: str(number)})
-        except StagingConflict:
-            if adopted is None:
-                self._destroy(number)
-            raise
-        return str(number)
-
-    def promote(self, rotation_id: str) -> None:
-        state = self._state()
-        number = self._staged(state, rotation_id)
-        if number is None:
-            raise VersionNotFound(f"{self.uri.display} has no version staged by rotation {rotation_id!r}")
-        current, pending = self._current(state), state.at(Stage.PENDING)
-        if pending not in (None, number):
-            raise StagingConflict(
-                f"{self.uri.display}: PENDING belongs to rotation {state.rotation_of(pending)!r}, not "
-                f"{rotation_id!r}; nothing changed"
-            )
-        if current == number and pending is None:
-            return
-        aliases = {k: v for k, v in state.aliases.items() if k != "pending"}
-        if current != number:
-            aliases["current"] = number
-            if current is not None:
-                aliases["previous"] = current
-        self._patch(state, "promote the PENDING version", aliases, state.annotations)
-
-    def revert(self, rotation_id: str, previous_version: str | None) -> None:
-        """Undo a promotion; a rotation that was only staged loses its PENDING alias (its version stays enabled)."""
-        state = self._state()
-        number = self._staged(state, rotation_id)
-        if number is None:
-            return
-        aliases = dict(state.aliases)
-        if state.at(Stage.PENDING) == number:
-            del aliases["pending"]
-            self._patch(state, "drop the PENDING alias", aliases, state.annotations)
-            return
-        if state.at(Stage.CURRENT) != number:
-            return
-        restored = state.at(Stage.PREVIOUS)
-        if restored is None:
-            raise VersionNotFound(
-                f"cannot revert rotation {rotation_id!r} of {self.uri.display}: no PREVIOUS version to make CURRENT"
-            )
-        aliases["current"] = restored
-        aliases.pop("previous")
-        if previous_version and previous_version.isdigit() and self._enabled(int(previous_version)):
-            aliases["previous"] = int(previous_version)
-        self._patch(state, "revert the promotion", aliases, state.annotations)
-
-    def _enabled(self, number: int) -> bool:
-        return any(_number(v.name) == number and v.state == sm.SecretVersion.State.ENABLED for v in self._versions())
-
-    def discard(self, rotation_id: str) -> None:
-        """Drop the aliases of the staged version, then destroy it; a CURRENT version is left alone."""
-        state = self._state()
-        number = self._staged(state, rotation_id)
-        if number is None or self._current(state) == number:
-            return
-        aliases = {k: v for k, v in state.aliases.items() if v != number}
-        if aliases != state.aliases:
-            self._patch(state, "drop the aliases of the discarded version", aliases, state.annotations)
-        with contextlib.suppress(VersionNotFound):  # destroyed by an earlier attempt: what was asked is done
-            self._destroy(number)
 
 
 def _status(exc: Exception) -> str:

@@ -1,16 +1,31 @@
 """The embedded store: many secrets in one SQLite file, each value encrypted with AES-GCM under a key file.
 
 ``local:///var/lib/rotate/store.db?secret=jwt`` names the secret ``jwt`` in that file; the key lives beside it
-(``store.db.key``) unless ``key=/abs/path`` says otherwise. The key file is created on first write with mode 0600 and
-refused when anyone but its owner may read it. Every mutation is one ``BEGIN IMMEDIATE`` transaction in WAL mode with
-``synchronous=FULL``, so writers in several processes serialize and a crash leaves the last committed state.
-Stages follow AWS Secrets Manager's labels: at most one version per stage, enforced by the schema itself.
+(``store.db.key``) unless ``key=/abs/path`` says otherwise. What it refuses, so that a mistake never costs data:
+
+- a file that is not a store: store files carry SQLite's ``application_id`` 0x726F7461 ("rota"), read from the
+  file's header before SQLite opens it, so another database or a rotation journal is refused and left byte for byte
+  as it was (no table added, no switch to WAL, no key file made);
+- a new key for a store that holds versions: the key file is created (mode 0600) only with the file's first
+  version; the key of a store with versions missing is an error that says to restore it; a key file others may
+  read is refused;
+- a stage map it did not write: each secret's stage map carries an HMAC under a key derived from the store's key,
+  so a pointer edited in the file is detected, never served (each value's AES-GCM tag binds it to its secret and
+  version id the same way). An older map copied back over a newer one is not detected: keep backups private too.
+
+A consumer with a read-only mount of the store (file and folder not writable) reads CURRENT: reads open the file
+read-only, and immutable when the folder cannot hold SQLite's shared-memory file (with no ``-wal`` file beside it,
+no writer has it open). Every operation is one transaction (``BEGIN IMMEDIATE`` for changes) in WAL mode with
+``synchronous=FULL`` and ``secure_delete`` (a destroyed version's ciphertext is overwritten, not left in a free
+page), so writers in several processes serialize and a crash leaves the last committed state.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import sqlite3
@@ -19,52 +34,65 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
+from urllib.parse import quote
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random
 
-from stores.base import SecretDescription, SecretStore, Stage, VersionInfo
+from stores.base import SecretStore, Snapshot, Staged, StageMap
 from stores.errors import (
     InvalidStoreURI,
     SecretExists,
     SecretNotFound,
     StagingConflict,
+    StoreError,
     StorePermissionDenied,
     StoreUnavailable,
     VersionNotFound,
 )
 from stores.uri import SecretURI
 
-_SCHEMA_VERSION = 1
+_APPLICATION_ID = 0x726F7461  # "rota", in the SQLite header of every store file
 _SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS versions (
+    """CREATE TABLE versions (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         secret TEXT NOT NULL, version_id TEXT NOT NULL,
         ciphertext BLOB NOT NULL, nonce BLOB NOT NULL, created_at TEXT NOT NULL,
         UNIQUE (secret, version_id))""",
-    # The primary key is what makes "one version per stage" impossible to break, even by a buggy writer.
-    """CREATE TABLE IF NOT EXISTS stages (
-        secret TEXT NOT NULL,
-        stage TEXT NOT NULL CHECK (stage IN ('CURRENT', 'PENDING', 'PREVIOUS')),
-        version_id TEXT NOT NULL,
-        PRIMARY KEY (secret, stage),
-        FOREIGN KEY (secret, version_id) REFERENCES versions (secret, version_id) ON DELETE CASCADE)""",
-    f"PRAGMA user_version = {_SCHEMA_VERSION}",
+    # One row per secret: a map holds at most one version per stage by construction; the MAC covers the revision.
+    "CREATE TABLE stage_maps (secret TEXT PRIMARY KEY, revision INTEGER NOT NULL, stages TEXT NOT NULL, mac BLOB)",
+    f"PRAGMA application_id = {_APPLICATION_ID}",
+    "PRAGMA user_version = 2",
 )
 _KEY_BYTES = 32
 _BUSY_TIMEOUT_S = 30.0
+_ERRORS: dict[str, tuple[type[StoreError], str]] = {
+    "locked": (StoreUnavailable, "the file stayed locked by another writer past the busy timeout: retry when the "
+               "other rotation's step has finished"),
+    "readonly": (StorePermissionDenied, "the file is read-only for this user: run the rotation as a user that may "
+                 "write the file and its folder"),
+    "unusable": (StoreUnavailable, "check that it is a readable and writable store file, and retry"),
+}  # fmt: skip
 
 
 class LocalKeyError(StorePermissionDenied):
-    """The key file is missing, unsafe, malformed or does not decrypt this store."""
+    """The key file is missing, unsafe, malformed, or does not authenticate this store's contents."""
+
+
+class NotAStoreFile(InvalidStoreURI):
+    """The path names a file that is not a store of this tool (another database, a rotation journal...)."""
 
 
 class LocalStore(SecretStore):
     """One secret in a local SQLite store file."""
 
     OPTIONS: ClassVar[dict[str, str]] = {"key": "key=/abs/path/to/keyfile"}
+    CACHE_VALUES: ClassVar[bool] = False
+    ERRORS = _ERRORS
 
     def __init__(self, uri: SecretURI) -> None:
         super().__init__(uri)
@@ -76,6 +104,7 @@ class LocalStore(SecretStore):
         self.path = Path(uri.location)
         self.key_path = Path(key)
         self.secret = uri.name
+        self._db: sqlite3.Connection | None = None  # the open transaction's connection; None: no store file yet
 
     def canonical_options(self, uri: SecretURI) -> dict[str, str]:
         options = dict(uri.options)
@@ -84,190 +113,177 @@ class LocalStore(SecretStore):
             del options["key"]
         return options
 
-    # -- reads ------------------------------------------------------------------------------------------------------
+    # --- primitives ------------------------------------------------------------------------------------------------
 
-    def read(self, stage: Stage = Stage.CURRENT) -> str:
-        stage = Stage(stage)
-        with self._transaction(write=False) as db:
-            self._require_secret(db)
-            row = db.execute(
-                "SELECT v.version_id, v.ciphertext, v.nonce FROM stages s JOIN versions v "
-                "ON v.secret = s.secret AND v.version_id = s.version_id WHERE s.secret = ? AND s.stage = ?",
-                (self.secret, stage.value),
-            ).fetchone()
-        if row is None:
-            raise VersionNotFound(f"secret {self.secret!r} in {self.uri.display} has no {stage.value} version")
-        return self._decrypt(*row)
-
-    def read_version(self, version_id: str) -> str:
-        with self._transaction(write=False) as db:
-            self._require_secret(db)
-            row = db.execute(
-                "SELECT version_id, ciphertext, nonce FROM versions WHERE secret = ? AND version_id = ?",
-                (self.secret, version_id),
-            ).fetchone()
-        if row is None:
-            raise VersionNotFound(f"secret {self.secret!r} in {self.uri.display} has no version {version_id!r}")
-        return self._decrypt(*row)
-
-    def describe(self) -> SecretDescription:
-        with self._transaction(write=False) as db:
-            self._require_secret(db)
-            rows = db.execute(
-                "SELECT version_id, created_at FROM versions WHERE secret = ? ORDER BY seq", (self.secret,)
-            ).fetchall()
-            stages = self._stages(db)
-        by_version: dict[str, list[Stage]] = {}
-        for stage, version_id in stages.items():
-            by_version.setdefault(version_id, []).append(stage)
-        versions = tuple(
-            VersionInfo(
-                version_id=version_id,
-                stages=tuple(sorted(by_version.get(version_id, ()), key=list(Stage).index)),
-                created_at=datetime.fromisoformat(created_at),
+    def _snapshot(self, repair: bool) -> Snapshot:
+        row = self._query("SELECT revision, stages, mac FROM stage_maps WHERE secret = ?")
+        if not row:
+            raise SecretNotFound(
+                f"secret {self.secret!r} does not exist in {self.uri.display}: create it first, for example "
+                f"open_store({self.uri.display!r}).create(value)"
             )
-            for version_id, created_at in rows
-        )
-        return SecretDescription(uri=self.uri.display, versions=versions)
+        revision, stages, mac = row[0]
+        if not hmac.compare_digest(mac or b"", self._mac(revision, stages)):
+            raise LocalKeyError(
+                f"the stage map of secret {self.secret!r} in {self.path} does not verify with key file "
+                f"{self.key_path}: it is not the key the store was written with, or the file was altered outside "
+                "this tool; point key= at the store's own key file, or restore the store from a backup"
+            )
+        versions = frozenset(v for (v,) in self._query("SELECT version_id FROM versions WHERE secret = ?"))
+        return Snapshot(stages=StageMap.model_validate_json(stages), versions=versions, token=revision)
 
-    def list(self) -> list[str]:
-        with self._transaction(write=False) as db:
-            return [name for (name,) in db.execute("SELECT DISTINCT secret FROM versions ORDER BY secret")]
+    def _write_stages(self, snapshot: Snapshot, stages: StageMap, staged: Staged | None = None) -> str | None:
+        assert self._db is not None
+        if staged is not None:
+            self._insert(staged.rotation_id, staged.value)
+            stages = stages.but(pending=staged.rotation_id)
+        text, revision = stages.model_dump_json(), snapshot.token + 1
+        written = self._db.execute(
+            "UPDATE stage_maps SET revision = ?, stages = ?, mac = ? WHERE secret = ? AND revision = ?",
+            (revision, text, self._mac(revision, text), self.secret, snapshot.token),
+        ).rowcount
+        if not written:  # inside one transaction this cannot happen; it keeps the primitive's promise regardless
+            raise StagingConflict(f"the stage map of {self.uri.display} changed meanwhile; retry the step")
+        return staged.rotation_id if staged else None
 
-    # -- writes -----------------------------------------------------------------------------------------------------
+    def _read_value(self, version_id: str, snapshot: Snapshot | None) -> str:
+        rows = self._query("SELECT ciphertext, nonce FROM versions WHERE secret = ? AND version_id = ?", version_id)
+        if not rows:
+            raise VersionNotFound(f"{self.uri.display} has no version {version_id!r}")
+        ciphertext, nonce = rows[0]
+        try:
+            return AESGCM(self._key()).decrypt(nonce, ciphertext, self._aad(version_id)).decode()
+        except InvalidTag:
+            raise LocalKeyError(
+                f"version {version_id!r} of secret {self.secret!r} in {self.path} does not decrypt with key file "
+                f"{self.key_path}: this is not the key the store was written with (or the file was altered); "
+                "point key= at the store's original key file"
+            ) from None
 
-    def create(self, value: str) -> str:
-        _check_value(value)
-        version_id = uuid.uuid4().hex
-        with self._transaction(write=True) as db:
-            if self._exists(db):
-                raise SecretExists(
-                    f"secret {self.secret!r} already exists in {self.uri.display}: "
-                    "rotate it instead, or pick another secret name"
-                )
-            self._insert_version(db, version_id, value)
-            self._set_stage(db, Stage.CURRENT, version_id)
-        return version_id
+    def _delete(self, snapshot: Snapshot, version_id: str) -> None:
+        assert self._db is not None
+        self._db.execute("DELETE FROM versions WHERE secret = ? AND version_id = ?", (self.secret, version_id))
 
-    def stage(self, value: str, rotation_id: str) -> str:
-        _check_value(value)
-        _check_rotation_id(rotation_id)
-        with self._transaction(write=True) as db:
-            self._require_secret(db)
-            if self._version_exists(db, rotation_id):
-                return rotation_id
-            holder = self._stages(db).get(Stage.PENDING)
-            if holder is not None:
-                raise StagingConflict(
-                    f"rotation {holder!r} holds the PENDING stage of secret {self.secret!r} in {self.uri.display}: "
-                    f"finish it (promote) or roll it back (revert, discard) before staging rotation {rotation_id!r}"
-                )
-            self._insert_version(db, rotation_id, value)
-            self._set_stage(db, Stage.PENDING, rotation_id)
-        return rotation_id
+    def _describe(self, snapshot: Snapshot) -> list[tuple[str, datetime | None]]:
+        rows = self._query("SELECT version_id, created_at FROM versions WHERE secret = ? ORDER BY seq")
+        return [(version, datetime.fromisoformat(created)) for version, created in rows]
 
-    def promote(self, rotation_id: str) -> None:
-        with self._transaction(write=True) as db:
-            self._require_secret(db)
-            stages = self._stages(db)
-            if stages.get(Stage.CURRENT) == rotation_id:
-                return
-            if stages.get(Stage.PENDING) != rotation_id:
-                raise VersionNotFound(
-                    f"rotation {rotation_id!r} has no PENDING version of secret {self.secret!r} in "
-                    f"{self.uri.display} (PENDING: {stages.get(Stage.PENDING) or 'none'}): stage it before promoting"
-                )
-            self._drop_stage(db, Stage.PENDING)
-            old_current = stages.get(Stage.CURRENT)
-            if old_current is not None:
-                self._set_stage(db, Stage.PREVIOUS, old_current)
-            self._set_stage(db, Stage.CURRENT, rotation_id)
+    def _create(self, value: str) -> str:
+        assert self._db is not None
+        if self._query("SELECT 1 FROM stage_maps WHERE secret = ?"):
+            raise SecretExists(
+                f"secret {self.secret!r} already exists in {self.uri.display}: rotate it instead, or pick another "
+                "secret name"
+            )
+        if not self.key_path.exists() and not self._db.execute("SELECT 1 FROM versions LIMIT 1").fetchone():
+            _create_key_file(self.key_path)  # a file's first version: no value was ever encrypted with another key
+        version = uuid.uuid4().hex
+        self._insert(version, value)
+        text = StageMap(current=version).model_dump_json()
+        self._db.execute("INSERT INTO stage_maps VALUES (?, 1, ?, ?)", (self.secret, text, self._mac(1, text)))
+        return version
 
-    def revert(self, rotation_id: str, previous_version: str | None) -> None:
-        with self._transaction(write=True) as db:
-            self._require_secret(db)
-            stages = self._stages(db)
-            if stages.get(Stage.CURRENT) == rotation_id:
-                back = stages.get(Stage.PREVIOUS)
-                if back is None:
-                    raise VersionNotFound(
-                        f"cannot revert rotation {rotation_id!r} of secret {self.secret!r} in {self.uri.display}: "
-                        "no PREVIOUS version to make CURRENT again; stage and promote a known good value instead"
-                    )
-                if previous_version is not None and (
-                    previous_version in (back, rotation_id) or not self._version_exists(db, previous_version)
-                ):
-                    raise VersionNotFound(
-                        f"cannot revert rotation {rotation_id!r} of secret {self.secret!r} in {self.uri.display}: "
-                        f"version {previous_version!r} recorded as PREVIOUS before the rotation is not an older "
-                        "version of this secret; check the rotation journal"
-                    )
-                self._drop_stage(db, Stage.PENDING)
-                self._set_stage(db, Stage.CURRENT, back)
-                if previous_version is None:
-                    self._drop_stage(db, Stage.PREVIOUS)
-                else:
-                    self._set_stage(db, Stage.PREVIOUS, previous_version)
-            elif stages.get(Stage.PENDING) == rotation_id:
-                self._drop_stage(db, Stage.PENDING)
+    def _list(self) -> list[str]:
+        return [name for (name,) in self._query("SELECT secret FROM stage_maps ORDER BY secret", secret=False)]
 
-    def discard(self, rotation_id: str) -> None:
-        with self._transaction(write=True) as db:
-            self._require_secret(db)
-            stages = self._stages(db)
-            # A version that is or was in service stays: discard only removes what was staged and never promoted
-            # (or was reverted).
-            if rotation_id in (stages.get(Stage.CURRENT), stages.get(Stage.PREVIOUS)):
-                return
-            db.execute("DELETE FROM versions WHERE secret = ? AND version_id = ?", (self.secret, rotation_id))
+    def _condition(self, exc: Exception, action: str) -> tuple[str, str] | None:
+        if not isinstance(exc, sqlite3.Error):
+            return None
+        return next((c for c in ("locked", "readonly") if c in str(exc)), "unusable"), type(exc).__name__
 
-    # -- database ---------------------------------------------------------------------------------------------------
+    # --- the file --------------------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _transaction(self, *, write: bool) -> Iterator[sqlite3.Connection]:
-        """One transaction: ``BEGIN IMMEDIATE`` for writes so concurrent writers queue on the busy timeout."""
+    def _session(self, *, write: bool) -> Iterator[None]:
+        failure: StoreError | None = None
         try:
-            with contextlib.closing(self._connect(create=write)) as db:
+            db = self._open(write)
+            if db is None:  # a store never written: every read finds nothing
+                yield
+                return
+            with contextlib.closing(db):
                 db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                self._db = db
                 try:
-                    yield db
+                    yield
+                    db.execute("COMMIT")
                 except BaseException:
                     db.execute("ROLLBACK")
                     raise
-                db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc):
-                raise _unusable(self.path, exc) from None
-            raise StoreUnavailable(
-                f"local store file {self.path} stayed locked by another writer for {_BUSY_TIMEOUT_S:.0f} s: "
-                "retry when the other rotation's step has finished"
-            ) from None
+                finally:
+                    self._db = None
         except sqlite3.Error as exc:
-            raise _unusable(self.path, exc) from None
+            failure = self._translate(exc, "change the secret" if write else "read the secret")
+        if failure is not None:
+            raise failure  # outside the except block: the SQLite error is not chained to it
 
-    def _connect(self, *, create: bool) -> sqlite3.Connection:
-        if not create and not self.path.exists():
-            # Reading a store that was never written: an empty in-memory database answers, and no file is created.
-            db = sqlite3.connect(":memory:", isolation_level=None)
-            self._init_schema(db)
-            return db
-        if create and not self.path.exists():
+    def _open(self, write: bool) -> sqlite3.Connection | None:
+        kind = self._file_kind()
+        if not write and kind != "store":
+            return None  # never written: nothing to read, and nothing is made
+        if not write and not (os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)):
+            return self._open_readonly()
+        if kind == "absent":
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             # Made here, not by SQLite, so the file (and the -wal/-shm files SQLite copies its mode to) is private.
             with contextlib.suppress(FileExistsError):
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        # Read-write even to read, when it may: the last connection to close then folds and removes the -wal and
+        # -shm files, where a read-only one would leave them behind.
         db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
         try:
-            db.execute("PRAGMA foreign_keys = ON")
-            db.execute("PRAGMA synchronous = FULL")
-            if db.execute("PRAGMA user_version").fetchone()[0] < _SCHEMA_VERSION:
+            if kind != "store":
                 self._init_schema(db)
+            db.execute("PRAGMA synchronous = FULL")
+            db.execute("PRAGMA secure_delete = ON")
         except BaseException:
             db.close()
             raise
         return db
 
-    @staticmethod
+    def _file_kind(self) -> Literal["absent", "empty", "store"]:
+        """What the path holds, from its header alone, read without locks and without writing anything.
+
+        Read through SQLite rather than by opening the file: closing any other descriptor of a database file drops
+        the POSIX locks this process's connections hold on it, and with them SQLite's safety.
+        """
+        try:
+            if self.path.stat().st_size == 0:
+                return "empty"  # a store whose creation stopped before SQLite wrote to it
+        except FileNotFoundError:
+            return "absent"
+        probe = sqlite3.connect(f"file:{quote(str(self.path))}?mode=ro&immutable=1", uri=True)
+        try:
+            marker = probe.execute("PRAGMA application_id").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError):
+                raise  # not readable by this user: said as such by _translate
+            marker = None  # not an SQLite file at all
+        finally:
+            probe.close()
+        if marker != _APPLICATION_ID:
+            raise self._not_a_store()
+        return "store"
+
+    def _not_a_store(self) -> NotAStoreFile:
+        return NotAStoreFile(
+            f"{self.path} is not a secret store of this tool (another SQLite database, a rotation journal or another "
+            f"file): nothing was read or written; name a store file in {self.uri.display}, or a new path to make one"
+        )
+
+    def _open_readonly(self) -> sqlite3.Connection:
+        """For a consumer that may not write the file or its folder (a read-only mount)."""
+        location = f"file:{quote(str(self.path))}?mode=ro"
+        db = sqlite3.connect(location, uri=True, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            db.execute("PRAGMA application_id").fetchone()  # opens the file, and the WAL's shared memory
+        except sqlite3.OperationalError:
+            db.close()
+            if os.access(self.path.parent, os.W_OK):
+                raise
+            db = sqlite3.connect(f"{location}&immutable=1", uri=True, isolation_level=None)
+        return db
+
     @retry(
         # Switching a new file to WAL needs it alone: SQLite answers "locked" at once, without its busy wait,
         # when several processes open a new store together.
@@ -276,93 +292,66 @@ class LocalStore(SecretStore):
         stop=stop_after_delay(_BUSY_TIMEOUT_S),
         reraise=True,
     )
-    def _init_schema(db: sqlite3.Connection) -> None:
-        # WAL is a property of the file, set once: readers then never block the writer nor the other way round.
-        db.execute("PRAGMA journal_mode = WAL")
+    def _init_schema(self, db: sqlite3.Connection) -> None:
         db.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _SCHEMA:
-                db.execute(statement)
+            if db.execute("PRAGMA application_id").fetchone()[0] != _APPLICATION_ID:  # else made by a racing process
+                if db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                    raise self._not_a_store()  # the empty file became another database meanwhile
+                for statement in _SCHEMA:
+                    db.execute(statement)
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+        # After the marker is in the main file: its header must say "store" before the WAL holds anything.
+        db.execute("PRAGMA journal_mode = WAL")
 
-    def _exists(self, db: sqlite3.Connection) -> bool:
-        return db.execute("SELECT 1 FROM versions WHERE secret = ? LIMIT 1", (self.secret,)).fetchone() is not None
+    def _query(self, sql: str, *arguments: str, secret: bool = True) -> list[tuple]:
+        if self._db is None:
+            return []
+        return self._db.execute(sql, ((self.secret,) if secret else ()) + arguments).fetchall()
 
-    def _require_secret(self, db: sqlite3.Connection) -> None:
-        if not self._exists(db):
-            raise SecretNotFound(
-                f"secret {self.secret!r} does not exist in {self.uri.display}: create it first, for example "
-                f"open_store({self.uri.display!r}).create(value)"
-            )
-
-    def _version_exists(self, db: sqlite3.Connection, version_id: str) -> bool:
-        return (
-            db.execute(
-                "SELECT 1 FROM versions WHERE secret = ? AND version_id = ?", (self.secret, version_id)
-            ).fetchone()
-            is not None
-        )
-
-    def _stages(self, db: sqlite3.Connection) -> dict[Stage, str]:
-        rows = db.execute("SELECT stage, version_id FROM stages WHERE secret = ?", (self.secret,))
-        return {Stage(stage): version_id for stage, version_id in rows}
-
-    def _set_stage(self, db: sqlite3.Connection, stage: Stage, version_id: str) -> None:
-        db.execute(
-            "INSERT INTO stages (secret, stage, version_id) VALUES (?, ?, ?) "
-            "ON CONFLICT (secret, stage) DO UPDATE SET version_id = excluded.version_id",
-            (self.secret, stage.value, version_id),
-        )
-
-    def _drop_stage(self, db: sqlite3.Connection, stage: Stage) -> None:
-        db.execute("DELETE FROM stages WHERE secret = ? AND stage = ?", (self.secret, stage.value))
-
-    def _insert_version(self, db: sqlite3.Connection, version_id: str, value: str) -> None:
+    def _insert(self, version_id: str, value: str) -> None:
+        assert self._db is not None
         nonce = os.urandom(12)
-        ciphertext = AESGCM(self._key(create=True)).encrypt(nonce, value.encode(), self._aad(version_id))
-        db.execute(
+        ciphertext = AESGCM(self._key()).encrypt(nonce, value.encode(), self._aad(version_id))
+        self._db.execute(
             "INSERT INTO versions (secret, version_id, ciphertext, nonce, created_at) VALUES (?, ?, ?, ?, ?)",
             (self.secret, version_id, ciphertext, nonce, datetime.now(UTC).isoformat()),
         )
 
-    # -- encryption -------------------------------------------------------------------------------------------------
+    # --- the key ---------------------------------------------------------------------------------------------------
 
     def _aad(self, version_id: str) -> bytes:
         # Binding the secret name and version id means a ciphertext copied to another row no longer decrypts.
         return json.dumps([self.secret, version_id]).encode()
 
-    def _decrypt(self, version_id: str, ciphertext: bytes, nonce: bytes) -> str:
-        try:
-            return AESGCM(self._key(create=False)).decrypt(nonce, ciphertext, self._aad(version_id)).decode()
-        except InvalidTag:
-            raise LocalKeyError(
-                f"version {version_id!r} of secret {self.secret!r} in {self.path} does not decrypt with key file "
-                f"{self.key_path}: this is not the key the store was written with (or the file was altered); "
-                "point key= at the store's original key file"
-            ) from None
+    def _mac(self, revision: int, stages: str) -> bytes:
+        # A key of its own, derived from the store's key: the AES-GCM key is never used for anything else.
+        mac_key = HKDF(hashes.SHA256(), 32, salt=None, info=b"secret-rotation local store: stage map").derive(
+            self._key()
+        )
+        return hmac.new(mac_key, json.dumps([self.secret, revision, stages]).encode(), hashlib.sha256).digest()
 
-    def _key(self, *, create: bool) -> bytes:
-        if create and not self.key_path.exists():
-            _create_key_file(self.key_path)
+    def _key(self) -> bytes:
         try:
             info = self.key_path.stat()
             encoded = self.key_path.read_bytes()
         except FileNotFoundError:
             raise LocalKeyError(
-                f"key file {self.key_path} of local store {self.path} is missing: restore it from your backup "
-                "(without it the store cannot be decrypted), or point key= at it"
+                f"key file {self.key_path} of {self.uri.display} is missing: restore it from your backup "
+                "(without it the store cannot be decrypted, and no new key is made for a store that holds versions), "
+                "or point key= at it"
             ) from None
         except PermissionError:
             raise LocalKeyError(
-                f"key file {self.key_path} of local store {self.path} is not readable by this user: "
+                f"key file {self.key_path} of {self.uri.display} is not readable by this user: "
                 "run the rotation as the user that owns it"
             ) from None
         if not stat.S_ISREG(info.st_mode) or info.st_mode & 0o077:
             raise LocalKeyError(
-                f"key file {self.key_path} of local store {self.path} has mode {stat.filemode(info.st_mode)}: "
+                f"key file {self.key_path} of {self.uri.display} has mode {stat.filemode(info.st_mode)}: "
                 f"other users may read it; run chmod 600 {self.key_path} (and check nobody copied it)"
             )
         try:
@@ -371,7 +360,7 @@ class LocalStore(SecretStore):
             key = b""
         if len(key) != _KEY_BYTES:
             raise LocalKeyError(
-                f"key file {self.key_path} of local store {self.path} does not hold a 256-bit base64 key: "
+                f"key file {self.key_path} of {self.uri.display} does not hold a 256-bit base64 key: "
                 "restore the original key file"
             )
         return key
@@ -397,20 +386,3 @@ def _create_key_file(path: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def _unusable(path: Path, error: sqlite3.Error) -> StoreUnavailable:
-    return StoreUnavailable(
-        f"local store file {path} could not be used ({error}): check that it is a readable and writable SQLite "
-        "file of this store and retry"
-    )
-
-
-def _check_value(value: str) -> None:
-    if not isinstance(value, str):
-        raise TypeError(f"a secret value must be a str (JSON for structured secrets), not {type(value).__name__}")
-
-
-def _check_rotation_id(rotation_id: str) -> None:
-    if not isinstance(rotation_id, str) or not rotation_id.strip():
-        raise ValueError("a rotation id must be a non-empty string, for example a UUID")

@@ -25,27 +25,32 @@ data write uses check-and-set with the version number just read, and every metad
 first and refuses to go on if it changed, so a concurrent writer gets :class:`~stores.errors.StagingConflict`
 instead of a lost update.
 
+A discarded or pruned version is destroyed (its data erased for good); the map keeps its id, so that id is never
+staged again.
+
 Credentials: ``VAULT_ADDR``, ``VAULT_NAMESPACE`` (or ``?namespace=``), ``VAULT_CACERT`` (TLS is always verified),
 then ``VAULT_TOKEN``, or AppRole (``VAULT_ROLE_ID`` + ``VAULT_SECRET_ID``, mount ``VAULT_APPROLE_MOUNT``), or
-Kubernetes auth (``VAULT_K8S_ROLE``, the service-account token file, mount ``VAULT_K8S_MOUNT``).
+Kubernetes auth (``VAULT_K8S_ROLE``, the service-account token file, mount ``VAULT_K8S_MOUNT``). The client (and
+its login) is made once per process for each set of these; a login token that expires needs a new process.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import hvac
 import requests
 from hvac import exceptions as vault_errors
 
-from stores.base import SecretDescription, SecretStore, Stage, VersionInfo
+from stores.base import SecretStore, Snapshot, Stage, Staged, StageMap, shared_client
 from stores.errors import (
+    InvalidRequest,
     InvalidStoreURI,
     SecretExists,
     SecretNotFound,
@@ -59,31 +64,27 @@ from stores.uri import SecretURI
 
 K8S_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 _CAS_MISMATCH = "check-and-set parameter did not match"
-_ROTATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,100}")
 _KV_ID = re.compile(r"kv-(\d+)")
 _KEPT_UNSTAGED = 16  # version-map entries kept for versions without a stage; Vault allows 64 metadata keys
 _KEPT_COPIES = 32  # Vault version numbers kept per version id; a metadata value may hold 512 bytes
 _STAGE_KEYS = {Stage.CURRENT: "stage.current", Stage.PENDING: "stage.pending", Stage.PREVIOUS: "stage.previous"}
-_T = TypeVar("_T")
-
-
-def _parse_time(stamp: str | None) -> datetime | None:
-    """Vault's RFC 3339 timestamps carry nanoseconds; Python keeps microseconds."""
-    if not stamp:
-        return None
-    match = re.fullmatch(r"(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", stamp)
-    if match is None:
-        return None
-    head, fraction, zone = match.groups()
-    return datetime.fromisoformat(f"{head}.{(fraction or '0')[:6]:0<6}{'+00:00' if zone == 'Z' else zone}")
-
-
-def _check_rotation_id(rotation_id: str) -> None:
-    if not _ROTATION_ID.fullmatch(rotation_id) or _KV_ID.fullmatch(rotation_id):
-        raise ValueError(
-            f"rotation id {rotation_id!r} cannot name a Vault version: use 1-100 letters, digits, '.', '_', ':' or "
-            "'-', not of the form kv-NUMBER"
-        )
+_ERRORS: dict[str, tuple[type[StoreError], str]] = {
+    "unreachable": (StoreUnavailable, "Vault at {store.address} is unreachable: check VAULT_ADDR and the network"),
+    "changed": (StagingConflict, "another writer changed the secret since it was read; nothing was written, retry"),
+    "login refused": (StorePermissionDenied, "Vault at {store.address} refused the login: check the credentials"),
+    # Vault answers 403 for a missing mount too, so that mounts cannot be discovered: name both causes.
+    "denied": (StorePermissionDenied, "check the token's policies on {store.mount}/data/{store.path} and "
+               "{store.mount}/metadata/{store.path}, that mount {store.mount!r} exists, and the Vault namespace"),
+    "no mount": (SecretNotFound, "Vault at {store.address} has no mount {store.mount!r}: check the mount name in the "
+                 "URI and the Vault namespace"),
+    "missing": (SecretNotFound, "the secret does not exist at {store.address}: check the path, or create it first"),
+    "unavailable": (StoreUnavailable, "Vault at {store.address} failed; retry later"),
+    "invalid": (InvalidRequest, "Vault refused the request as invalid"),
+}  # fmt: skip
+_CREDENTIAL_VARIABLES = (
+    "VAULT_NAMESPACE", "VAULT_CACERT", "VAULT_TOKEN", "VAULT_ROLE_ID", "VAULT_SECRET_ID", "VAULT_APPROLE_MOUNT",
+    "VAULT_K8S_ROLE", "VAULT_K8S_TOKEN_PATH", "VAULT_K8S_MOUNT",
+)  # fmt: skip
 
 
 def _numbers(mapped: str) -> list[int]:
@@ -173,6 +174,9 @@ class VaultStore(SecretStore):
     """A secret in a Vault KV version 2 mount (see the module docstring for the layout)."""
 
     OPTIONS: ClassVar[dict[str, str]] = {"namespace": "namespace=NS"}
+    ROTATION_ID = re.compile(r"(?!kv-\d+$)[A-Za-z0-9._:-]{1,100}")
+    ROTATION_ID_RULE = "use 1-100 letters, digits, '.', '_', ':' or '-', not of the form kv-NUMBER"
+    ERRORS = _ERRORS
 
     def __init__(self, uri: SecretURI) -> None:
         super().__init__(uri)
@@ -182,14 +186,13 @@ class VaultStore(SecretStore):
             raise StorePermissionDenied(
                 f"VAULT_ADDR is not set: set it to your Vault's address (https://HOST:8200) to use {uri.display}"
             )
-        self._client: hvac.Client | None = None
 
     # --- connection -----------------------------------------------------------------------------------------------
-    @property
+    @cached_property
     def client(self) -> hvac.Client:
-        if self._client is None:
-            self._client = self._login()
-        return self._client
+        """One logged-in client per Vault, namespace and credentials in this process (a login is a round trip)."""
+        credentials = tuple(os.environ.get(name) for name in _CREDENTIAL_VARIABLES)
+        return shared_client(("vault", self.address, self.uri.options.get("namespace"), credentials), self._login)
 
     def _login(self) -> hvac.Client:
         namespace = self.uri.options.get("namespace") or os.environ.get("VAULT_NAMESPACE") or None
@@ -206,7 +209,6 @@ class VaultStore(SecretStore):
                     secret_id=env["VAULT_SECRET_ID"],
                     mount_point=env.get("VAULT_APPROLE_MOUNT", "approle"),
                 ),
-                login=True,
             )
         elif env.get("VAULT_K8S_ROLE"):
             token_file = Path(env.get("VAULT_K8S_TOKEN_PATH", K8S_TOKEN_FILE))
@@ -222,7 +224,6 @@ class VaultStore(SecretStore):
                 lambda: client.auth.kubernetes.login(
                     role=env["VAULT_K8S_ROLE"], jwt=jwt, mount_point=env.get("VAULT_K8S_MOUNT", "kubernetes")
                 ),
-                login=True,
             )
         else:
             raise StorePermissionDenied(
@@ -231,53 +232,26 @@ class VaultStore(SecretStore):
             )
         return client
 
-    def _call(self, action: str, fn: Callable[[], _T], login: bool = False) -> _T:
-        """Run one Vault call and turn its failures into store errors that name the secret, never a value."""
-        try:
-            return fn()
-        except (vault_errors.VaultError, requests.ConnectionError, requests.Timeout) as exc:
-            error = self._translate(action, exc, login)
-        # Raised outside the except block so that the SDK's exception is not chained onto ours.
-        raise error
-
-    def _translate(self, action: str, exc: Exception, login: bool) -> StoreError:
-        where = f"{self.uri.display} at {self.address}"
-        if isinstance(exc, vault_errors.InvalidRequest) and _CAS_MISMATCH in str(exc):
-            return StagingConflict(
-                f"could not {action} for {where}: another writer changed the secret since it was read "
-                "(check-and-set failed); nothing was written, retry the step"
-            )
-        if isinstance(exc, vault_errors.InvalidRequest) and login:
-            return StorePermissionDenied(f"Vault refused to {action} for {where}: {'; '.join(exc.errors or [])}")
+    def _condition(self, exc: Exception, action: str) -> tuple[str, str] | None:
+        name = type(exc).__name__
+        if isinstance(exc, requests.ConnectionError | requests.Timeout):
+            return "unreachable", name
+        if not isinstance(exc, vault_errors.VaultError):
+            return None
         if isinstance(exc, vault_errors.InvalidRequest):
-            return StoreError(f"Vault refused to {action} for {where}: {'; '.join(exc.errors or [])}")
+            if _CAS_MISMATCH in str(exc):
+                return "changed", "check-and-set failed"
+            return ("login refused" if action.startswith("log in") else "invalid"), "; ".join(exc.errors or [name])
         if isinstance(exc, vault_errors.Forbidden | vault_errors.Unauthorized):
-            # Vault answers 403 for a missing mount too, so that mounts cannot be discovered: name both causes.
-            return StorePermissionDenied(
-                f"Vault denied permission to {action} for {where}: check the token's policies on "
-                f"{self.mount}/data/{self.path} and {self.mount}/metadata/{self.path}, that mount {self.mount!r} "
-                "exists, and the Vault namespace"
-            )
+            return "denied", name
         if isinstance(exc, vault_errors.InvalidPath):
             if "no handler for route" in str(exc):
-                return SecretNotFound(self._no_mount())
-            if not login:
+                return "no mount", name
+            if not action.startswith("log in"):
                 self._check_mount()
-            return SecretNotFound(f"secret {where} does not exist: check the path, or create it first")
-        if isinstance(exc, requests.ConnectionError | requests.Timeout):
-            return StoreUnavailable(
-                f"Vault at {self.address} is unreachable ({type(exc).__name__}) for {self.uri.display}: "
-                "check VAULT_ADDR and the network"
-            )
-        if isinstance(exc, vault_errors.VaultDown | vault_errors.InternalServerError | vault_errors.BadGateway):
-            return StoreUnavailable(f"Vault at {self.address} could not {action} for {where}: {type(exc).__name__}")
-        return StoreError(f"Vault failed to {action} for {where}: {type(exc).__name__}")
-
-    def _no_mount(self) -> str:
-        return (
-            f"Vault at {self.address} has no mount {self.mount!r} (store {self.uri.display}): check the mount name "
-            "in the URI and the Vault namespace"
-        )
+            return "missing", name
+        transient = vault_errors.VaultDown | vault_errors.InternalServerError | vault_errors.BadGateway
+        return ("unavailable" if isinstance(exc, transient | vault_errors.RateLimitExceeded) else "invalid"), name
 
     def _check_mount(self) -> None:
         """Raise a clear error when the mount does not exist or is not KV version 2 (Vault's CLI checks this too)."""
@@ -292,7 +266,90 @@ class VaultStore(SecretStore):
                 f"{data.get('type')!r}, options {data.get('options')!r}): the vault store needs KV v2"
             )
 
-    # --- reads ----------------------------------------------------------------------------------------------------
+    # --- primitives -----------------------------------------------------------------------------------------------
+    def _snapshot(self, repair: bool) -> Snapshot:
+        state = self._state()
+        if repair:
+            state = self._settled(state)
+        ids = {state.id_of(number) for number in state.versions}
+        ids |= {k.removeprefix("version.") for k in state.custom if k.startswith("version.")}
+        stages = StageMap(**{stage.name.lower(): state.at(stage) for stage in Stage})
+        return Snapshot(stages=stages, versions=frozenset(ids), token=state)
+
+    def _read_value(self, version_id: str, snapshot: Snapshot | None) -> str:
+        state = snapshot.token if snapshot is not None else self._state()
+        number = state.number_of(version_id)
+        if number is None:
+            raise VersionNotFound(f"{self.uri.display} has no version {version_id!r}")
+        return self._number_value(number, f"version {version_id}")
+
+    def _write_stages(self, snapshot: Snapshot, stages: StageMap, staged: Staged | None = None) -> str | None:
+        """Data writes first, each checked against the version number read; then the metadata that records them."""
+        state: _State = snapshot.token
+        if staged is not None:
+            if not state.managed():
+                state = self._set_custom(state, state.with_stages(), "pin the CURRENT version")
+            state = self._write(state, {"value": staged.value, "rotation_id": staged.rotation_id}, "stage a version")
+            number = state.latest
+            # The staged value must never be what consumers read: CURRENT's value goes on top of it again.
+            state, custom = self._write_copy(state, stages.current or "", "write CURRENT back as the latest")
+            custom = {
+                **state.with_stages(custom, pending=staged.rotation_id),
+                f"version.{staged.rotation_id}": str(number),
+            }
+            self._set_custom(state, custom, "record the PENDING stage")
+            return staged.rotation_id
+        custom = state.custom
+        if state.id_of(state.latest) != stages.current:
+            state, custom = self._write_copy(state, stages.current or "", "write the new CURRENT as the latest")
+        moved = {stage.name.lower(): stages.at(stage) for stage in Stage}
+        self._set_custom(state, state.with_stages(custom, **moved), "record the stages")
+        return None
+
+    def _delete(self, snapshot: Snapshot, version_id: str) -> None:
+        """Destroy (erase for good, not soft-delete) every Vault version holding the value; the map keeps its id, so
+        the id is not staged again. Never Vault's latest version: that one always holds CURRENT."""
+        numbers = snapshot.token.numbers_of(version_id)
+        if numbers:
+            self._call(
+                "destroy a version",
+                lambda: self.client.secrets.kv.v2.destroy_secret_versions(
+                    path=self.path, versions=numbers, mount_point=self.mount
+                ),
+            )
+
+    def _describe(self, snapshot: Snapshot) -> list[tuple[str, datetime | None]]:
+        """One entry per live version id, dated by its first write (later re-writes as latest hold the same value)."""
+        state: _State = snapshot.token
+        first: dict[str, int] = {}
+        for number in sorted(n for n in state.versions if state.live(n)):
+            first.setdefault(state.id_of(number), number)
+        # Vault's RFC 3339 stamps carry nanoseconds: Python 3.11 reads them, keeping microseconds.
+        return [(v, datetime.fromisoformat(state.versions[n]["created_time"])) for v, n in first.items()]
+
+    def _create(self, value: str) -> str:
+        try:
+            state = self._write(_State({}, 0, {}), {"value": value}, "create the secret")
+        except StagingConflict:
+            raise SecretExists(f"secret {self.uri.display} already exists; nothing was written") from None
+        version_id = f"kv-{state.latest}"
+        state = self._state()
+        self._set_custom(state, state.with_stages(current=version_id), "record the CURRENT stage")
+        return version_id
+
+    def _list(self) -> list[str]:
+        """Secrets in the same folder of the mount as this one (Vault lists one folder level at a time)."""
+        folder = self.path.rpartition("/")[0]
+        try:
+            keys = self._call(
+                "list secrets",
+                lambda: self.client.secrets.kv.v2.list_secrets(path=folder, mount_point=self.mount),
+            )["data"]["keys"]
+        except SecretNotFound:
+            return []
+        return sorted(f"{folder}/{k}" if folder else k for k in keys if not k.endswith("/"))
+
+    # --- Vault calls ----------------------------------------------------------------------------------------------
     def _state(self) -> _State:
         meta = self._call(
             "read the metadata",
@@ -313,63 +370,15 @@ class VaultStore(SecretStore):
             raise VersionNotFound(f"{what} of {self.uri.display} was deleted or destroyed") from None
         return response["data"]["data"] or {}
 
-    def _value(self, number: int, what: str) -> str:
+    def _number_value(self, number: int, what: str) -> str:
         data = self._read_number(number, what)
         if not isinstance(data.get("value"), str):
-            raise VersionNotFound(
+            raise InvalidRequest(
                 f"{what} of {self.uri.display} has no string field 'value': this store keeps the secret as "
                 '{"value": "..."}; write it in that shape'
             )
         return data["value"]
 
-    def read(self, stage: Stage = Stage.CURRENT) -> str:
-        state = self._state()
-        version_id = state.at(stage)
-        number = state.number_of(version_id) if version_id else None
-        if number is None:
-            raise VersionNotFound(f"no version of {self.uri.display} is {stage.value}")
-        return self._value(number, f"the {stage.value} version {version_id}")
-
-    def read_version(self, version_id: str) -> str:
-        number = self._state().number_of(version_id)
-        if number is None:
-            raise VersionNotFound(f"{self.uri.display} has no version {version_id!r}")
-        return self._value(number, f"version {version_id}")
-
-    def describe(self) -> SecretDescription:
-        """One entry per version id, dated by its first write (later re-writes as latest hold the same value)."""
-        state = self._state()
-        stages: dict[str, list[Stage]] = {}
-        for stage in Stage:
-            version_id = state.at(stage)
-            if version_id:
-                stages.setdefault(version_id, []).append(stage)
-        first: dict[str, int] = {}
-        for number in sorted(n for n in state.versions if state.live(n)):
-            first.setdefault(state.id_of(number), number)
-        versions = [
-            VersionInfo(
-                version_id=version_id,
-                stages=tuple(stages.get(version_id, ())),
-                created_at=_parse_time(state.versions[number].get("created_time")),
-            )
-            for version_id, number in first.items()
-        ]
-        return SecretDescription(uri=self.uri.display, versions=tuple(versions))
-
-    def list(self) -> list[str]:
-        """Secrets in the same folder of the mount as this one (Vault lists one folder level at a time)."""
-        folder = self.path.rpartition("/")[0]
-        try:
-            keys = self._call(
-                "list secrets",
-                lambda: self.client.secrets.kv.v2.list_secrets(path=folder, mount_point=self.mount),
-            )["data"]["keys"]
-        except SecretNotFound:
-            return []
-        return sorted(f"{folder}/{k}" if folder else k for k in keys if not k.endswith("/"))
-
-    # --- writes ---------------------------------------------------------------------------------------------------
     def _write(self, state: _State, data: dict[str, str], action: str) -> _State:
         """Write ``data`` as the newest version, checked against ``state.latest``; the state with that version."""
         written = self._call(
@@ -382,13 +391,12 @@ class VaultStore(SecretStore):
 
     def _write_copy(self, state: _State, version_id: str, action: str) -> tuple[_State, dict[str, str]]:
         """Re-write version ``version_id``'s value as Vault's latest; the state and the metadata recording it."""
-        number = state.number_of(version_id) if version_id else None
-        if number is None:
+        if state.number_of(version_id) is None:
             raise VersionNotFound(
                 f"{self.uri.display} has no version {version_id or 'CURRENT'!r} to write as Vault's latest version: "
                 "write a value with `vault kv put` or create the secret again"
             )
-        value = self._value(number, f"version {version_id}")
+        value = self._value(version_id)  # this process's copy when it has one
         state = self._write(state, {"value": value, "copy_of": version_id}, action)
         return state, state.holding(version_id, state.latest)
 
@@ -408,8 +416,8 @@ class VaultStore(SecretStore):
         )
         return _State(custom, now.latest, now.versions)
 
-    def _settled(self, state: _State, becoming: str | None = None) -> _State:
-        """Finish what a crashed call left, so that Vault's latest version holds CURRENT (or ``becoming``).
+    def _settled(self, state: _State) -> _State:
+        """Finish what a crashed call left, so that Vault's latest version holds CURRENT.
 
         Versions newer than the last recorded one were written by a call that crashed before recording them: a
         staged value (``rotation_id``) becomes PENDING as its ``stage`` meant, a re-written value (``copy_of``) is
@@ -433,100 +441,7 @@ class VaultStore(SecretStore):
                 )
         if custom != state.custom:
             state = self._set_custom(state, custom, "record the versions of an interrupted call")
-        if state.id_of(state.latest) in (state.at(Stage.CURRENT), becoming) and state.live(state.latest):
+        if state.id_of(state.latest) == state.at(Stage.CURRENT) and state.live(state.latest):
             return state
         written, custom = self._write_copy(state, state.at(Stage.CURRENT) or "", "write CURRENT back as the latest")
         return self._set_custom(written, custom, "record CURRENT as the latest version")
-
-    def create(self, value: str) -> str:
-        try:
-            state = self._write(_State({}, 0, {}), {"value": value}, "create the secret")
-        except StagingConflict:
-            raise SecretExists(f"secret {self.uri.display} already exists; nothing was written") from None
-        version_id = f"kv-{state.latest}"
-        state = self._state()
-        self._set_custom(state, state.with_stages(current=version_id), "record the CURRENT stage")
-        return version_id
-
-    def stage(self, value: str, rotation_id: str) -> str:
-        """Write the value, then CURRENT's value again on top of it, so Vault's latest version stays CURRENT."""
-        _check_rotation_id(rotation_id)
-        state = self._settled(self._state())
-        if state.numbers_of(rotation_id):
-            return rotation_id
-        pending = state.at(Stage.PENDING)
-        if pending is not None:
-            raise StagingConflict(
-                f"{self.uri.display} already has a PENDING version staged by rotation {pending!r}: finish or roll "
-                f"back that rotation before staging {rotation_id!r}"
-            )
-        if not state.managed():
-            state = self._set_custom(state, state.with_stages(), "pin the CURRENT version")
-        state = self._write(state, {"value": value, "rotation_id": rotation_id}, "stage a new version")
-        staged = state.latest
-        state, custom = self._write_copy(state, state.at(Stage.CURRENT) or "", "write CURRENT back as the latest")
-        custom = state.with_stages(custom, pending=rotation_id)
-        custom[f"version.{rotation_id}"] = str(staged)
-        self._set_custom(state, custom, "record the PENDING stage")
-        return rotation_id
-
-    def promote(self, rotation_id: str) -> None:
-        """Write the staged value as Vault's latest version, then move the stages onto it."""
-        state = self._settled(self._state(), becoming=rotation_id)
-        if state.number_of(rotation_id) is None:
-            raise VersionNotFound(f"{self.uri.display} has no version staged by rotation {rotation_id!r}")
-        current, pending = state.at(Stage.CURRENT), state.at(Stage.PENDING)
-        if pending not in (None, rotation_id):
-            raise StagingConflict(
-                f"{self.uri.display}: PENDING belongs to rotation {pending!r}, not {rotation_id!r}; nothing changed"
-            )
-        if current == rotation_id and pending is None:
-            return
-        custom = state.custom
-        if state.id_of(state.latest) != rotation_id:
-            state, custom = self._write_copy(state, rotation_id, "write the promoted version as the latest")
-        if current == rotation_id:
-            custom = state.with_stages(custom, pending=None)
-        else:
-            custom = state.with_stages(custom, current=rotation_id, previous=current, pending=None)
-        self._set_custom(state, custom, "promote the PENDING version")
-
-    def revert(self, rotation_id: str, previous_version: str | None) -> None:
-        """Undo a promotion; a rotation that was only staged loses its PENDING stage (its version stays readable)."""
-        state = self._state()
-        restored = state.custom.get("stage.previous")
-        state = self._settled(state, becoming=restored if state.at(Stage.CURRENT) == rotation_id else None)
-        if state.at(Stage.PENDING) == rotation_id:
-            self._set_custom(state, state.with_stages(pending=None), "drop the PENDING stage")
-            return
-        if state.at(Stage.CURRENT) != rotation_id:
-            return
-        if restored is None:
-            raise VersionNotFound(
-                f"cannot revert rotation {rotation_id!r} of {self.uri.display}: no PREVIOUS version to make CURRENT"
-            )
-        custom = state.custom
-        if state.id_of(state.latest) != restored:
-            state, custom = self._write_copy(state, restored, "write the restored version as the latest")
-        kept = state.number_of(previous_version) if previous_version else None
-        keep_previous = previous_version if kept is not None and state.live(kept) else None
-        self._set_custom(state, state.with_stages(custom, current=restored, previous=keep_previous), "revert")
-
-    def discard(self, rotation_id: str) -> None:
-        """Destroy the staged version (its data is erased for good, not soft-deleted) and forget its stages.
-
-        Destroying rather than deleting means a value that never went live cannot be undeleted later. A version
-        that is CURRENT is left alone, and the version destroyed is never Vault's latest one.
-        """
-        state = self._settled(self._state())
-        numbers = state.numbers_of(rotation_id)
-        if not numbers or state.at(Stage.CURRENT) == rotation_id:
-            return
-        self._call(
-            "destroy the staged version",
-            lambda: self.client.secrets.kv.v2.destroy_secret_versions(
-                path=self.path, versions=numbers, mount_point=self.mount
-            ),
-        )
-        custom = {k: v for k, v in state.custom.items() if v != rotation_id and k != f"version.{rotation_id}"}
-        self._set_custom(state, custom, "forget the discarded version")

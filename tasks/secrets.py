@@ -1,4 +1,4 @@
-"""Steps on the secret store itself: stage a new value, promote it, revert it, discard it.
+"""Steps on the secret store itself: stage a new value, promote it, revert it, discard it, prune old versions.
 
 Each task opens the store from its URI, so a task run never carries a secret value in its parameters, and returns
 a version id or a fingerprint, never the value.
@@ -11,9 +11,8 @@ from collections.abc import Callable
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from redaction import fingerprint, register_secret
-from stores import Stage, open_store
-from stores.errors import VersionNotFound
+from redaction import fingerprint
+from stores import open_store
 from tasks import retry_if_transient
 
 _RETRY = {"retries": 3, "retry_delay_seconds": [1, 5, 15], "retry_condition_fn": retry_if_transient}
@@ -27,13 +26,8 @@ def stage_secret(secret: str, rotation_id: str, build: Callable[[str], str]) -> 
     not called again, so a random value is generated exactly once per rotation.
     """
     store = open_store(secret)
-    try:
-        return fingerprint(register_secret(store.read_version(rotation_id)))
-    except VersionNotFound:
-        pass
-    new_value = register_secret(build(register_secret(store.read(Stage.CURRENT))))
-    store.stage(new_value, rotation_id)
-    return fingerprint(new_value)
+    # The store registers every value it reads or writes for log redaction; a remote one answers from memory here.
+    return fingerprint(store.read_version(store.stage_from_current(rotation_id, build)))
 
 
 @task(cache_policy=NO_CACHE, **_RETRY)
@@ -52,3 +46,9 @@ def revert_secret(secret: str, rotation_id: str, previous_version: str | None) -
 def discard_secret(secret: str, rotation_id: str) -> None:
     """Remove the staged version of a rotation that will not be promoted."""
     open_store(secret).discard(rotation_id)
+
+
+@task(cache_policy=NO_CACHE, **_RETRY)
+def prune_secret(secret: str, keep: int = 0) -> list[str]:
+    """After a rotation's point of no return: destroy the versions no stage points to but the newest ``keep``."""
+    return open_store(secret).prune(keep)

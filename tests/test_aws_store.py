@@ -15,8 +15,15 @@ import boto3
 import pytest
 
 from stores import SecretStore, Stage, open_store
-from stores.aws import InvalidRotationId
-from stores.errors import InvalidStoreURI, SecretNotFound, StoreError, StoreUnavailable
+from stores.errors import (
+    InvalidRotationId,
+    InvalidStoreURI,
+    SecretExists,
+    SecretNotFound,
+    StagingConflict,
+    StoreUnavailable,
+    VersionNotFound,
+)
 from tests.fixtures.ports import free_port
 from tests.leaks import canary, error_text
 
@@ -105,6 +112,27 @@ def test_promote_finishes_a_promotion_interrupted_before_pending_was_removed(
     assert labels(aws, store) == {rotation: ["AWSCURRENT"], first: ["AWSPREVIOUS"]}
 
 
+def test_a_rotation_starts_where_an_aws_rotation_function_finished(
+    aws: Any, aws_store_factory: Callable[[], SecretStore]
+):
+    store = aws_store_factory()
+    first = store.create(canary())
+    token = str(uuid.uuid4())
+    # createSecret, then finishSecret, as AWS's rotation functions do them: AWSPENDING stays on the new AWSCURRENT.
+    aws.put_secret_value(
+        SecretId=store.uri.name, ClientRequestToken=token, SecretString=canary(), VersionStages=["AWSPENDING"]
+    )
+    aws.update_secret_version_stage(
+        SecretId=store.uri.name, VersionStage="AWSCURRENT", MoveToVersionId=token, RemoveFromVersionId=first
+    )
+    assert labels(aws, store) == {token: ["AWSCURRENT", "AWSPENDING"], first: ["AWSPREVIOUS"]}
+    rotation, value = str(uuid.uuid4()), canary()
+    store.stage(value, rotation)
+    store.promote(rotation)
+    assert labels(aws, store) == {rotation: ["AWSCURRENT"], token: ["AWSPREVIOUS"]}
+    assert store.read() == value
+
+
 def test_revert_finishes_a_revert_interrupted_between_its_label_moves(
     aws: Any, aws_store_factory: Callable[[], SecretStore]
 ):
@@ -175,7 +203,7 @@ def test_restaging_a_discarded_rotation_is_refused(aws: Any, aws_store_factory: 
     store.stage(canary(), rotation)
     store.discard(rotation)
     value = canary()
-    with pytest.raises(StoreError) as error:
+    with pytest.raises(StagingConflict) as error:
         store.stage(value, rotation)
     assert "new rotation" in str(error.value)
     assert value not in error_text(error.value)
@@ -188,15 +216,15 @@ def test_no_error_message_contains_the_value(moto_server: str, aws: Any):
     store.create(value)
     rotation = str(uuid.uuid4())
     store.stage(value, rotation)
-    failures: list[Callable[[], object]] = [
-        lambda: store.create(value),
-        lambda: store.stage(value, str(uuid.uuid4())),
-        lambda: store.read(Stage.PREVIOUS),
-        lambda: store.promote(str(uuid.uuid4())),
-        lambda: store_at(moto_server).stage(value, str(uuid.uuid4())),
+    failures: list[tuple[type[Exception], Callable[[], object]]] = [
+        (SecretExists, lambda: store.create(value)),
+        (StagingConflict, lambda: store.stage(value, str(uuid.uuid4()))),
+        (VersionNotFound, lambda: store.read(Stage.PREVIOUS)),
+        (StagingConflict, lambda: store.promote(str(uuid.uuid4()))),
+        (SecretNotFound, lambda: store_at(moto_server).stage(value, str(uuid.uuid4()))),
     ]
-    for failure in failures:
-        with pytest.raises(StoreError) as error:
+    for expected, failure in failures:
+        with pytest.raises(expected) as error:
             failure()
         assert value not in error_text(error.value)
 

@@ -5,26 +5,33 @@ The behaviour every store shares is in test_store_contract.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from cli.app import app
+from rotation.journal import Journal
 from stores import Stage, open_store
-from stores.errors import InvalidStoreURI, StagingConflict, StorePermissionDenied
-from stores.local import LocalKeyError, LocalStore
+from stores.errors import InvalidStoreURI, StagingConflict, StorePermissionDenied, VersionNotFound
+from stores.local import LocalKeyError, LocalStore, NotAStoreFile
 from stores.uri import SecretURI
-from tests.leaks import canary
+from tests.leaks import canary, error_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -147,6 +154,146 @@ def test_reading_a_store_that_does_not_exist_creates_nothing(tmp_path: Path) -> 
 def test_bad_options_are_refused(bad: str) -> None:
     with pytest.raises(InvalidStoreURI):
         open_store(bad)
+
+
+# -- what it refuses ------------------------------------------------------------------------------------------------
+
+
+def on_disk(folder: Path) -> dict[str, str]:
+    """Every file in ``folder`` with a hash of its bytes: what "nothing changed on disk" compares."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _other_database(path: Path) -> None:
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total TEXT)")
+        db.execute("INSERT INTO invoices (total) VALUES ('12.50')")
+        db.commit()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [_other_database, lambda path: Journal(path), lambda path: path.write_text("not a database at all\n")],
+    ids=["another-sqlite-database", "a-rotation-journal", "a-text-file"],
+)
+def test_a_file_that_is_not_a_store_is_refused_and_left_byte_for_byte(tmp_path: Path, make: Callable) -> None:
+    path = tmp_path / "data.db"
+    make(path)
+    before = on_disk(tmp_path)
+    store = open_store(uri(path))
+    calls = (store.describe, store.read, store.list, lambda: store.create(canary()), lambda: store.prune())
+    for call in [*calls, lambda: store.stage(canary(), "r1"), lambda: store.promote("r1")]:
+        with pytest.raises(NotAStoreFile, match="is not a secret store of this tool"):
+            call()
+    result = CliRunner().invoke(app, ["describe", uri(path)])
+    assert result.exit_code == 1 and "not a secret store" in result.output
+    assert on_disk(tmp_path) == before  # no table added, no switch to WAL, no -wal/-shm or key file left beside it
+
+
+def test_no_new_key_is_made_for_a_store_that_holds_versions(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    open_store(uri(path, secret="a")).create(canary())
+    path.with_name("store.db.key").unlink()  # lost, say, in a copy of the folder that left the key behind
+    before = on_disk(tmp_path)
+    for call in (lambda: open_store(uri(path, secret="b")).create(canary()), open_store(uri(path, secret="a")).read):
+        with pytest.raises(LocalKeyError, match="missing: restore it from your backup"):
+            call()
+    assert on_disk(tmp_path) == before
+
+
+def test_a_stage_pointer_edited_in_the_file_is_detected_not_served(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    store = open_store(uri(path))
+    first = store.create(canary())
+    rotate_to = canary()
+    store.stage(rotate_to, "r1")
+    store.promote("r1")
+    with closing(sqlite3.connect(path)) as db:  # point CURRENT back at the old password, by hand
+        db.execute('UPDATE stage_maps SET stages = replace(stages, \'"current":"r1"\', ?)', (f'"current":"{first}"',))
+        db.commit()
+    before = on_disk(tmp_path)
+    for call in (store.read, lambda: store.read(Stage.PREVIOUS), store.describe, lambda: store.stage(canary(), "r2")):
+        with pytest.raises(LocalKeyError, match="altered outside this tool") as error:
+            call()
+        assert rotate_to not in error_text(error.value)
+    assert on_disk(tmp_path) == before
+    assert store.read_version(first) != rotate_to  # a version read by its id is authenticated by its own tag
+
+
+@pytest.fixture
+def read_only_mount() -> Iterator[Path]:
+    """A folder for a store that a consumer will see read-only (outside pytest's private temporary folder, so that
+    an unprivileged reader can reach it)."""
+    folder = Path(tempfile.mkdtemp(prefix="rotation-ro-"))
+    try:
+        yield folder
+    finally:
+        for p in [folder, *folder.iterdir()]:
+            p.chmod(0o700)
+        shutil.rmtree(folder)
+
+
+def _as_a_consumer(read: Callable[[], str]) -> str:
+    """``read()`` in a forked process that cannot write the mount (root drops to nobody: root may write anything)."""
+    out, into = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(out)
+        try:
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            os.write(into, ("ok:" + read()).encode())
+        except BaseException as exc:
+            os.write(into, f"error:{type(exc).__name__}: {exc}".encode())
+        finally:
+            os._exit(0)
+    os.close(into)
+    with os.fdopen(out) as answer:
+        result = answer.read()
+    os.waitpid(child, 0)
+    assert result.startswith("ok:"), result
+    return result.removeprefix("ok:")
+
+
+def test_a_consumer_with_a_read_only_mount_reads_current(read_only_mount: Path) -> None:
+    path = read_only_mount / "store.db"
+    store = open_store(uri(path))
+    store.create(canary())
+    value = canary()
+    store.stage(value, "r1")
+    store.promote("r1")
+    for p in (path, path.with_name("store.db.key")):
+        if os.geteuid() == 0:
+            os.chown(p, 65534, 65534)
+        p.chmod(0o400)
+    if os.geteuid() == 0:
+        os.chown(read_only_mount, 65534, 65534)
+    read_only_mount.chmod(0o500)
+    before = on_disk(read_only_mount)
+    assert _as_a_consumer(lambda: open_store(uri(path)).read()) == value
+    assert on_disk(read_only_mount) == before
+
+
+def test_prune_destroys_retired_versions_on_disk_and_keeps_as_many_as_asked(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    store = open_store(uri(path))
+    versions = [store.create(canary())]
+    for number in range(4):
+        store.stage(canary(), f"r{number}")
+        store.promote(f"r{number}")
+        versions.append(f"r{number}")
+    with closing(sqlite3.connect(path)) as db:
+        ciphertexts = dict(db.execute("SELECT version_id, ciphertext FROM versions").fetchall())
+    assert store.prune(keep=1) == versions[:2]  # the oldest first; r1 is kept for audit
+    assert store.prune() == ["r1"]
+    assert [v.version_id for v in store.describe().versions] == ["r2", "r3"]
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("store.db") and p.is_file())
+    for version in versions[:3]:
+        assert ciphertexts[version] not in raw, f"the ciphertext of {version} is still in the file"
+    with pytest.raises(VersionNotFound):
+        store.read_version("r0")
 
 
 # -- several processes ---------------------------------------------------------------------------------------------

@@ -9,7 +9,14 @@ from collections.abc import Callable
 import pytest
 
 from stores import SecretStore, Stage, open_store
-from stores.errors import InvalidStoreURI, SecretNotFound, StagingConflict, StoreError, StorePermissionDenied
+from stores.errors import (
+    InvalidRotationId,
+    InvalidStoreURI,
+    SecretNotFound,
+    StagingConflict,
+    StorePermissionDenied,
+    VersionNotFound,
+)
 from stores.vault import VaultStore
 from tests.fixtures.vault_store import VaultTarget
 from tests.leaks import canary, error_text
@@ -253,7 +260,7 @@ def test_a_writer_in_between_makes_stage_fail_with_a_conflict_and_change_nothing
     meta = store.client.secrets.kv.v2.read_secret_metadata(path=store.path, mount_point=store.mount)["data"]
     assert meta["current_version"] == 2  # the other writer's version, and no version of ours
     assert "stage.pending" not in (meta["custom_metadata"] or {})
-    with pytest.raises(StoreError):
+    with pytest.raises(VersionNotFound):
         store.read(Stage.PENDING)
 
 
@@ -394,8 +401,8 @@ def test_bad_configuration_is_refused_clearly(vault_env: VaultTarget, monkeypatc
     with pytest.raises(InvalidStoreURI, match="namespace"):
         open_store("vault://secret/auth/jwt?region=eu")
     monkeypatch.delenv("VAULT_ADDR")
-    with pytest.raises(StoreError, match="VAULT_ADDR"):
+    with pytest.raises(StorePermissionDenied, match="VAULT_ADDR"):
         open_store("vault://secret/auth/jwt")
-    with pytest.raises(ValueError, match="rotation id"):
+    with pytest.raises(InvalidRotationId, match="rotation id"):
         monkeypatch.setenv("VAULT_ADDR", vault_env.address)
         open_store("vault://secret/auth/jwt").stage("x", "kv-3")
