@@ -31,12 +31,12 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model
 from errors import BadInput
 from redaction import register_secret
 from targets.secret_json import parse_json_credential
+from targets.ses.password import REGION_PATTERN
 
 TlsMode = Literal["starttls", "implicit"]
 IMPLICIT_TLS_PORT = 465
 SUBMISSION_PORT = 587
 _SES_HOST = re.compile(r"^email-smtp(?:-fips)?\.(?P<region>[a-z]{2}(?:-[a-z]+)+-\d+)\.amazonaws\.com$")
-_REGION = r"^[a-z]{2}(?:-[a-z]+)+-\d+$"
 _SHAPE = '"host", "port", "tls" ("starttls" or "implicit"), "username" and "password"'
 
 
@@ -50,7 +50,7 @@ class SesSettings(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     iam_user: str = Field(min_length=1, max_length=64, pattern=r"^[\w+=,.@-]+$")
-    region: str | None = Field(default=None, pattern=_REGION)
+    region: str | None = Field(default=None, pattern=REGION_PATTERN)
 
 
 class SmtpCredential(BaseModel):
