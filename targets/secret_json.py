@@ -35,7 +35,11 @@ def parse_json_credential(
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors(include_input=False)
-        )
+        problems = "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors(include_input=False))
         raise error(f"{where} is not {what}: {problems}") from None
+
+
+def _problem(location: tuple[int | str, ...], message: str) -> str:
+    """``field: what is wrong``; a check of the whole object (a model validator) names its fields itself."""
+    message = message.removeprefix("Value error, ")
+    return f"{'.'.join(map(str, location))}: {message}" if location else message
