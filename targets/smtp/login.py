@@ -195,7 +195,8 @@ def _login(client: smtplib.SMTP, credential: SmtpCredential, role: str) -> None:
         raise _refused(credential, role, refusal)
 
 
-def _attempt(credential: SmtpCredential, role: str) -> LoginOutcome:
+def try_login(credential: SmtpCredential, role: str) -> LoginOutcome:
+    """One login over verified TLS; a refused login is an outcome (``accepted=False``), every other failure raises."""
     started = time.monotonic()
     with _session(credential, role) as client:
         refusal = _authenticate(client, credential, role)
@@ -226,7 +227,7 @@ def check_login(
     started = time.monotonic()
     attempts = 0
     while True:
-        outcome = _attempt(credential, role)
+        outcome = try_login(credential, role)
         attempts += 1
         waited = time.monotonic() - started
         if outcome.accepted == accepted:
