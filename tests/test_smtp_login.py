@@ -94,6 +94,14 @@ def test_the_wrong_tls_mode_is_named(smtp_servers: Servers) -> None:
         check_login(credential, "current")
 
 
+def test_starttls_on_an_implicit_tls_port_is_named(smtp_servers: Servers, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = smtp_servers("implicit")
+    monkeypatch.setattr("targets.smtp.login.TIMEOUT_SECONDS", 1.0)  # the server waits for a TLS hello, silent
+    credential = parse_credential(server.secret("app", canary(), tls="starttls"), "the test secret")
+    with pytest.raises(ServerUnreachable, match="a port that speaks implicit TLS also stays silent"):
+        check_login(credential, "current")
+
+
 def test_a_changed_password_is_waited_for(smtp_servers: Servers) -> None:
     server = smtp_servers("starttls")
     old, new = canary(), canary()

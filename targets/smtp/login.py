@@ -146,7 +146,8 @@ def _session(credential: SmtpCredential, role: str) -> Iterator[smtplib.SMTP]:
         raise SmtpCheckFailed(f"{where}: the server answered {_reply(exc)}") from None
     except (smtplib.SMTPServerDisconnected, OSError) as exc:
         hint = ""
-        if isinstance(exc, TimeoutError) and credential.tls == "starttls":
+        silent = isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError)  # smtplib wraps it
+        if silent and credential.tls == "starttls":
             hint = " (a port that speaks implicit TLS also stays silent: try tls: implicit)"
         raise ServerUnreachable(
             f"{where} is unreachable ({type(exc).__name__}: {redact(str(exc)) or 'no answer'}){hint}; check host and "
