@@ -69,6 +69,22 @@ class AccessKeyChange(BaseModel):
     last_used_at: datetime | None = None
     last_used_service: str | None = None
 
+    @classmethod
+    def of(
+        cls,
+        user: IamUser,
+        key_id: str | None,
+        action: Literal["deactivate", "delete"],
+        changed: bool,
+        key: AccessKey | None = None,
+    ) -> AccessKeyChange:
+        """The change, with IAM's record of the key's last use when the key was read first."""
+        if changed:
+            done = {"deactivate": "Deactivated", "delete": "Deleted"}[action]
+            run_logger(__name__).info("%s access key %s of IAM user %r", done, key_id, user.name)
+        used = {"last_used_at": key.last_used_at, "last_used_service": key.last_used_service} if key else {}
+        return cls(iam_user=user.name, access_key_id=key_id, action=action, changed=changed, **used)
+
 
 class PasswordWindow(BaseModel):
     """How long consumers of a single-password login had a password that no longer worked.
@@ -194,16 +210,15 @@ def report_password_window(
     window = PasswordWindow(
         single_password=True,
         measured_at=now,
-        at_least_seconds=round((now - staged_at).total_seconds(), 3) if staged_at else None,
-        at_most_seconds=round((now - old_login_at).total_seconds(), 3) if old_login_at else None,
+        at_least_seconds=(now - staged_at).total_seconds() if staged_at else None,
+        at_most_seconds=(now - old_login_at).total_seconds() if old_login_at else None,
     )
     run_logger(__name__).warning(
         "%s keeps one password per user: consumers of %r held a refused password for %s s (at least) to %s s (at "
         "most) before the promotion",
         old.address,
         old.username,
-        window.at_least_seconds,
-        window.at_most_seconds,
+        *("?" if s is None else f"{s:.3f}" for s in (window.at_least_seconds, window.at_most_seconds)),
     )
     return window
 
@@ -297,9 +312,7 @@ def delete_created_access_key(secret: str, rotation_id: str) -> AccessKeyChange:
     changed = user.delete_key(key_id) if key_id else False
     user.unmark(rotation_id)
     store.discard(rotation_id)
-    if changed:
-        run_logger(__name__).info("Deleted access key %s of IAM user %r (rollback)", key_id, user.name)
-    return AccessKeyChange(iam_user=user.name, access_key_id=key_id, action="delete", changed=changed)
+    return AccessKeyChange.of(user, key_id, "delete", changed)
 
 
 def _old_key(store: SecretStore, secret: str, rotation_id: str, old_version: str) -> tuple[IamUser, str]:
@@ -328,18 +341,8 @@ def deactivate_old_access_key(secret: str, rotation_id: str, old_version: str) -
     user, key_id = _old_key(store, secret, rotation_id, old_version)
     key = user.key(key_id)
     if key is None:
-        return AccessKeyChange(iam_user=user.name, access_key_id=key_id, action="deactivate", changed=False)
-    changed = user.set_status(key_id, "Inactive")
-    if changed:
-        run_logger(__name__).info("Deactivated access key %s of IAM user %r", key_id, user.name)
-    return AccessKeyChange(
-        iam_user=user.name,
-        access_key_id=key_id,
-        action="deactivate",
-        changed=changed,
-        last_used_at=key.last_used_at,
-        last_used_service=key.last_used_service,
-    )
+        return AccessKeyChange.of(user, key_id, "deactivate", changed=False)
+    return AccessKeyChange.of(user, key_id, "deactivate", user.set_status(key_id, "Inactive"), key)
 
 
 @task(cache_policy=NO_CACHE, **_RETRY)
@@ -351,7 +354,7 @@ def delete_old_access_key(secret: str, rotation_id: str, old_version: str) -> Ac
     user, key_id = _old_key(store, secret, rotation_id, old_version)
     key = user.key(key_id)
     if key is None:
-        return AccessKeyChange(iam_user=user.name, access_key_id=key_id, action="delete", changed=False)
+        return AccessKeyChange.of(user, key_id, "delete", changed=False)
     if key.status == "Active":
         raise Refused(
             f"access key {key_id} of IAM user {user.name!r} is still active: deactivate it and wait the second grace "
@@ -360,14 +363,4 @@ def delete_old_access_key(secret: str, rotation_id: str, old_version: str) -> Ac
     pending = store.describe().version_at(Stage.PENDING)
     if pending is not None and _credential(store, secret, pending).username == key_id:
         raise Refused(f"the PENDING version {pending} of {secret} uses access key {key_id}; it is not deleted")
-    changed = user.delete_key(key_id)
-    if changed:
-        run_logger(__name__).info("Deleted access key %s of IAM user %r", key_id, user.name)
-    return AccessKeyChange(
-        iam_user=user.name,
-        access_key_id=key_id,
-        action="delete",
-        changed=changed,
-        last_used_at=key.last_used_at,
-        last_used_service=key.last_used_service,
-    )
+    return AccessKeyChange.of(user, key_id, "delete", user.delete_key(key_id), key)

@@ -37,6 +37,22 @@ def _secret(factory: Callable[[], SecretStore], value: str) -> tuple[SecretStore
     return store, store.create(value)
 
 
+def _provider(start: Servers, factory: Callable[[], SecretStore], tls: str) -> tuple[SmtpServer, SecretStore, str, str]:
+    """A server whose user ``app`` has a password, and a secret holding it: (server, store, password, version)."""
+    server = start(tls)
+    password = canary()
+    server.set_password("app", password)
+    store, version = _secret(factory, server.secret("app", password))
+    return server, store, password, version
+
+
+def _stage_by_hand(store: SecretStore, password: str) -> str:
+    """What `rotate stage` does with the password a person entered; returns the rotation id."""
+    rotation_id = str(uuid.uuid4())
+    store.stage(with_new_password(store.read(Stage.CURRENT), password), rotation_id)
+    return rotation_id
+
+
 def _nothing_changed(store: SecretStore, version: str) -> None:
     assert [(v.version_id, v.stages) for v in store.describe().versions] == [(version, (Stage.CURRENT,))]
 
@@ -45,10 +61,8 @@ def _nothing_changed(store: SecretStore, version: str) -> None:
 def test_a_hand_set_rotation_on_a_single_password_provider(
     smtp_servers: Servers, local_store_factory: Callable[[], SecretStore], tls: str, record_property
 ) -> None:
-    server = smtp_servers(tls)
-    old, new = canary(), canary()
-    server.set_password("app", old)
-    store, old_version = _secret(local_store_factory, server.secret("app", old))
+    server, store, _, old_version = _provider(smtp_servers, local_store_factory, tls)
+    new = canary()
     uri = store.uri.display
 
     plan = inspect_smtp_secret.fn(uri)
@@ -57,8 +71,7 @@ def test_a_hand_set_rotation_on_a_single_password_provider(
 
     server.set_password("app", new)  # the person changes it in the provider's console...
     changed_at = datetime.now(UTC)
-    rotation_id = str(uuid.uuid4())
-    store.stage(with_new_password(store.read(Stage.CURRENT), new), rotation_id)  # ...and stages it
+    rotation_id = _stage_by_hand(store, new)  # ...and stages it
     assert smtp_login_accepted.fn(uri, rotation_id).accepted
     store.promote(rotation_id)
     window = report_password_window.fn(uri, rotation_id, old_version, plan.checked_at.isoformat())
@@ -66,7 +79,7 @@ def test_a_hand_set_rotation_on_a_single_password_provider(
     assert window.single_password
     assert window.at_least_seconds is not None and window.at_most_seconds is not None
     assert window.at_least_seconds <= actual <= window.at_most_seconds
-    record_property("single_password_window_s", f"{window.at_least_seconds}..{window.at_most_seconds}")
+    record_property("single_password_window_s", f"{window.at_least_seconds:.3f}..{window.at_most_seconds:.3f}")
     assert not smtp_login_refused.fn(uri, old_version).accepted
     assert json.loads(store.read(Stage.CURRENT))["password"] == new
 
@@ -74,13 +87,10 @@ def test_a_hand_set_rotation_on_a_single_password_provider(
 def test_a_provider_with_two_passwords_has_no_window(
     smtp_servers: Servers, local_store_factory: Callable[[], SecretStore]
 ) -> None:
-    server = smtp_servers("starttls")
-    old, new = canary(), canary()
-    server.set_password("app", old)
-    store, old_version = _secret(local_store_factory, server.secret("app", old))
+    server, store, old, old_version = _provider(smtp_servers, local_store_factory, "starttls")
+    new = canary()
     server.add_password("app", new)
-    rotation_id = str(uuid.uuid4())
-    store.stage(with_new_password(store.read(Stage.CURRENT), new), rotation_id)
+    rotation_id = _stage_by_hand(store, new)
     store.promote(rotation_id)
     window = report_password_window.fn(store.uri.display, rotation_id, old_version)
     assert not window.single_password and window.at_least_seconds is None
@@ -94,12 +104,9 @@ def test_a_provider_with_two_passwords_has_no_window(
 def test_a_wrong_staged_password_is_refused(
     smtp_servers: Servers, local_store_factory: Callable[[], SecretStore]
 ) -> None:
-    server = smtp_servers("implicit")
-    old, typo = canary(), canary()
-    server.set_password("app", old)
-    store, _ = _secret(local_store_factory, server.secret("app", old))
-    rotation_id = str(uuid.uuid4())
-    store.stage(with_new_password(store.read(Stage.CURRENT), typo), rotation_id)
+    _, store, old, _ = _provider(smtp_servers, local_store_factory, "implicit")
+    typo = canary()
+    rotation_id = _stage_by_hand(store, typo)
     with pytest.raises(LoginRefused, match=r"refused the login .*check the staged secret") as caught:
         smtp_login_accepted.fn(store.uri.display, rotation_id)
     assert isinstance(caught.value, PermissionDenied) and not isinstance(caught.value, Unreachable)
