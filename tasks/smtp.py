@@ -238,26 +238,31 @@ def create_ses_access_key(secret: str, rotation_id: str) -> AccessKeyCreated:
     _, current = _current(store, secret)
     user = _iam_user(current, secret)
     mark_key(rotation_id)  # a rotation id IAM cannot tag with fails here, before any change
-    region = user.region
     try:
         staged_value = store.read_version(rotation_id)
     except VersionNotFound:
         staged_value = None
-    if staged_value is not None:
-        staged = parse_credential(staged_value, f"version {rotation_id} of {secret}")
-        if user.key(staged.username) is None:
-            raise CheckFailed(
-                f"version {rotation_id} of {secret} names access key {staged.username}, which IAM user "
-                f"{user.name!r} no longer has; roll this rotation back"
-            )
-        user.unmark(rotation_id)
-        return AccessKeyCreated(
-            iam_user=user.name,
-            access_key_id=staged.username,
-            region=region,
-            staged_fingerprint=fingerprint(staged_value),
-            created=False,
+    created = staged_value is None
+    if staged_value is None:
+        staged_value = _create_and_stage(store, secret, rotation_id, current, user)
+    staged = parse_credential(staged_value, f"version {rotation_id} of {secret}")
+    if not created and user.key(staged.username) is None:
+        raise CheckFailed(
+            f"version {rotation_id} of {secret} names access key {staged.username}, which IAM user {user.name!r} no "
+            "longer has; roll this rotation back"
         )
+    user.unmark(rotation_id)  # the store names the key from now on
+    return AccessKeyCreated(
+        iam_user=user.name,
+        access_key_id=staged.username,
+        region=user.region,
+        staged_fingerprint=fingerprint(staged_value),
+        created=created,
+    )
+
+
+def _create_and_stage(store: SecretStore, secret: str, rotation_id: str, current: SmtpCredential, user: IamUser) -> str:
+    """Create the key (after the checks that must come before any change) and stage its credential; returns it."""
     pending = store.describe().version_at(Stage.PENDING)
     if pending not in (None, rotation_id):
         raise Conflict(f"{secret} has a PENDING version of another rotation ({pending}); finish or roll it back first")
@@ -276,19 +281,12 @@ def create_ses_access_key(secret: str, rotation_id: str) -> AccessKeyCreated:
     except BaseException:
         user.delete_key(new.access_key_id)  # unmarked, it could not be told from a key someone else uses
         raise
-    value = current.with_login(new.access_key_id, smtp_password(new.secret_access_key.get_secret_value(), region))
+    password = smtp_password(new.secret_access_key.get_secret_value(), user.region)
+    value = current.with_login(new.access_key_id, password)
     store.stage(value, rotation_id)
-    user.unmark(rotation_id)
-    run_logger(__name__).info(
-        "Created access key %s of IAM user %r; staged its SMTP credential for %s", new.access_key_id, user.name, region
-    )
-    return AccessKeyCreated(
-        iam_user=user.name,
-        access_key_id=new.access_key_id,
-        region=region,
-        staged_fingerprint=fingerprint(value),
-        created=True,
-    )
+    logged = (new.access_key_id, user.name, user.region)
+    run_logger(__name__).info("Created access key %s of IAM user %r; staged its SMTP credential for %s", *logged)
+    return value
 
 
 @task(cache_policy=NO_CACHE, **_RETRY)
