@@ -32,7 +32,14 @@ from targets.smtp.credential import SmtpCredential, parse_credential
 from targets.smtp.login import LoginOutcome, SentMessage, check_login, send_test_message, try_login
 from tasks import retry_if_transient, run_logger
 
-_RETRY = {"retries": 2, "retry_delay_seconds": [1, 5], "retry_condition_fn": retry_if_transient}
+# Secret material passes through every task: no cache, no persisted result, retried only when unreachable.
+_OPTIONS = {
+    "cache_policy": NO_CACHE,
+    "persist_result": False,
+    "retries": 2,
+    "retry_delay_seconds": [1, 5],
+    "retry_condition_fn": retry_if_transient,
+}
 
 
 class SmtpPlan(BaseModel):
@@ -133,7 +140,7 @@ def _key_in_use(user: IamUser, keys: list[AccessKey], credential: SmtpCredential
     return key
 
 
-@task(cache_policy=NO_CACHE, **_RETRY)
+@task(**_OPTIONS)
 def inspect_smtp_secret(secret: str) -> SmtpPlan:
     """Before anything changes: the secret is an SMTP credential, its login works over verified TLS, and for SES
     its access key is an active key of the IAM user, which has room for a second one."""
@@ -167,7 +174,7 @@ def inspect_smtp_secret(secret: str) -> SmtpPlan:
     )
 
 
-@task(cache_policy=NO_CACHE, **_RETRY)
+@task(**_OPTIONS)
 def smtp_login_accepted(secret: str, version_id: str, settle_seconds: float = 0) -> LoginOutcome:
     """The credential of ``version_id`` logs in over verified TLS (asked again for up to ``settle_seconds`` while
     refused: SES accepts a new access key some seconds after IAM created it)."""
@@ -175,7 +182,7 @@ def smtp_login_accepted(secret: str, version_id: str, settle_seconds: float = 0)
     return check_login(_credential(store, secret, version_id), "staged", accepted=True, settle_seconds=settle_seconds)
 
 
-@task(cache_policy=NO_CACHE, **_RETRY)
+@task(**_OPTIONS)
 def smtp_login_refused(secret: str, version_id: str, settle_seconds: float = 0) -> LoginOutcome:
     """The (revoked) credential of ``version_id`` is refused, over verified TLS (asked again for up to
     ``settle_seconds`` while it still works)."""
@@ -184,14 +191,14 @@ def smtp_login_refused(secret: str, version_id: str, settle_seconds: float = 0) 
     return check_login(credential, "revoked", accepted=False, settle_seconds=settle_seconds)
 
 
-@task(cache_policy=NO_CACHE, **_RETRY)
+@task(**_OPTIONS)
 def send_smtp_test_message(secret: str, version_id: str, sender: str, recipient: str) -> SentMessage:
     """Send a short message from ``sender`` to ``recipient`` through the credential of ``version_id``."""
     store = open_store(secret)
     return send_test_message(_credential(store, secret, version_id), "staged", sender, recipient)
 
 
-@task(cache_policy=NO_CACHE, **_RETRY)
+@task(**_OPTIONS)
 def report_password_window(
     secret: str, rotation_id: str, old_version: str, old_login_at: datetime | str | None = None
 ) -> PasswordWindow:
@@ -226,7 +233,7 @@ def report_password_window(
 # -- Amazon SES: the IAM user's access keys -------------------------------------------------------------------------
 
 
-@task(cache_policy=NO_CACHE, **_RETRY)
+@task(**_OPTIONS)
 def create_ses_access_key(secret: str, rotation_id: str) -> AccessKeyCreated:
     """Create the IAM user's second access key and stage, under ``rotation_id``, the current credential with the
     key's id as username and the SES SMTP password derived from it (for the secret's region).
@@ -289,7 +296,7 @@ def _create_and_stage(store: SecretStore, secret: str, rotation_id: str, current
     return value
 
 
-@task(cache_policy=NO_CACHE, **_RETRY)
+@task(**_OPTIONS)
 def delete_created_access_key(secret: str, rotation_id: str) -> AccessKeyChange:
     """The undo of :func:`create_ses_access_key`: delete the access key the rotation created and discard its staged
     version. Idempotent; the key is found in the staged version (or the user's tag), never in a copy."""
@@ -331,7 +338,7 @@ def _old_key(store: SecretStore, secret: str, rotation_id: str, old_version: str
     return user, old.username
 
 
-@task(cache_policy=NO_CACHE, **_RETRY)
+@task(**_OPTIONS)
 def deactivate_old_access_key(secret: str, rotation_id: str, old_version: str) -> AccessKeyChange:
     """Deactivate the access key of ``old_version`` (the retire step): its SMTP password stops working. Only once
     the rotation's credential is CURRENT. Idempotent. Returns IAM's record of the key's last use."""
@@ -343,7 +350,7 @@ def deactivate_old_access_key(secret: str, rotation_id: str, old_version: str) -
     return AccessKeyChange.of(user, key_id, "deactivate", user.set_status(key_id, "Inactive"), key)
 
 
-@task(cache_policy=NO_CACHE, **_RETRY)
+@task(**_OPTIONS)
 def delete_old_access_key(secret: str, rotation_id: str, old_version: str) -> AccessKeyChange:
     """Delete the access key of ``old_version``, after the second grace period. Refused while the key is active
     (deactivation comes first, so a consumer still using it has failed visibly) or while the secret's CURRENT or
