@@ -1,19 +1,22 @@
 """The second line of defence: every log record is scrubbed of the secret values this process has handled.
 
-Tasks call :func:`register_secret` for each value they read or generate. :func:`install` wraps the log-record
-factory, so the message, its arguments and any traceback are redacted before any handler (Prefect's API handler
-included) sees the record.
+Tasks call :func:`register_secret` for each value they read or generate; :func:`register_pattern` covers a value
+logged before any code of ours has seen it (an SDK's debug log of the response that carries a new secret).
+:func:`install` wraps the log-record factory, so the message, its arguments and any traceback are redacted before
+any handler (Prefect's API handler included) sees the record.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 
 REDACTED = "***"
 _MIN_LENGTH = 6  # shorter values would redact ordinary words
 _secrets: set[str] = set()
+_patterns: list[re.Pattern[str]] = []
 _lock = threading.Lock()
 _installed = False
 
@@ -26,13 +29,34 @@ def register_secret(value: str) -> str:
     return value
 
 
+def register_pattern(pattern: str) -> None:
+    """Redact the group named ``secret`` wherever ``pattern`` matches, such as
+    ``<SecretAccessKey>(?P<secret>[^<]+)</SecretAccessKey>``. Idempotent."""
+    compiled = re.compile(pattern)
+    if "secret" not in compiled.groupindex:
+        raise ValueError(f"pattern {pattern!r} has no group named 'secret'")
+    with _lock:
+        if compiled not in _patterns:
+            _patterns.append(compiled)
+
+
+def _redact_match(match: re.Match[str]) -> str:
+    start, end = match.span("secret")
+    whole = match.group(0)
+    offset = match.start()
+    return whole[: start - offset] + REDACTED + whole[end - offset :]
+
+
 def redact(text: str) -> str:
-    """``text`` with every registered secret replaced by ``***``."""
+    """``text`` with every registered secret, and every match of a registered pattern, replaced by ``***``."""
     with _lock:
         known = sorted(_secrets, key=len, reverse=True)
+        patterns = list(_patterns)
     for secret in known:
         if secret in text:
             text = text.replace(secret, REDACTED)
+    for pattern in patterns:
+        text = pattern.sub(_redact_match, text)
     return text
 
 
@@ -56,7 +80,7 @@ def install() -> None:
 
     def factory(*args: object, **kwargs: object) -> logging.LogRecord:
         record = previous(*args, **kwargs)
-        if _secrets:
+        if _secrets or _patterns:
             message = record.getMessage()
             clean = redact(message)
             if clean != message:

@@ -6,7 +6,11 @@ and returns ids, names or fingerprints.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+from prefect import get_run_logger
+from prefect.exceptions import MissingContextError
 
 from errors import is_transient
 
@@ -18,3 +22,12 @@ def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
     except BaseException as exc:
         return is_transient(exc)
     return False
+
+
+def run_logger(name: str) -> logging.Logger | logging.LoggerAdapter:
+    """The task run's logger (its lines reach the Prefect UI); ``name``'s module logger when a task is called as a
+    plain function (``.fn``), outside a run."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(name)

@@ -8,15 +8,13 @@ so no copy of a password or a SCRAM verifier is kept anywhere else, the journal 
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg2
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.exceptions import MissingContextError
 from psycopg2 import sql
 from pydantic import BaseModel
 
@@ -40,7 +38,7 @@ from targets.postgres.roles import (
     undo_adoption,
     verifier,
 )
-from tasks import retry_if_transient
+from tasks import retry_if_transient, run_logger
 
 _RETRY = {"retries": 2, "retry_delay_seconds": [1, 3], "retry_condition_fn": retry_if_transient}
 
@@ -69,13 +67,6 @@ class PgPlan(BaseModel):
     target_could_login: bool
     restore_version: str | None  # the version holding the target user's password before this rotation
     repair: bool  # the CURRENT secret's password no longer logs in (changed by hand)
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    try:
-        return get_run_logger()
-    except MissingContextError:  # called as a plain function (``.fn``), outside a run
-        return logging.getLogger(__name__)
 
 
 def _version(secret: str, version_id: str) -> PgCredential:
@@ -139,7 +130,7 @@ def inspect_postgres_secret(
         restore_version = previous_version
     repair = not login_works(current, current.username, current.secret)
     if repair:
-        _logger().warning(
+        run_logger(__name__).warning(
             "%s: the CURRENT secret %s no longer logs in as %r (its password was changed outside the rotation); "
             "it will be repaired with the administrator credentials",
             server,
@@ -174,7 +165,7 @@ def repair_current_login(secret: str, version_id: str, admin_secret: str) -> boo
             raise UnknownUser(f"user {current.username!r} disappeared from {current.host}:{current.port}")
         set_password(conn, current.username, current.secret, login=True)
         conn.commit()
-    _logger().warning("Repaired the login of %r: it matches the CURRENT secret again", current.username)
+    run_logger(__name__).warning("Repaired the login of %r: it matches the CURRENT secret again", current.username)
     return True
 
 
@@ -197,7 +188,7 @@ def prepare_alternating_users(secret: str, version_id: str, admin_secret: str, p
             done.append(f"created {plan.target_user} as a member of {plan.owner_role}")
         conn.commit()
     for line in done:
-        _logger().info("%s", line)
+        run_logger(__name__).info("%s", line)
     return done
 
 
@@ -296,7 +287,7 @@ def change_password_and_promote(secret: str, rotation_id: str, admin_secret: str
             window = time.perf_counter() - started
             cur.execute("SELECT clock_timestamp()::text")
             changed_at = cur.fetchone()[0]
-    _logger().info("Password of %r changed and promoted; window %.1f ms", new.username, window * 1000)
+    run_logger(__name__).info("Password of %r changed and promoted; window %.1f ms", new.username, window * 1000)
     return {"changed_at": changed_at, "window_ms": round(window * 1000, 3)}
 
 
@@ -404,7 +395,7 @@ def retire_user(secret: str, rotation_id: str, admin_secret: str, user: str, own
             conn.autocommit = False
             drop_login_user(conn, user, owner)
             conn.commit()
-    _logger().info("Retired user %r (%s); %d session(s) ended", user, mode, ended)
+    run_logger(__name__).info("Retired user %r (%s); %d session(s) ended", user, mode, ended)
     return mode
 
 

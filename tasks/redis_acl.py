@@ -6,11 +6,8 @@ saved where: never a password or its hash. The administrator's credentials come 
 
 from __future__ import annotations
 
-import logging
-
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.exceptions import MissingContextError
 from pydantic import BaseModel
 
 from stores import Stage, open_store
@@ -21,7 +18,7 @@ from targets.redis.fleet import add_password as add_everywhere
 from targets.redis.fleet import remove_password as remove_everywhere
 from targets.redis.fleet import retire_password as retire_everywhere
 from targets.redis.nodes import RedisRotationError
-from tasks import retry_if_transient
+from tasks import retry_if_transient, run_logger
 
 _RETRY = {"retries": 2, "retry_delay_seconds": [1, 5], "retry_condition_fn": retry_if_transient}
 
@@ -33,13 +30,6 @@ class RedisPlan(BaseModel):
     nodes: list[str]
     current_version: str
     admin_username: str
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    try:
-        return get_run_logger()
-    except MissingContextError:  # called as a plain function (``.fn``), outside a run
-        return logging.getLogger(__name__)
 
 
 def _version(secret: str, version_id: str) -> RedisCredential:
@@ -89,7 +79,7 @@ def inspect_redis_secret(secret: str, admin_secret: str) -> RedisPlan:
 def add_password(secret: str, rotation_id: str, admin_secret: str) -> list[NodeChange]:
     """Add the staged password (by hash) beside the current one on every node, and save it; all or nothing."""
     new = _version(secret, rotation_id)
-    return add_everywhere(_fleet(new, admin_secret), new.username, new.password_hash, _logger())
+    return add_everywhere(_fleet(new, admin_secret), new.username, new.password_hash, run_logger(__name__))
 
 
 @task(cache_policy=NO_CACHE, **_RETRY)
@@ -104,7 +94,7 @@ def remove_added_password(secret: str, rotation_id: str, admin_secret: str) -> l
         new = _version(secret, rotation_id)
     except VersionNotFound:
         return []  # nothing was staged, so nothing was added
-    return remove_everywhere(_fleet(new, admin_secret), new.username, new.password_hash, _logger())
+    return remove_everywhere(_fleet(new, admin_secret), new.username, new.password_hash, run_logger(__name__))
 
 
 @task(cache_policy=NO_CACHE, **_RETRY)
@@ -133,4 +123,4 @@ def remove_old_password(secret: str, rotation_id: str, old_version: str, admin_s
             f"({old.username!r}, {new.username!r}); this runbook rotates one user's password"
         )
     fleet = _fleet(new, admin_secret)
-    return retire_everywhere(fleet, new.username, old.password_hash, new.password_hash, _logger())
+    return retire_everywhere(fleet, new.username, old.password_hash, new.password_hash, run_logger(__name__))

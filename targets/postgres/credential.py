@@ -17,10 +17,11 @@ import json
 import secrets
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from errors import BadInput
 from redaction import register_secret
+from targets.secret_json import parse_json_credential
 
 SslMode = Literal["disable", "require", "verify-ca", "verify-full"]
 
@@ -92,25 +93,14 @@ class PgCredential(BaseModel):
 
 def parse_credential(text: str, where: str) -> PgCredential:
     """Parse a secret's value; errors name ``where`` and the fields at fault, never the value."""
-    register_secret(text)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise PgSecretInvalid(
-            f"{where} is not JSON ({exc.msg} at line {exc.lineno}); store a JSON object with "
-            '"engine", "host", "port", "username", "password" and "dbname"'
-        ) from None
-    if not isinstance(data, dict):
-        raise PgSecretInvalid(f"{where} is JSON but not an object; store an object with host, username and password")
-    if isinstance(data.get("password"), str):
-        register_secret(data["password"])
-    try:
-        return PgCredential.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors(include_input=False)
-        )
-        raise PgSecretInvalid(f"{where} is not a PostgreSQL credential: {problems}") from None
+    return parse_json_credential(
+        text,
+        where,
+        PgCredential,
+        PgSecretInvalid,
+        "a PostgreSQL credential",
+        '"engine", "host", "port", "username", "password" and "dbname"',
+    )
 
 
 def new_login_value(current: str, username: str, length_bytes: int = 32) -> str:

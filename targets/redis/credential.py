@@ -18,10 +18,11 @@ import json
 import re
 import secrets
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from errors import BadInput
 from redaction import register_secret
+from targets.secret_json import parse_json_credential
 
 _NODE = re.compile(r"^(?:(?P<scheme>rediss?)://)?(?P<host>\[[^\]]+\]|[^:/\[\]]+)(?::(?P<port>\d+))?/?$")
 
@@ -108,23 +109,14 @@ class RedisCredential(BaseModel):
 
 def parse_credential(text: str, where: str, needs_nodes: bool = True) -> RedisCredential:
     """Parse a secret's value; errors name ``where`` and the fields at fault, never the value."""
-    register_secret(text)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RedisSecretInvalid(
-            f"{where} is not JSON ({exc.msg} at line {exc.lineno}); store a JSON object with "
-            '"username" and "password" (and "host"/"hosts" for the Redis secret)'
-        ) from None
-    if isinstance(data, dict) and isinstance(data.get("password"), str):
-        register_secret(data["password"])
-    try:
-        credential = RedisCredential.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors(include_input=False)
-        )
-        raise RedisSecretInvalid(f"{where} is not a Redis credential: {problems}") from None
+    credential = parse_json_credential(
+        text,
+        where,
+        RedisCredential,
+        RedisSecretInvalid,
+        "a Redis credential",
+        '"username" and "password" (and "host"/"hosts" for the Redis secret)',
+    )
     if needs_nodes:
         try:
             credential.nodes()
