@@ -7,20 +7,41 @@ encrypted to the SP); the browser posts that to the SP's assertion consumer serv
 user in without a person (a test IdP, or a probe account): this check has no password to type.
 
 A redirect or form that carries a SAML message is followed; the sign-in succeeded when the SP's ACS answers 2xx.
+With the redirect binding the signature is in the URL, so :func:`sign_in` also tells which of the certificates
+given verifies it: which key the SP signs with.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+from collections.abc import Sequence
 from html.parser import HTMLParser
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import httpx
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from pydantic import BaseModel
 
 from errors import CheckFailed, Unreachable
+from targets.saml.certificates import fingerprint
 
 _MAX_HOPS = 12
+_DSIG_MORE = "http://www.w3.org/2001/04/xmldsig-more#"
+SIGNATURE_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "http://www.w3.org/2000/09/xmldsig#rsa-sha1": hashes.SHA1,
+    f"{_DSIG_MORE}rsa-sha256": hashes.SHA256,
+    f"{_DSIG_MORE}rsa-sha384": hashes.SHA384,
+    f"{_DSIG_MORE}rsa-sha512": hashes.SHA512,
+    f"{_DSIG_MORE}ecdsa-sha256": hashes.SHA256,
+    f"{_DSIG_MORE}ecdsa-sha384": hashes.SHA384,
+    f"{_DSIG_MORE}ecdsa-sha512": hashes.SHA512,
+}
 
 
 class SignInFailed(CheckFailed):
@@ -34,7 +55,52 @@ class SignIn(BaseModel):
     request_binding: str
     identity_provider: str
     assertion_consumer: str
+    signed_with: str | None = None  # the fingerprint of the certificate that verifies a redirect's signature
     answer: dict[str, Any] | None = None
+
+
+class ServiceProvider(BaseModel):
+    """Where a SAML service provider is reached: its metadata, and the URLs where a browser starts a sign-in."""
+
+    name: str
+    metadata_url: str
+    login_urls: list[str] = []
+
+
+def _verifies(certificate: x509.Certificate, signature: bytes, signed: bytes, algorithm: str) -> bool:
+    digest = SIGNATURE_HASHES[algorithm]()
+    public = certificate.public_key()
+    try:
+        if isinstance(public, rsa.RSAPublicKey) and "#rsa-" in algorithm:
+            public.verify(signature, signed, padding.PKCS1v15(), digest)
+        elif isinstance(public, ec.EllipticCurvePublicKey) and "#ecdsa-" in algorithm:
+            # XML signatures carry ECDSA as r || s, not DER.
+            half = len(signature) // 2
+            r, s = int.from_bytes(signature[:half], "big"), int.from_bytes(signature[half:], "big")
+            public.verify(encode_dss_signature(r, s), signed, ec.ECDSA(digest))
+        else:
+            return False
+    except InvalidSignature:
+        return False
+    return True
+
+
+def redirect_signer(url: str, certificates: Sequence[x509.Certificate]) -> str | None:
+    """The fingerprint of the certificate among ``certificates`` whose key signed a redirect-binding request
+    (SAML bindings 3.4.4.1: the signature covers ``SAMLRequest=..&RelayState=..&SigAlg=..`` as sent)."""
+    raw = dict(part.partition("=")[::2] for part in urlsplit(url).query.split("&") if part)
+    algorithm = unquote(raw.get("SigAlg", ""))
+    if "SAMLRequest" not in raw or "Signature" not in raw or algorithm not in SIGNATURE_HASHES:
+        return None
+    signed = "&".join(f"{name}={raw[name]}" for name in ("SAMLRequest", "RelayState", "SigAlg") if name in raw)
+    try:
+        signature = base64.b64decode(unquote(raw["Signature"]), validate=True)
+    except binascii.Error:
+        return None
+    for certificate in certificates:
+        if _verifies(certificate, signature, signed.encode(), algorithm):
+            return fingerprint(certificate)
+    return None
 
 
 class _Form(HTMLParser):
@@ -73,9 +139,12 @@ def _refusal(response: httpx.Response) -> str:
     return f"HTTP {response.status_code}: {error}" if isinstance(error, str) else f"HTTP {response.status_code}"
 
 
-def sign_in(login_url: str, timeout: float = 10, verify_tls: bool = True) -> SignIn:
-    """Sign in through the SP at ``login_url``; :class:`SignInFailed` names who refused what."""
-    binding = idp = acs = None
+def sign_in(
+    login_url: str, certificates: Sequence[x509.Certificate] = (), timeout: float = 10, verify_tls: bool = True
+) -> SignIn:
+    """Sign in through the SP at ``login_url``; :class:`SignInFailed` names who refused what. ``certificates``:
+    the SP's certificates, to tell which one verifies a redirect's signature."""
+    binding = idp = acs = signed_with = None
     try:
         with httpx.Client(timeout=timeout, verify=verify_tls) as browser:
             response = browser.get(login_url)
@@ -85,6 +154,7 @@ def sign_in(login_url: str, timeout: float = 10, verify_tls: bool = True) -> Sig
                     target = urljoin(str(response.url), response.headers["location"])
                     if binding is None and "SAMLRequest=" in target:
                         binding, idp = "redirect", _where(target)
+                        signed_with = redirect_signer(target, certificates)
                     response = browser.get(target)
                 elif form is not None:
                     target = urljoin(str(response.url), form.action or "")
@@ -115,5 +185,6 @@ def sign_in(login_url: str, timeout: float = 10, verify_tls: bool = True) -> Sig
         request_binding=binding or "redirect",
         identity_provider=idp,
         assertion_consumer=acs,
+        signed_with=signed_with,
         answer=answer if isinstance(answer, dict) else None,
     )
