@@ -20,7 +20,14 @@ from pydantic import BaseModel
 from errors import CheckFailed, Unreachable
 from redaction import register_secret
 from stores import Stage, open_store
-from targets.saml.certificates import CertificateProfile, check_certificate, days_left, key_type, renewal_due
+from targets.saml.certificates import (
+    CertificateInvalid,
+    CertificateProfile,
+    check_certificate,
+    days_left,
+    key_type,
+    renewal_due,
+)
 from targets.saml.keyset import KeyPair, KeysetInvalid, SamlKeyset, Status, roles
 from targets.saml.metadata import USES, MetadataCertificates, MetadataInvalid, expected_certificates, parse_metadata
 from targets.saml.sign_in import ServiceProvider, SignIn, sign_in
@@ -85,7 +92,7 @@ def _keyset(text: str, where: str) -> SamlKeyset:
     register_secret(text)
     try:
         keyset = SamlKeyset.from_secret(text)
-    except KeysetInvalid as exc:
+    except CertificateInvalid as exc:
         raise KeysetInvalid(f"{where}: {exc}") from None
     for pair in keyset.keys:
         register_secret(pair.key_text)

@@ -38,6 +38,7 @@ from saml2.client import Saml2Client
 from saml2.config import SPConfig
 from saml2.metadata import entity_descriptor
 from saml2.sigver import DecryptError, SignatureError
+from saml2.xmldsig import DIGEST_SHA256, SIG_RSA_SHA256
 
 from stores import Stage, open_store
 from stores.errors import StoreError
@@ -130,6 +131,8 @@ def _config(settings: SamlSettings, signing: _Pair, encryption: list[_Pair], idp
         "key_file": signing.key_file,
         "cert_file": signing.cert_file,
         "encryption_keypairs": [{"key_file": p.key_file, "cert_file": p.cert_file} for p in encryption],
+        # Metadata only: the other certificates identity providers may verify this SP's signatures with.
+        "additional_cert_files": [p.cert_file for p in encryption if p is not signing] if not idp else None,
         "service": {
             "sp": {
                 "endpoints": {"assertion_consumer_service": [(settings.acs_url, BINDING_HTTP_POST)]},
@@ -140,6 +143,8 @@ def _config(settings: SamlSettings, signing: _Pair, encryption: list[_Pair], idp
             }
         },
         "valid_for": settings.valid_hours,
+        "signing_algorithm": SIG_RSA_SHA256,  # pysaml2's default is RSA-SHA1
+        "digest_algorithm": DIGEST_SHA256,
     }
     if idp:
         values["metadata"] = {"remote": [{"url": settings.idp_metadata_url}]}
@@ -232,7 +237,12 @@ class SamlServiceProvider:
         """A signed AuthnRequest: pysaml2's ``info`` (headers with a Location, or an HTML form in ``data``)."""
         sp = self.current
         request_id, info = sp.client.prepare_for_authenticate(
-            entityid=sp.idp_entity_id, binding=BINDINGS[binding], sign=True, relay_state=relay_state
+            entityid=sp.idp_entity_id,
+            binding=BINDINGS[binding],
+            sign=True,
+            sigalg=SIG_RSA_SHA256,
+            digest_alg=DIGEST_SHA256,
+            relay_state=relay_state,
         )
         now = time.monotonic()
         with self._lock:
@@ -255,18 +265,23 @@ class SamlServiceProvider:
             raise SignInRefused("the assertion is not encrypted to a certificate of this SP")
         with self._lock:
             outstanding = {rid: "/" for rid in self._outstanding}
+        undecrypted = SignInRefused(f"no current key decrypts the assertion (encrypted to {encrypted_to})")
         try:
             answer = sp.client.parse_authn_request_response(saml_response, BINDING_HTTP_POST, outstanding)
+            if answer is None:
+                raise SignInRefused("the response answers no request of this SP")
+            if not answer.assertions:  # pysaml2 drops an assertion it could not decrypt without saying so
+                raise undecrypted
+            subject = answer.get_subject().text
+        except SignInRefused:
+            raise
         except DecryptError:
-            raise SignInRefused(f"no current key decrypts the assertion (encrypted to {encrypted_to})") from None
+            raise undecrypted from None
         except SignatureError:
             raise SignInRefused("the IdP's signature does not verify") from None
         except Exception as exc:  # pysaml2's many refusals; their text may quote the response, the name does not
             raise SignInRefused(f"the response was refused ({type(exc).__name__})") from None
-        if answer is None:
-            raise SignInRefused("the response answers no request of this SP")
         with self._lock:
             self._outstanding.pop(answer.in_response_to, None)
-        subject = answer.get_subject().text
         log.info("sign-in accepted for a request %s, assertion encrypted to %s", answer.in_response_to, encrypted_to)
         return {"subject": subject, "encrypted_to": encrypted_to, "in_response_to": answer.in_response_to}
