@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import logging
 import tempfile
 import threading
@@ -40,6 +39,7 @@ from saml2.metadata import entity_descriptor
 from saml2.sigver import DecryptError, SignatureError
 from saml2.xmldsig import DIGEST_SHA256, SIG_RSA_SHA256
 
+from examples.auth_service.documents import stored_keys
 from stores import Stage, open_store
 from stores.errors import StoreError
 
@@ -90,15 +90,8 @@ class _Pair:
 
 
 def _pairs(text: str, folder: Path) -> list[_Pair]:
-    try:
-        document = json.loads(text)
-    except ValueError:
-        raise SamlUnusable("the secret is not a JSON SAML key set") from None
-    entries = document.get("keys") if isinstance(document, dict) else None
-    if not isinstance(entries, list) or not entries:
-        raise SamlUnusable("the secret has no 'keys' list (write it with the rotation runbook's SAML format)")
     pairs = []
-    for index, entry in enumerate(entries):
+    for index, entry in enumerate(stored_keys(text, SamlUnusable, "SAML key set")):
         status = entry.get("status") if isinstance(entry, dict) else None
         if status not in _STATUSES:
             raise SamlUnusable(f"keys[{index}]: status must be one of {', '.join(_STATUSES)}")

@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 from jose import jwk, jwt
 from jose.exceptions import ExpiredSignatureError, JOSEError
 
+from examples.auth_service.documents import stored_keys
 from examples.auth_service.saml import (
     BINDINGS,
     LoadedSaml,
@@ -97,13 +98,7 @@ def _service_key(entry: Any, index: int) -> tuple[ServiceKey, str, dict[str, Any
 
 def parse_keyset(text: str) -> LoadedKeyset:
     """The keys of a stored keyset document; :class:`KeysetUnusable` when it cannot serve."""
-    try:
-        document = json.loads(text)
-    except ValueError:
-        raise KeysetUnusable("the secret is not a JSON keyset document") from None
-    entries = document.get("keys") if isinstance(document, dict) else None
-    if not isinstance(entries, list) or not entries:
-        raise KeysetUnusable("the secret has no 'keys' list (write it with the rotation runbook's keyset format)")
+    entries = stored_keys(text, KeysetUnusable, "keyset")
     keys: dict[str, ServiceKey] = {}
     signing: list[str] = []
     jwks: list[dict[str, Any]] = []
