@@ -373,6 +373,16 @@ def test_an_ec_key_set_is_refused_by_the_pysaml2_service_provider(sp: ServicePro
     assert sp.sign_in("post")["encrypted_to"]
 
 
+def test_keys_reload_while_the_identity_provider_is_down(sp: ServiceProviderUnderTest) -> None:
+    sp.idp.available = False
+    sp.advance(add_new_pair, **PROFILE)  # reloaded with the IdP metadata read before
+    assert "IdP metadata unavailable (HTTPStatusError)" in sp.service.log()
+    sp.idp.available = True
+    new = sp.keyset().other_pair
+    assert new is not None and new.certificate is not None
+    assert sp.sign_in("post", encrypt_to=new.certificate_text)["encrypted_to"] == new.fingerprint
+
+
 def test_served_metadata_that_misses_a_certificate_fails_the_check(prefect_server, sp: ServiceProviderUnderTest):
     """The SP was not reloaded after a phase: the check names the certificate its metadata lacks."""
     value = publish_new_pair(add_new_pair(sp.store.read(), **PROFILE))

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import defusedxml.ElementTree as SafeElementTree
+import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
@@ -118,14 +119,16 @@ def _pairs(text: str, folder: Path) -> list[_Pair]:
     return signing + [pair for pair in pairs if pair.status != "signing"]
 
 
-def _config(settings: SamlSettings, signing: _Pair, encryption: list[_Pair], idp: bool) -> SPConfig:
+def _config(settings: SamlSettings, signing: _Pair, encryption: list[_Pair], idp_metadata: str | None) -> SPConfig:
     values: dict[str, Any] = {
         "entityid": settings.entity_id,
         "key_file": signing.key_file,
         "cert_file": signing.cert_file,
         "encryption_keypairs": [{"key_file": p.key_file, "cert_file": p.cert_file} for p in encryption],
         # Metadata only: the other certificates identity providers may verify this SP's signatures with.
-        "additional_cert_files": [p.cert_file for p in encryption if p is not signing] if not idp else None,
+        "additional_cert_files": [p.cert_file for p in encryption if p is not signing]
+        if idp_metadata is None
+        else None,
         "service": {
             "sp": {
                 "endpoints": {"assertion_consumer_service": [(settings.acs_url, BINDING_HTTP_POST)]},
@@ -139,8 +142,8 @@ def _config(settings: SamlSettings, signing: _Pair, encryption: list[_Pair], idp
         "signing_algorithm": SIG_RSA_SHA256,  # pysaml2's default is RSA-SHA1
         "digest_algorithm": DIGEST_SHA256,
     }
-    if idp:
-        values["metadata"] = {"remote": [{"url": settings.idp_metadata_url}]}
+    if idp_metadata is not None:
+        values["metadata"] = {"inline": [idp_metadata]}
     config = SPConfig()
     config.load(values)
     return config
@@ -174,8 +177,8 @@ class LoadedSaml:
         }
 
 
-def load_saml(settings: SamlSettings) -> LoadedSaml:
-    """Read the key set from the store and the IdP's metadata from its URL; :class:`SamlUnusable` if either fails."""
+def load_saml(settings: SamlSettings, idp_metadata: str) -> LoadedSaml:
+    """Read the key set from the store; :class:`SamlUnusable` if it cannot serve with the IdP of ``idp_metadata``."""
     folder = tempfile.TemporaryDirectory(prefix="auth-service-saml-")
     try:
         text = open_store(settings.store_uri).read(Stage.CURRENT)
@@ -186,17 +189,16 @@ def load_saml(settings: SamlSettings) -> LoadedSaml:
     published = [pair for pair in pairs if pair.status in ("signing", "published")]
     decrypting = [pair for pair in pairs if pair.status in ("signing", "published", "decrypt")]
     try:
-        client = Saml2Client(_config(settings, signing, decrypting, idp=True))
+        client = Saml2Client(_config(settings, signing, decrypting, idp_metadata))
         idps = list(client.metadata.identity_providers())
-    except Exception as exc:  # pysaml2 raises many kinds; its messages name URLs and files, not keys
-        where = settings.idp_metadata_url
-        raise SamlUnusable(f"cannot load the IdP metadata from {where}: {type(exc).__name__}") from None
+    except Exception as exc:  # pysaml2 raises many kinds; its messages name files, not keys
+        raise SamlUnusable(f"cannot use the keys with the IdP's metadata: {type(exc).__name__}") from None
     if len(idps) != 1:
         raise SamlUnusable(f"the IdP metadata at {settings.idp_metadata_url} describes {len(idps)} identity providers")
     return LoadedSaml(
         settings,
         client,
-        _config(settings, signing, published, idp=False),
+        _config(settings, signing, published, None),
         idps[0],
         signing.fingerprint,
         tuple(pair.fingerprint for pair in published),
@@ -222,9 +224,25 @@ class SamlServiceProvider:
 
     def __init__(self, settings: SamlSettings) -> None:
         self.settings = settings
-        self.current = load_saml(settings)
+        self._idp_metadata: str | None = None
         self._outstanding: dict[str, float] = {}
         self._lock = threading.Lock()
+        self.current = self.load()
+
+    def load(self) -> LoadedSaml:
+        """The current key set, with the IdP's metadata read again (or, if the IdP does not answer, as last read:
+        a key reload must not depend on the IdP being up)."""
+        try:
+            response = httpx.get(self.settings.idp_metadata_url, timeout=10)
+            response.raise_for_status()
+            self._idp_metadata = response.text
+        except httpx.HTTPError as exc:
+            if self._idp_metadata is None:
+                raise SamlUnusable(
+                    f"cannot read the IdP metadata at {self.settings.idp_metadata_url}: {type(exc).__name__}"
+                ) from None
+            log.warning("IdP metadata unavailable (%s); keeping the copy read before", type(exc).__name__)
+        return load_saml(self.settings, self._idp_metadata)
 
     def login(self, binding: str, relay_state: str = "") -> dict[str, Any]:
         """A signed AuthnRequest: pysaml2's ``info`` (headers with a Location, or an HTML form in ``data``)."""

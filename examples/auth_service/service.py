@@ -34,7 +34,6 @@ from examples.auth_service.saml import (
     SamlServiceProvider,
     SamlSettings,
     SamlUnusable,
-    load_saml,
 )
 from examples.auth_service.saml import SignInRefused as SamlSignInRefused
 from stores import Stage, open_store
@@ -146,7 +145,7 @@ class AuthService:
             saml: LoadedSaml | None = None
             if self.saml is not None:
                 try:
-                    saml = load_saml(self.saml.settings)
+                    saml = self.saml.load()
                 except SamlUnusable as exc:
                     raise KeysetUnusable(f"cannot load the SAML key set: {exc}") from None
             self.keyset = keyset  # one reference swap: requests in flight keep the snapshot they started with
