@@ -3,14 +3,17 @@ providers see.
 
 Every task reads the key set from the store itself (CURRENT, or one version by id) and returns non-secret facts:
 key ids, statuses, certificate fingerprints, dates. The rollover changes nothing outside the secret: each phase is
-a document of :mod:`targets.saml.keyset` that the runbook stages and promotes, then the service providers reload it.
-So there is no target-side change here and no undo task: undoing a phase is the store's revert, or
-:func:`targets.saml.keyset.restore_roles` with the roles recorded before it.
+a document of :mod:`targets.saml.keyset`, then the service providers reload it. The first phase is the rotation's
+own staged version (``add_new_pair`` or ``request_new_pair``); each later one is promoted by
+:func:`advance_saml_keyset` as a version of its own (:func:`step_version`), undone by :func:`undo_saml_step`, and
+the old pair is removed by :func:`drop_old_saml_pair`, the point of no return.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Literal
 
 import httpx
 from prefect import get_run_logger, task
@@ -28,12 +31,30 @@ from targets.saml.certificates import (
     key_type,
     renewal_due,
 )
-from targets.saml.keyset import KeyPair, KeysetInvalid, SamlKeyset, Status, roles
+from targets.saml.keyset import (
+    KeyPair,
+    KeysetInvalid,
+    SamlKeyset,
+    Status,
+    drop_old_pair,
+    publish_new_pair,
+    roles,
+    switch_signing,
+    withdraw_old_pair,
+)
 from targets.saml.metadata import USES, MetadataCertificates, MetadataInvalid, expected_certificates, parse_metadata
 from targets.saml.sign_in import ServiceProvider, SignIn, sign_in
 from tasks import retry_if_transient
+from tasks.secrets import derived_version_id, stage_and_promote, unpromote
 
 _RETRY = {"retries": 2, "retry_delay_seconds": [1, 3], "retry_condition_fn": retry_if_transient}
+_FORWARD = {"retries": 3, "retry_delay_seconds": [1, 5, 15], "retry_condition_fn": retry_if_transient}
+Step = Literal["publish", "switch", "withdraw"]
+_STEPS: dict[str, Callable[[str], str]] = {
+    "publish": publish_new_pair,  # phase 2: the new certificate in the metadata
+    "switch": switch_signing,  # phase 4 (and the hard cutover's switch): the new key signs
+    "withdraw": withdraw_old_pair,  # phase 5a: the old certificate leaves the metadata, its key still decrypts
+}
 
 
 class MetadataMismatch(CheckFailed):
@@ -64,6 +85,7 @@ class KeysetFacts(BaseModel):
     pairs: list[PairFacts]
     roles: dict[str, Status]
     metadata: dict[str, list[str]]
+    version_id: str | None = None  # the store version these facts are of, when a step promoted it
 
 
 class ServedMetadata(BaseModel):
@@ -248,3 +270,36 @@ def report_certificate_expiry(secret: str, renew_before_days: float | None = Non
             )
         )
     return report
+
+
+def step_version(rotation_id: str, step: str) -> str:
+    """The store version a step of rotation ``rotation_id`` promotes: ``rotation_id`` itself for the staged first
+    phase (``step="stage"``), a derived id for :func:`advance_saml_keyset`'s steps and the retirement."""
+    return rotation_id if step == "stage" else derived_version_id(rotation_id, f"saml-{step}")
+
+
+def _promote_step(secret: str, rotation_id: str, step: str, build: Callable[[str], str]) -> KeysetFacts:
+    version_id = stage_and_promote(secret, step_version(rotation_id, step), build)
+    facts = _facts(_read(secret, version_id)[0])
+    return facts.model_copy(update={"version_id": version_id})
+
+
+@task(cache_policy=NO_CACHE, **_FORWARD)
+def advance_saml_keyset(secret: str, rotation_id: str, step: Step) -> KeysetFacts:
+    """Promote the next phase's document, built from CURRENT (:data:`_STEPS`), as the step's own version; already
+    promoted: nothing changes. Returns the facts of the document now CURRENT."""
+    return _promote_step(secret, rotation_id, step, _STEPS[step])
+
+
+@task(cache_policy=NO_CACHE, **_FORWARD)
+def undo_saml_step(secret: str, rotation_id: str, step: Step, previous_version: str | None) -> None:
+    """Undo :func:`advance_saml_keyset`: the document before ``step`` is CURRENT again and the step's version is
+    gone. ``previous_version`` is the version that was PREVIOUS when the step ran (the version CURRENT two steps
+    back: ``step_version(rotation_id, ...)``, or the rotation's starting CURRENT); nothing to undo: no change."""
+    unpromote(secret, step_version(rotation_id, step), previous_version)
+
+
+@task(cache_policy=NO_CACHE, **_FORWARD)
+def drop_old_saml_pair(secret: str, rotation_id: str) -> KeysetFacts:
+    """Phase 5: the signing pair alone; the old certificate and key are gone from CURRENT. Idempotent."""
+    return _promote_step(secret, rotation_id, "retire", drop_old_pair)

@@ -12,6 +12,7 @@ import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 from prefect import flow
 
 from errors import BadInput
-from stores import SecretStore, open_store
+from stores import SecretStore, Stage, open_store
 from targets.jwt.keyset import JwtKeyset, new_key
 from targets.saml.certificates import CertificateInvalid, CertificateProfile, certificate_pem, generate_key, key_pem
 from targets.saml.certificates import self_signed as self_signed_certificate
@@ -39,11 +40,16 @@ from targets.saml.metadata import keyset_metadata, parse_metadata
 from targets.saml.sign_in import ServiceProvider, SignInFailed, sign_in
 from tasks.saml import (
     MetadataMismatch,
+    advance_saml_keyset,
     check_served_metadata,
     check_sign_in,
+    drop_old_saml_pair,
     inspect_saml_keyset,
     report_certificate_expiry,
+    step_version,
+    undo_saml_step,
 )
+from tasks.secrets import discard_secret, promote_secret, revert_secret, stage_secret
 from tests.fixtures.auth_service import RunningService
 from tests.fixtures.prefect import drain_prefect_workers
 from tests.fixtures.saml_idp import IdentityProvider
@@ -371,6 +377,52 @@ def test_an_ec_key_set_is_refused_by_the_pysaml2_service_provider(sp: ServicePro
     reload = httpx.post(f"{sp.service.base_url}/reload", timeout=30)
     assert reload.status_code == 500 and "RSA keys only" in reload.json()["error"]
     assert sp.sign_in("post")["encrypted_to"]
+
+
+def test_phase_tasks_promote_each_phase_as_its_own_version_and_undo_back_to_the_start(tmp_path: Path) -> None:
+    store = open_store(f"local://{tmp_path / 'store.db'}?secret=saml")
+    steady = SamlKeyset((new_pair(CertificateProfile.of(**PROFILE)),)).to_secret()
+    store.create(steady)
+    secret, rotation_id = store.uri.display, str(uuid.uuid4())
+    start = store.describe().version_at(Stage.CURRENT)
+
+    def stages() -> tuple[str | None, str | None]:
+        description = store.describe()
+        return description.version_at(Stage.CURRENT), description.version_at(Stage.PREVIOUS)
+
+    # Phase 1 is the rotation's own staged version, as the core stages and promotes it.
+    stage_secret.fn(secret, rotation_id, partial(add_new_pair, **PROFILE))
+    promote_secret.fn(secret, rotation_id)
+    phase1 = store.read()
+    chain = [start, rotation_id]
+    for step, expected in [("publish", "published"), ("switch", "signing"), ("withdraw", "signing")]:
+        facts = advance_saml_keyset.fn(secret, rotation_id, step)
+        assert advance_saml_keyset.fn(secret, rotation_id, step) == facts  # already done: nothing changes
+        new = next(kid for kid in facts.roles if kid not in roles(SamlKeyset.from_secret(steady)))
+        assert facts.roles[new] == expected and facts.version_id == step_version(rotation_id, step)
+        assert stages() == (facts.version_id, chain[-1])
+        chain.append(facts.version_id)
+    # Undo newest first; each undo gives PREVIOUS back to the version two steps before, and runs twice harmlessly.
+    for step in ("withdraw", "switch", "publish"):
+        chain.pop()
+        for _ in range(2):
+            undo_saml_step.fn(secret, rotation_id, step, previous_version=chain[-2])
+        assert stages() == (chain[-1], chain[-2]), step
+    assert store.read() == phase1
+    revert_secret.fn(secret, rotation_id, None)  # the core's undo of its promotion
+    discard_secret.fn(secret, rotation_id)
+    assert stages() == (start, None) and store.read() == steady
+    assert len(store.describe().versions) == 1
+
+    # Forward to the end: the retirement leaves the new pair alone.
+    rotation_id = str(uuid.uuid4())
+    stage_secret.fn(secret, rotation_id, partial(add_new_pair, **PROFILE))
+    promote_secret.fn(secret, rotation_id)
+    for step in ("publish", "switch", "withdraw"):
+        advance_saml_keyset.fn(secret, rotation_id, step)
+    final = drop_old_saml_pair.fn(secret, rotation_id)
+    assert list(final.roles.values()) == ["signing"] and final.signing not in roles(SamlKeyset.from_secret(steady))
+    assert drop_old_saml_pair.fn(secret, rotation_id) == final
 
 
 def test_keys_reload_while_the_identity_provider_is_down(sp: ServiceProviderUnderTest) -> None:
