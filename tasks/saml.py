@@ -21,10 +21,8 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from errors import CheckFailed, Unreachable
-from redaction import register_secret
 from stores import Stage, open_store
 from targets.saml.certificates import (
-    CertificateInvalid,
     CertificateProfile,
     check_certificate,
     days_left,
@@ -33,10 +31,10 @@ from targets.saml.certificates import (
 )
 from targets.saml.keyset import (
     KeyPair,
-    KeysetInvalid,
     SamlKeyset,
     Status,
     drop_old_pair,
+    parse_keyset,
     publish_new_pair,
     roles,
     switch_signing,
@@ -110,24 +108,13 @@ class CertificateExpiry(BaseModel):
     due: bool
 
 
-def _keyset(text: str, where: str) -> SamlKeyset:
-    register_secret(text)
-    try:
-        keyset = SamlKeyset.from_secret(text)
-    except CertificateInvalid as exc:
-        raise KeysetInvalid(f"{where}: {exc}") from None
-    for pair in keyset.keys:
-        register_secret(pair.key_text)
-    return keyset
-
-
 def _read(secret: str, version_id: str | None) -> tuple[SamlKeyset, str]:
     store = open_store(secret)
     if version_id is None:
         where = f"the current SAML key set of {secret}"
-        return _keyset(store.read(Stage.CURRENT), where), where
+        return parse_keyset(store.read(Stage.CURRENT), where), where
     where = f"version {version_id} of {secret}"
-    return _keyset(store.read_version(version_id), where), where
+    return parse_keyset(store.read_version(version_id), where), where
 
 
 def _pair_facts(pair: KeyPair) -> PairFacts:

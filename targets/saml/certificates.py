@@ -146,7 +146,7 @@ def signing_request(key: PrivateKey, profile: CertificateProfile) -> x509.Certif
 
 def _pem_body(text: object, kind: str, where: str) -> bytes:
     if not isinstance(text, str) or f"-----BEGIN {kind}-----" not in text:
-        raise CertificateInvalid(f"{where} is not a PEM {kind.lower()} (no '-----BEGIN {kind}-----' line)")
+        raise CertificateInvalid(f"{where} is not a PEM {kind.lower()} (it has no BEGIN {kind} line)")
     return text.encode()
 
 
@@ -160,7 +160,7 @@ def load_certificate(text: object, where: str) -> x509.Certificate:
 
 def load_private_key(text: object, where: str) -> PrivateKey:
     if not isinstance(text, str) or "-----BEGIN" not in text or "PRIVATE KEY-----" not in text:
-        raise CertificateInvalid(f"{where} is not a PEM private key (no '-----BEGIN PRIVATE KEY-----' line)")
+        raise CertificateInvalid(f"{where} is not a PEM private key (it has no BEGIN PRIVATE KEY line)")
     try:
         key = serialization.load_pem_private_key(text.encode(), password=None)
     except TypeError:

@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 from cryptography import x509
 
+from redaction import register_secret
 from targets.saml.certificates import (
     CertificateInvalid,
     CertificateProfile,
@@ -277,11 +278,17 @@ def new_request(profile: CertificateProfile) -> KeyPair:
     return KeyPair(key_id(key), "requested", key, key_pem(key), request=request, created_at=datetime.now(UTC))
 
 
-def _parse(current: str, what: str = "the current SAML key set") -> SamlKeyset:
+def parse_keyset(text: str, where: str = "the current SAML key set") -> SamlKeyset:
+    """The key set in ``text``; a broken one is a :class:`KeysetInvalid` naming ``where``, never its content. The
+    document and every key in it are registered for redaction."""
+    register_secret(text)
     try:
-        return SamlKeyset.from_secret(current)
+        keyset = SamlKeyset.from_secret(text)
     except CertificateInvalid as exc:
-        raise KeysetInvalid(f"{what}: {exc}") from None
+        raise KeysetInvalid(f"{where}: {exc}") from None
+    for pair in keyset.keys:
+        register_secret(pair.key_text)
+    return keyset
 
 
 def _single(keyset: SamlKeyset, step: str) -> None:
@@ -308,7 +315,7 @@ def _other(keyset: SamlKeyset, statuses: tuple[Status, ...], step: str) -> KeyPa
 def add_new_pair(current: str, **profile: Any) -> str:
     """Phase 1: a new key and self-signed certificate that decrypts only; the old pair still signs and is the only
     one in the metadata. ``profile``: the fields of :class:`CertificateProfile`."""
-    keyset = _parse(current)
+    keyset = parse_keyset(current)
     _single(keyset, "add a new pair")
     return SamlKeyset((*keyset.keys, new_pair(CertificateProfile.of(**profile), "decrypt"))).to_secret()
 
@@ -316,14 +323,14 @@ def add_new_pair(current: str, **profile: Any) -> str:
 def request_new_pair(current: str, **profile: Any) -> str:
     """Phase 1 with a CA: a new key and its signing request (status ``requested``); :func:`signing_request_of`
     gives the CSR to send, :func:`attach_certificate` takes the CA's answer."""
-    keyset = _parse(current)
+    keyset = parse_keyset(current)
     _single(keyset, "request a new certificate")
     return SamlKeyset((*keyset.keys, new_request(CertificateProfile.of(**profile)))).to_secret()
 
 
 def signing_request_of(document: str) -> str:
     """The PEM CSR of the requested pair (public: it goes to the CA)."""
-    keyset = _parse(document, "the SAML key set")
+    keyset = parse_keyset(document, "the SAML key set")
     pair = _other(keyset, ("requested",), "give the signing request")
     assert pair.request is not None  # a requested pair is parsed with its csr
     return request_pem(pair.request)
@@ -334,7 +341,7 @@ def attach_certificate(current: str, certificate: str, **profile: Any) -> str:
 
     The certificate must be for the request's key, within its validity, with the profile's subject and key usage.
     """
-    keyset = _parse(current, "the staged SAML key set")
+    keyset = parse_keyset(current, "the staged SAML key set")
     pair = _other(keyset, ("requested",), "attach a certificate")
     assert pair.request is not None
     cert = load_certificate(certificate, "the certificate from the CA")
@@ -346,7 +353,7 @@ def attach_certificate(current: str, certificate: str, **profile: Any) -> str:
 
 def publish_new_pair(current: str) -> str:
     """Phase 2: the new pair is listed in the metadata (signing and encryption) and still does not sign."""
-    keyset = _parse(current)
+    keyset = parse_keyset(current)
     pair = _other(keyset, ("decrypt",), "publish the new pair")
     return keyset.with_status({pair.kid: "published"}).to_secret()
 
@@ -355,7 +362,7 @@ def switch_signing(current: str) -> str:
     """Phase 4: the other pair signs and the signing pair takes the other's place: a published new pair makes the
     old one published (both stay in the metadata); a decrypt-only new pair (the hard cutover, one certificate at a
     time) leaves the old one decrypt-only. Applied twice, it gives the document back."""
-    keyset = _parse(current)
+    keyset = parse_keyset(current)
     other = _other(keyset, ("published", "decrypt"), "switch signing")
     return keyset.with_status({other.kid: "signing", keyset.signing_pair.kid: other.status}).to_secret()
 
@@ -363,21 +370,21 @@ def switch_signing(current: str) -> str:
 def withdraw_old_pair(current: str) -> str:
     """Phase 5, first half: the old pair leaves the metadata and still decrypts what identity providers with the
     previous metadata encrypt to it."""
-    keyset = _parse(current)
+    keyset = parse_keyset(current)
     pair = _other(keyset, ("published",), "withdraw the old pair")
     return keyset.with_status({pair.kid: "decrypt"}).to_secret()
 
 
 def drop_old_pair(current: str) -> str:
     """Phase 5: the signing pair alone; the old certificate and key are gone (the point of no return)."""
-    keyset = _parse(current)
+    keyset = parse_keyset(current)
     return SamlKeyset((keyset.signing_pair,)).to_secret()
 
 
 def restore_roles(current: str, roles: dict[str, str]) -> str:
     """The inverse of any step but :func:`drop_old_pair`: the pairs named in ``roles`` (kid -> status, as
     :func:`roles` recorded them before the step) with those statuses; pairs not named are dropped."""
-    keyset = _parse(current)
+    keyset = parse_keyset(current)
     held = {pair.kid for pair in keyset.keys}
     missing = sorted(set(roles) - held)
     if missing:
