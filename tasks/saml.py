@@ -4,7 +4,8 @@ providers see.
 Every task reads the key set from the store itself (CURRENT, or one version by id) and returns non-secret facts:
 key ids, statuses, certificate fingerprints, dates. The rollover changes nothing outside the secret: each phase is
 a document of :mod:`targets.saml.keyset`, then the service providers reload it. The first phase is the rotation's
-own staged version (``add_new_pair`` or ``request_new_pair``); each later one is promoted by
+own staged version (``add_new_pair``, or ``request_new_pair`` and then :func:`attach_saml_certificate` with the
+CA's answer); each later one is promoted by
 :func:`advance_saml_keyset` as a version of its own (:func:`step_version`), undone by :func:`undo_saml_step`, and
 the old pair is removed by :func:`drop_old_saml_pair`, the point of no return.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Literal
 
 import httpx
@@ -21,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from errors import CheckFailed, Unreachable
+from redaction import register_secret
 from stores import Stage, open_store
 from targets.saml.certificates import (
     CertificateProfile,
@@ -33,10 +36,12 @@ from targets.saml.keyset import (
     KeyPair,
     SamlKeyset,
     Status,
+    attach_certificate,
     drop_old_pair,
     parse_keyset,
     publish_new_pair,
     roles,
+    signing_request_of,
     switch_signing,
     withdraw_old_pair,
 )
@@ -48,6 +53,7 @@ from tasks.secrets import derived_version_id, stage_and_promote, unpromote
 _RETRY = {"retries": 2, "retry_delay_seconds": [1, 3], "retry_condition_fn": retry_if_transient}
 _FORWARD = {"retries": 3, "retry_delay_seconds": [1, 5, 15], "retry_condition_fn": retry_if_transient}
 Step = Literal["publish", "switch", "withdraw"]
+UndoableStep = Literal["certificate", "publish", "switch", "withdraw"]
 _STEPS: dict[str, Callable[[str], str]] = {
     "publish": publish_new_pair,  # phase 2: the new certificate in the metadata
     "switch": switch_signing,  # phase 4 (and the hard cutover's switch): the new key signs
@@ -278,11 +284,33 @@ def advance_saml_keyset(secret: str, rotation_id: str, step: Step) -> KeysetFact
     return _promote_step(secret, rotation_id, step, _STEPS[step])
 
 
+@task(cache_policy=NO_CACHE, **_RETRY)
+def signing_request_of_new_pair(secret: str) -> str:
+    """The PEM certificate signing request of CURRENT's requested pair, to send to the CA (public, not secret)."""
+    return signing_request_of(register_secret(open_store(secret).read(Stage.CURRENT)))
+
+
 @task(cache_policy=NO_CACHE, **_FORWARD)
-def undo_saml_step(secret: str, rotation_id: str, step: Step, previous_version: str | None) -> None:
-    """Undo :func:`advance_saml_keyset`: the document before ``step`` is CURRENT again and the step's version is
-    gone. ``previous_version`` is the version that was PREVIOUS when the step ran (the version CURRENT two steps
-    back: ``step_version(rotation_id, ...)``, or the rotation's starting CURRENT); nothing to undo: no change."""
+def attach_saml_certificate(
+    secret: str, rotation_id: str, certificate: str, profile: CertificateProfile
+) -> KeysetFacts:
+    """The CA's certificate (public) for CURRENT's requested pair, which then decrypts only, as after
+    ``add_new_pair``: promoted as the step ``certificate``'s version. A certificate for another key, outside its
+    validity, or of another subject or key usage is bad input and nothing changes."""
+    return _promote_step(
+        secret,
+        rotation_id,
+        "certificate",
+        partial(attach_certificate, certificate=certificate, **profile.model_dump()),
+    )
+
+
+@task(cache_policy=NO_CACHE, **_FORWARD)
+def undo_saml_step(secret: str, rotation_id: str, step: UndoableStep, previous_version: str | None) -> None:
+    """Undo :func:`advance_saml_keyset` or :func:`attach_saml_certificate`: the document before ``step`` is CURRENT
+    again and the step's version is gone. ``previous_version`` is the version that was PREVIOUS when the step ran
+    (the version CURRENT two steps back: ``step_version(rotation_id, ...)``, or the rotation's starting CURRENT);
+    nothing to undo: no change."""
     unpromote(secret, step_version(rotation_id, step), previous_version)
 
 

@@ -12,6 +12,7 @@ import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from targets.saml.keyset import (
     drop_old_pair,
     new_pair,
     publish_new_pair,
+    request_new_pair,
     restore_roles,
     roles,
     switch_signing,
@@ -41,11 +43,13 @@ from targets.saml.sign_in import ServiceProvider, SignInFailed, sign_in
 from tasks.saml import (
     MetadataMismatch,
     advance_saml_keyset,
+    attach_saml_certificate,
     check_served_metadata,
     check_sign_in,
     drop_old_saml_pair,
     inspect_saml_keyset,
     report_certificate_expiry,
+    signing_request_of_new_pair,
     step_version,
     undo_saml_step,
 )
@@ -54,6 +58,7 @@ from tests.fixtures.auth_service import RunningService
 from tests.fixtures.prefect import drain_prefect_workers
 from tests.fixtures.saml_idp import IdentityProvider
 from tests.leaks import canary, error_text
+from tests.tls import issue_for_request
 
 PROFILE = {"subject": "CN=auth.example.com,O=Example", "rsa_bits": 2048, "validity_days": 90}
 BINDINGS = ("redirect", "post")
@@ -307,8 +312,6 @@ def _pem(profile: dict[str, Any], **overrides: Any) -> dict[str, str]:
 
 
 def _bad_documents() -> dict[str, tuple[str, str]]:
-    from datetime import UTC, datetime, timedelta
-
     good, other = _pem(PROFILE), _pem(PROFILE)
     now = datetime.now(UTC)
     broken = canary()
@@ -423,6 +426,41 @@ def test_phase_tasks_promote_each_phase_as_its_own_version_and_undo_back_to_the_
     final = drop_old_saml_pair.fn(secret, rotation_id)
     assert list(final.roles.values()) == ["signing"] and final.signing not in roles(SamlKeyset.from_secret(steady))
     assert drop_old_saml_pair.fn(secret, rotation_id) == final
+
+
+def _garbled(pem: str) -> str:
+    lines = pem.splitlines()
+    return "\n".join([lines[0], lines[1][::-1], *lines[2:]])
+
+
+def test_a_ca_signed_certificate_joins_through_its_signing_request(sp: ServiceProviderUnderTest) -> None:
+    """The CSR path: the requested pair is promoted (the SP ignores it), the CA's answer makes it decrypt-only."""
+    secret, rotation_id = sp.secret, str(uuid.uuid4())
+    profile = CertificateProfile.of(**PROFILE)
+    stage_secret.fn(secret, rotation_id, partial(request_new_pair, **PROFILE))
+    promote_secret.fn(secret, rotation_id)
+    assert httpx.post(f"{sp.service.base_url}/reload", timeout=30).status_code == 200
+    sp.sign_in("redirect")  # a requested pair changes nothing for the SP
+    csr = signing_request_of_new_pair.fn(secret)
+    now = datetime.now(UTC)
+    before = sp.store.describe()
+    for certificate, message in [
+        (issue_for_request(csr, now - timedelta(days=40), 30), "expired on"),
+        (_garbled(issue_for_request(csr, now, 30)), "malformed PEM certificate"),
+        (_pem(PROFILE)["certificate"], "is for another key than the signing"),
+    ]:
+        with pytest.raises(BadInput, match=message):
+            attach_saml_certificate.fn(secret, rotation_id, certificate, profile)
+        assert sp.store.describe() == before
+    facts = attach_saml_certificate.fn(secret, rotation_id, issue_for_request(csr, now, 30), profile)
+    assert facts.version_id == step_version(rotation_id, "certificate")
+    new = next(p for p in facts.pairs if p.status == "decrypt")
+    assert new.subject == PROFILE["subject"] and new.fingerprint is not None
+    assert httpx.post(f"{sp.service.base_url}/reload", timeout=30).status_code == 200
+    certificate = sp.keyset().pair(new.kid).certificate_text
+    assert sp.sign_in("post", encrypt_to=certificate)["encrypted_to"] == new.fingerprint
+    undo_saml_step.fn(secret, rotation_id, "certificate", previous_version=before.version_at(Stage.PREVIOUS))
+    assert sp.keyset().other_pair is not None and sp.keyset().other_pair.status == "requested"
 
 
 def test_keys_reload_while_the_identity_provider_is_down(sp: ServiceProviderUnderTest) -> None:

@@ -7,9 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 
 from errors import BadInput
 from targets.saml.certificates import (
@@ -46,6 +44,7 @@ from targets.saml.metadata import (
     parse_metadata,
 )
 from tests.leaks import canary, error_text
+from tests.tls import issue_for_request
 
 SUBJECT = "CN=sp.example.com,O=Example"
 FAST = {"subject": SUBJECT, "rsa_bits": 2048, "validity_days": 90}
@@ -179,28 +178,8 @@ def test_certificates_outside_their_validity_or_profile_are_refused() -> None:
         _profile(rsa_bits=1024)
 
 
-def _ca() -> tuple[rsa.RSAPrivateKey, x509.Name]:
-    return rsa.generate_private_key(65537, 2048), x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test CA")])
-
-
-def _issue(ca: tuple[rsa.RSAPrivateKey, x509.Name], request_pem: str, start: datetime, days: float) -> str:
-    request = x509.load_pem_x509_csr(request_pem.encode())
-    key, name = ca
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(request.subject)
-        .issuer_name(name)
-        .public_key(request.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + timedelta(days=days))
-        .sign(key, hashes.SHA256())
-    )
-    return certificate_pem(cert)
-
-
 def test_a_signing_request_takes_only_the_certificate_the_ca_issued_for_it() -> None:
-    ca, now = _ca(), datetime.now(UTC)
+    now = datetime.now(UTC)
     current = SamlKeyset((new_pair(_profile()),)).to_secret()
     pending = request_new_pair(current, **FAST)
     requested = SamlKeyset.from_secret(pending).other_pair
@@ -208,22 +187,22 @@ def test_a_signing_request_takes_only_the_certificate_the_ca_issued_for_it() -> 
     csr = signing_request_of(pending)
     assert "PRIVATE" not in csr
 
-    answered = attach_certificate(pending, _issue(ca, csr, now - timedelta(minutes=1), 30), **FAST)
+    answered = attach_certificate(pending, issue_for_request(csr, now - timedelta(minutes=1), 30), **FAST)
     pair = SamlKeyset.from_secret(answered).pair(requested.kid)
     assert pair.status == "decrypt" and pair.certificate is not None
-    assert pair.certificate.issuer.rfc4514_string() == "CN=Test CA"
+    assert pair.certificate.issuer.rfc4514_string() == "CN=rotation tests test CA"
 
     foreign = request_new_pair(current, **FAST)
     for certificate, message in [
-        (_issue(ca, signing_request_of(foreign), now, 30), "is for another key than the signing request's"),
-        (_issue(ca, csr, now - timedelta(days=40), 30), "expired on"),
-        (_issue(ca, csr, now + timedelta(days=1), 30), "not valid yet"),
+        (issue_for_request(signing_request_of(foreign), now, 30), "is for another key than the signing request's"),
+        (issue_for_request(csr, now - timedelta(days=40), 30), "expired on"),
+        (issue_for_request(csr, now + timedelta(days=1), 30), "not valid yet"),
         ("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----", "malformed PEM certificate"),
     ]:
         with pytest.raises(CertificateInvalid, match=message):
             attach_certificate(pending, certificate, **FAST)
     with pytest.raises(CertificateInvalid, match="the profile asks for 'CN=other'"):
-        attach_certificate(pending, _issue(ca, csr, now, 30), **{**FAST, "subject": "CN=other"})
+        attach_certificate(pending, issue_for_request(csr, now, 30), **{**FAST, "subject": "CN=other"})
 
 
 def test_the_phases_move_each_pair_through_its_roles_and_back() -> None:
