@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the tests need and run the whole suite. The tests start their own servers (PostgreSQL with
-# scram-sha-256, redis-server, moto_server, a Prefect server, protocol doubles) on free ports and stop them.
+# scram-sha-256, redis-server, moto_server, a Prefect server, a pysaml2 identity provider, protocol doubles) on free
+# ports and stop them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +9,7 @@ need=()
 command -v initdb >/dev/null 2>&1 || [ -x "$(pg_config --bindir 2>/dev/null)/initdb" ] || need+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v gpg >/dev/null 2>&1 || need+=(gnupg)
+command -v xmlsec1 >/dev/null 2>&1 || need+=(xmlsec1)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing system packages: ${need[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 
 import httpx
 from prefect import get_run_logger, task
@@ -24,7 +23,7 @@ from targets.consumers import Consumer
 from targets.jwt.keyset import JwtKeyset, KeysetError, sign_token
 from targets.jwt.rollover import final_keyset, parse_keyset, switched_keyset
 from tasks import retry_if_transient
-from tasks.secrets import discard_secret, promote_secret, revert_secret, stage_secret
+from tasks.secrets import derived_version_id, stage_and_promote, unpromote
 
 
 class VerificationFailed(CheckFailed):
@@ -65,17 +64,6 @@ def inspect_new_key(secret: str, rotation_id: str) -> NewKey:
     if len(added) != 1:
         raise KeysetError(f"version {rotation_id} of {secret} does not add exactly one key to the current keyset")
     return NewKey(new=added[0], old=current.signing_key.kid)
-
-
-def _derived_version_id(rotation_id: str, step: str) -> str:
-    """The version id of a later keyset of the same rotation: derived, so a resumed step finds its own version."""
-    return str(uuid.uuid5(uuid.UUID(rotation_id), step))
-
-
-def _stage_and_promote(secret: str, version_id: str, build: Callable[[str], str]) -> str:
-    stage_secret.fn(secret, version_id, build)
-    promote_secret.fn(secret, version_id)
-    return version_id
 
 
 def _find_key_keyset(secret: str, kid: str) -> JwtKeyset:
@@ -134,18 +122,16 @@ _FORWARD = {"retries": 3, "retry_delay_seconds": [1, 5, 15], "retry_condition_fn
 @task(cache_policy=NO_CACHE, **_FORWARD)
 def switch_signing_key(secret: str, rotation_id: str) -> str:
     """Make CURRENT the keyset in which the published key signs and the old one verifies. Idempotent."""
-    return _stage_and_promote(secret, _derived_version_id(rotation_id, "switch-signing-key"), switched_keyset)
+    return stage_and_promote(secret, derived_version_id(rotation_id, "switch-signing-key"), switched_keyset)
 
 
 @task(cache_policy=NO_CACHE, **_FORWARD)
 def undo_switch_signing_key(secret: str, rotation_id: str, previous_version: str | None) -> None:
     """Undo :func:`switch_signing_key`: the keyset with the published key verify-only is CURRENT again."""
-    version_id = _derived_version_id(rotation_id, "switch-signing-key")
-    revert_secret.fn(secret, version_id, previous_version)
-    discard_secret.fn(secret, version_id)
+    unpromote(secret, derived_version_id(rotation_id, "switch-signing-key"), previous_version)
 
 
 @task(cache_policy=NO_CACHE, **_FORWARD)
 def drop_previous_key(secret: str, rotation_id: str) -> str:
     """Make CURRENT a keyset with the signing key alone; the dual-key keyset becomes PREVIOUS. Idempotent."""
-    return _stage_and_promote(secret, _derived_version_id(rotation_id, "retire-previous-key"), final_keyset)
+    return stage_and_promote(secret, derived_version_id(rotation_id, "retire-previous-key"), final_keyset)

@@ -6,6 +6,7 @@ a version id or a fingerprint, never the value.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 
 from prefect import task
@@ -52,3 +53,23 @@ def discard_secret(secret: str, rotation_id: str) -> None:
 def prune_secret(secret: str, keep: int = 0) -> list[str]:
     """After a rotation's point of no return: destroy the versions no stage points to but the newest ``keep``."""
     return open_store(secret).prune(keep)
+
+
+def derived_version_id(rotation_id: str, step: str) -> str:
+    """The version id of a later value of the same rotation (a second promotion, a third...): derived from the
+    rotation id and the step, so a resumed step finds the version it staged."""
+    return str(uuid.uuid5(uuid.UUID(rotation_id), step))
+
+
+def stage_and_promote(secret: str, version_id: str, build: Callable[[str], str]) -> str:
+    """Stage ``build(CURRENT)`` as ``version_id`` and promote it; idempotent. Returns ``version_id``."""
+    stage_secret.fn(secret, version_id, build)
+    promote_secret.fn(secret, version_id)
+    return version_id
+
+
+def unpromote(secret: str, version_id: str, previous_version: str | None) -> None:
+    """Undo :func:`stage_and_promote`: the version before ``version_id`` is CURRENT again, ``previous_version``
+    PREVIOUS, and ``version_id`` is gone; nothing to undo: no change."""
+    revert_secret.fn(secret, version_id, previous_version)
+    discard_secret.fn(secret, version_id)

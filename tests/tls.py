@@ -1,4 +1,5 @@
-"""Throw-away TLS material for test servers: a CA and a server certificate for 127.0.0.1 and localhost."""
+"""Throw-away TLS material for test servers: a CA and a server certificate for 127.0.0.1 and localhost, and a CA's
+answer to a certificate signing request."""
 
 from __future__ import annotations
 
@@ -12,11 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
-def write_test_pki(folder: Path, name: str = "rotation tests") -> tuple[Path, Path, Path]:
-    """Write ``ca.pem``, ``server.pem`` and ``server.key`` (mode 0600) into ``folder``; returns their paths."""
-    folder.mkdir(parents=True, exist_ok=True)
-    now = datetime.now(UTC)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+def _test_ca(name: str, now: datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} test CA")])
     ca = (
         x509.CertificateBuilder()
@@ -31,6 +29,34 @@ def write_test_pki(folder: Path, name: str = "rotation tests") -> tuple[Path, Pa
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    return ca_key, ca
+
+
+def issue_for_request(request_pem: str, not_before: datetime, days: float, name: str = "rotation tests") -> str:
+    """The PEM certificate a throw-away CA issues for a CSR, valid from ``not_before`` for ``days``, as a CA would
+    answer it: the request's subject and key, the CA as issuer."""
+    request = x509.load_pem_x509_csr(request_pem.encode())
+    ca_key, ca = _test_ca(name, datetime.now(UTC))
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(request.subject)
+        .issuer_name(ca.subject)
+        .public_key(request.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_before + timedelta(days=days))
+        .sign(ca_key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def write_test_pki(folder: Path, name: str = "rotation tests") -> tuple[Path, Path, Path]:
+    """Write ``ca.pem``, ``server.pem`` and ``server.key`` (mode 0600) into ``folder``; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    ca_key, ca = _test_ca(name, now)
+    ca_name = ca.subject
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))

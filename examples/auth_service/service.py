@@ -1,4 +1,5 @@
-"""The example auth service: issues and verifies JWTs with the keyset it reads from a secret store.
+"""The example auth service: issues and verifies JWTs with the keyset it reads from a secret store, and optionally
+signs users in over SAML as a service provider with the key pairs of a second secret (:mod:`.saml`).
 
 It reads the keyset document the rotation runbook writes (a ``keys`` list of ``kid``, ``alg``, ``status`` and ``k``
 or ``pem``) with nothing but ``json`` and python-jose, as an independent consumer would: it deliberately does not
@@ -21,16 +22,27 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from jose import jwk, jwt
 from jose.exceptions import ExpiredSignatureError, JOSEError
 
+from examples.auth_service.documents import stored_keys
+from examples.auth_service.saml import (
+    BINDINGS,
+    LoadedSaml,
+    SamlServiceProvider,
+    SamlSettings,
+    SamlUnusable,
+)
+from examples.auth_service.saml import SignInRefused as SamlSignInRefused
 from stores import Stage, open_store
 from stores.errors import StoreError
 
 log = logging.getLogger("auth_service")
 ALGORITHMS = ("HS256", "RS256", "ES256")
 _MAX_BODY = 64 * 1024
+_MAX_SAML_BODY = 512 * 1024  # a SAMLResponse with an encrypted, signed assertion is tens of kilobytes
 
 
 class KeysetUnusable(Exception):
@@ -85,13 +97,7 @@ def _service_key(entry: Any, index: int) -> tuple[ServiceKey, str, dict[str, Any
 
 def parse_keyset(text: str) -> LoadedKeyset:
     """The keys of a stored keyset document; :class:`KeysetUnusable` when it cannot serve."""
-    try:
-        document = json.loads(text)
-    except ValueError:
-        raise KeysetUnusable("the secret is not a JSON keyset document") from None
-    entries = document.get("keys") if isinstance(document, dict) else None
-    if not isinstance(entries, list) or not entries:
-        raise KeysetUnusable("the secret has no 'keys' list (write it with the rotation runbook's keyset format)")
+    entries = stored_keys(text, KeysetUnusable, "keyset")
     keys: dict[str, ServiceKey] = {}
     signing: list[str] = []
     jwks: list[dict[str, Any]] = []
@@ -116,11 +122,15 @@ class TokenInvalid(Exception):
 class AuthService:
     """The keyset currently in use and the operations of the HTTP API."""
 
-    def __init__(self, store_uri: str, token_lifetime: float) -> None:
+    def __init__(self, store_uri: str, token_lifetime: float, saml: SamlSettings | None = None) -> None:
         self.store_uri = store_uri
         self.token_lifetime = token_lifetime
         self._reload_lock = threading.Lock()
         self.keyset = self._load()
+        try:
+            self.saml = None if saml is None else SamlServiceProvider(saml)
+        except SamlUnusable as exc:
+            raise KeysetUnusable(f"cannot load the SAML key set: {exc}") from None
 
     def _load(self) -> LoadedKeyset:
         try:
@@ -129,12 +139,28 @@ class AuthService:
             raise KeysetUnusable(f"cannot load the keyset from {self.store_uri}: {exc}") from None
 
     def reload(self) -> LoadedKeyset:
-        """Read the store again; the new keyset replaces the old one only if it is usable."""
+        """Read the stores again; the new keys replace the old ones only if all of them are usable."""
         with self._reload_lock:
             keyset = self._load()
+            saml: LoadedSaml | None = None
+            if self.saml is not None:
+                try:
+                    saml = self.saml.load()
+                except SamlUnusable as exc:
+                    raise KeysetUnusable(f"cannot load the SAML key set: {exc}") from None
             self.keyset = keyset  # one reference swap: requests in flight keep the snapshot they started with
+            if self.saml is not None and saml is not None:
+                self.saml.current = saml
         log.info("keyset reloaded: kids %s, signing %s", ", ".join(keyset.keys), keyset.signing_kid)
+        if saml is not None:
+            log.info("SAML keys reloaded: signing %s, published %s", saml.signing, ", ".join(saml.published))
         return keyset
+
+    def health(self) -> dict[str, Any]:
+        health = self.keyset.health()
+        if self.saml is not None:
+            health["saml"] = self.saml.current.health()
+        return health
 
     def reload_quietly(self) -> None:
         """Reload from a signal: report a failure in the log and keep serving."""
@@ -172,14 +198,7 @@ class Handler(BaseHTTPRequestHandler):
     server: AuthHTTPServer
 
     def _send(self, status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> None:
-        payload = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(payload)
+        self._send_text(status, json.dumps(body), "application/json", headers)
 
     def _json_body(self) -> Any:
         length = int(self.headers.get("Content-Length") or 0)
@@ -194,7 +213,7 @@ class Handler(BaseHTTPRequestHandler):
         app = self.server.app
         path = self.path.split("?", 1)[0]
         if path == "/health":
-            self._send(200, app.keyset.health())
+            self._send(200, app.health())
         elif path == "/.well-known/jwks.json":
             self._send(200, app.keyset.jwks)
         elif path == "/me":
@@ -208,8 +227,54 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(401, {"error": str(exc)}, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
                 return
             self._send(200, {"claims": claims})
+        elif path.startswith("/saml/") and app.saml is not None:
+            self._saml_get(app.saml, path)
         else:
             self._send(404, {"error": "not found"})
+
+    def _send_text(self, status: int, body: str, content_type: str, headers: Mapping[str, str] | None = None) -> None:
+        payload = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _saml_get(self, saml: SamlServiceProvider, path: str) -> None:
+        if path == "/saml/metadata":
+            self._send_text(200, saml.current.metadata(), "application/samlmetadata+xml")
+        elif path == "/saml/login":
+            binding = parse_qs(urlsplit(self.path).query).get("binding", ["redirect"])[0]
+            if binding not in BINDINGS:
+                self._send(400, {"error": f"binding must be one of {', '.join(BINDINGS)}"})
+                return
+            info = saml.login(binding)
+            if binding == "redirect":
+                self._send_text(303, "", "text/plain", {"Location": dict(info["headers"])["Location"]})
+            else:
+                self._send_text(200, info["data"], "text/html; charset=utf-8")
+        else:
+            self._send(404, {"error": "not found"})
+
+    def _saml_acs(self, saml: SamlServiceProvider) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if not 0 < length <= _MAX_SAML_BODY:
+            self._send(400, {"error": "post the IdP's form (SAMLResponse) to this endpoint"})
+            return
+        form = parse_qs(self.rfile.read(length).decode(errors="replace"))
+        response = form.get("SAMLResponse", [""])[0]
+        if not response:
+            self._send(400, {"error": "the form has no SAMLResponse"})
+            return
+        try:
+            answer = saml.consume(response)
+        except SamlSignInRefused as exc:
+            log.warning("sign-in refused: %s", exc)
+            self._send(401, {"error": str(exc)})
+            return
+        self._send(200, answer)
 
     def do_POST(self) -> None:
         app = self.server.app
@@ -221,14 +286,16 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(400, {"error": 'send a JSON body {"sub": "..."} with a subject of 1 to 256 characters'})
                 return
             self._send(200, app.issue(subject))
+        elif path == "/saml/acs" and app.saml is not None:
+            self._saml_acs(app.saml)
         elif path == "/reload":
             try:
-                keyset = app.reload()
+                app.reload()
             except KeysetUnusable as exc:
                 log.error("reload failed, keeping the previous keyset: %s", exc)
                 self._send(500, {"error": f"reload failed, still serving the previous keyset: {exc}"})
                 return
-            self._send(200, keyset.health())
+            self._send(200, app.health())
         else:
             self._send(404, {"error": "not found"})
 
