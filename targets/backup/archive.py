@@ -47,8 +47,8 @@ class InvalidBackupId(BadInput):
     """A string that is not a backup id."""
 
 
-def new_backup_id(now: datetime | None = None) -> str:
-    """A backup id that sorts by creation time: ``20260131T020000Z-1a2b3c4d``."""
+def new_id(now: datetime | None = None) -> str:
+    """An id that sorts by creation time, for backups and drills: ``20260131T020000Z-1a2b3c4d``."""
     return f"{(now or datetime.now(UTC)).astimezone(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
 
