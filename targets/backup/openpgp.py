@@ -8,6 +8,8 @@ usable without a prompt (no passphrase, or one the gpg-agent already holds): a s
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import re
 import shutil
@@ -43,6 +45,20 @@ class DecryptionFailed(CheckFailed):
     """gpg could not decrypt a payload it holds a key for: the ciphertext was altered or truncated."""
 
 
+# A restore opens the same backup once per secret, and each gpg run costs 10-20 ms; a successful verification or
+# decryption depends only on the exact bytes and the keyring, so it is remembered by their digest. Only the newest
+# plaintext is kept, in this process's memory, where the restore puts its values anyway.
+_VERIFIED_KEPT = 64
+_verified: dict[tuple[str | None, bytes], str] = {}
+_decrypted: dict[tuple[str | None, bytes], bytes] = {}
+
+
+@functools.lru_cache(maxsize=16)
+def _gpg(home: str | None) -> gnupg.GPG:
+    # Building one runs gpg --version; a restore opens the same keyring once per secret.
+    return gnupg.GPG(gnupghome=home)
+
+
 def normalise_fingerprint(value: str) -> str:
     """``value`` as 40 upper-case hex digits (spaces allowed, as gpg prints them); else :class:`KeyringError`."""
     fingerprint = value.replace(" ", "").upper()
@@ -63,7 +79,7 @@ class Keyring:
         if shutil.which("gpg") is None:
             raise KeyringError("the gpg program is not installed: install GnuPG (apt-get install gnupg)")
         self.home = home
-        self._gpg = gnupg.GPG(gnupghome=home)
+        self._gpg = _gpg(home)
 
     @property
     def where(self) -> str:
@@ -151,26 +167,23 @@ class Keyring:
 
     def decrypt(self, payload: bytes, what: str) -> bytes:
         """The plaintext of ``payload``; :class:`NotARecipient` naming its recipients if no secret key fits."""
-        key_ids = self.recipients_of(payload)
-        ours = self._secret_key_ids()
-        if not ours & set(key_ids):
-            named = "; ".join(self.describe(k) for k in key_ids) or "no recipient gpg can read"
+        key = (self.home, hashlib.sha256(payload).digest())
+        if key in _decrypted:
+            return _decrypted[key]
+        result = self._gpg.decrypt(payload)
+        if result.ok:
+            _decrypted.clear()
+            _decrypted[key] = result.data
+            return result.data
+        if result.status == "no secret key":
+            named = "; ".join(self.describe(k) for k in self.recipients_of(payload)) or "no recipient gpg can read"
             raise NotARecipient(
                 f"{what} is encrypted to {named}; {self.where} holds none of their secret keys: decrypt it where "
                 "one of those keys lives (or point gnupg_home there)"
             )
-        result = self._gpg.decrypt(payload)
-        if not result.ok:
-            raise DecryptionFailed(
-                f"{what} does not decrypt ({result.status}): the payload was altered or truncated; use another backup"
-            )
-        return result.data
-
-    def _secret_key_ids(self) -> set[str]:
-        ids: set[str] = set()
-        for key in self._gpg.list_keys(secret=True):
-            ids |= {key["keyid"]} | {s[0] for s in key.get("subkeys", [])}
-        return ids
+        raise DecryptionFailed(
+            f"{what} does not decrypt ({result.status}): the payload was altered or truncated; use another backup"
+        )
 
     def sign(self, data: bytes, signer: str) -> bytes:
         result = self._gpg.sign(data, keyid=signer, detach=True, binary=False)
@@ -183,11 +196,17 @@ class Keyring:
 
     def verify(self, data: bytes, signature: bytes, what: str) -> str:
         """The fingerprint of the key that made ``signature`` over ``data``; :class:`SignatureInvalid` otherwise."""
+        key = (self.home, hashlib.sha256(data).digest() + hashlib.sha256(signature).digest())
+        if key in _verified:
+            return _verified[key]
         with tempfile.NamedTemporaryFile(prefix="manifest-", suffix=".asc") as handle:
             handle.write(signature)
             handle.flush()
             result = self._gpg.verify_data(handle.name, data)
         if result.valid and result.pubkey_fingerprint:
+            if len(_verified) >= _VERIFIED_KEPT:
+                _verified.clear()
+            _verified[key] = result.pubkey_fingerprint
             return result.pubkey_fingerprint
         if result.status == "no public key":
             raise SignatureInvalid(
