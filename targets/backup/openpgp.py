@@ -9,7 +9,6 @@ usable without a prompt (no passphrase, or one the gpg-agent already holds): a s
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import re
 import shutil
@@ -43,14 +42,6 @@ class RecipientsMismatch(CheckFailed):
 
 class DecryptionFailed(CheckFailed):
     """gpg could not decrypt a payload it holds a key for: the ciphertext was altered or truncated."""
-
-
-# A restore opens the same backup once per secret, and each gpg run costs 10-20 ms; a successful verification or
-# decryption depends only on the exact bytes and the keyring, so it is remembered by their digest. Only the newest
-# plaintext is kept, in this process's memory, where the restore puts its values anyway.
-_VERIFIED_KEPT = 64
-_verified: dict[tuple[str | None, bytes], str] = {}
-_decrypted: dict[tuple[str | None, bytes], bytes] = {}
 
 
 @functools.lru_cache(maxsize=16)
@@ -167,13 +158,8 @@ class Keyring:
 
     def decrypt(self, payload: bytes, what: str) -> bytes:
         """The plaintext of ``payload``; :class:`NotARecipient` naming its recipients if no secret key fits."""
-        key = (self.home, hashlib.sha256(payload).digest())
-        if key in _decrypted:
-            return _decrypted[key]
         result = self._gpg.decrypt(payload)
         if result.ok:
-            _decrypted.clear()
-            _decrypted[key] = result.data
             return result.data
         if result.status == "no secret key":
             named = "; ".join(self.describe(k) for k in self.recipients_of(payload)) or "no recipient gpg can read"
@@ -196,17 +182,11 @@ class Keyring:
 
     def verify(self, data: bytes, signature: bytes, what: str) -> str:
         """The fingerprint of the key that made ``signature`` over ``data``; :class:`SignatureInvalid` otherwise."""
-        key = (self.home, hashlib.sha256(data).digest() + hashlib.sha256(signature).digest())
-        if key in _verified:
-            return _verified[key]
         with tempfile.NamedTemporaryFile(prefix="manifest-", suffix=".asc") as handle:
             handle.write(signature)
             handle.flush()
             result = self._gpg.verify_data(handle.name, data)
         if result.valid and result.pubkey_fingerprint:
-            if len(_verified) >= _VERIFIED_KEPT:
-                _verified.clear()
-            _verified[key] = result.pubkey_fingerprint
             return result.pubkey_fingerprint
         if result.status == "no public key":
             raise SignatureInvalid(
