@@ -16,6 +16,7 @@ import boto3
 import pytest
 
 import redaction
+from errors import Refused
 from flows.backup import BackupPolicy, backup_secrets
 from flows.drill import DrillFailed, restore_drill
 from stores import SecretStore, Stage, open_store
@@ -192,6 +193,11 @@ def test_a_restore_plan_lists_changes_without_values_and_an_update_is_undone(
     assert target["changed"].describe() == before["changed"]
     assert undo_restore_secret(changed.target, restore_id, **undo) == "nothing to undo"
     assert target["changed"].describe() == before["changed"]
+    created = next(p for p in plan.secrets if p.name == "missing")
+    kept = open_store(created.target).describe()
+    with pytest.raises(Refused, match="cannot delete a secret"):
+        undo_restore_secret.fn(created.target, restore_id, action=created.action)
+    assert open_store(created.target).describe() == kept
 
 
 def _flip_payload_byte(destination: Path, backup_id: str) -> None:
