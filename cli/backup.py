@@ -48,6 +48,7 @@ def backup(
         policy = BackupPolicy(
             stages="all" if all_stages else "current", keep_daily=keep_daily, keep_monthly=keep_monthly
         )
+        # Listing proves the store answers and something matches, before a flow run starts.
         check_backup_request(source, destination, recipient, signing_key, home).selection.names()
         summary = backup_secrets(
             source, destination, recipient, policy=policy, signing_key=signing_key, gnupg_home=home

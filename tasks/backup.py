@@ -14,6 +14,7 @@ same way: the part of each name that the source's ``*`` matched is put in place 
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 from dataclasses import dataclass
@@ -76,15 +77,15 @@ class Selection(BaseModel):
         return open_store(self.base.model_copy(update={"name": name})).uri.display
 
     def names(self) -> list[str]:
-        """The names selected, as the store lists them (without reading a value)."""
+        """The names selected, as the store lists them (without reading a value); none is :class:`NotFound`."""
         store = open_store(self.base)
         if self.exact:
-            try:
+            with contextlib.suppress(SecretNotFound):
                 store.describe()
-            except SecretNotFound:
-                return []
-            return [self.base.name]
-        return [n for n in store.list() if n.startswith(self.prefix)]
+                return [self.base.name]
+        elif found := [n for n in store.list() if n.startswith(self.prefix)]:
+            return found
+        raise NotFound(f"no secret matches {self.display}: check the store URI and the prefix")
 
     def target_of(self, name: str, source: Selection, count: int) -> str:
         """The store URI that ``name`` of a backup of ``source`` (``count`` secrets) is restored to."""
@@ -274,11 +275,8 @@ def write_backup(
             recipients=list(manifest.recipients),
             signer=manifest.signer,
         )
-    names = request.selection.names()
-    if not names:
-        raise NotFound(f"no secret matches {source}: check the store URI and the prefix")
     archived, skipped = [], []
-    for name in names:
+    for name in request.selection.names():
         try:
             archived.append(_archived(open_store(request.selection.uri_of(name)), name, stages))
         except SecretNotFound:
@@ -507,15 +505,21 @@ def restore_secret(backup: BackupRef, planned: PlannedRestore, restore_id: str) 
 
 @task(cache_policy=NO_CACHE, **_RETRY)
 def undo_restore_secret(
-    secret: str, rotation_id: str, *, action: RestoreAction, previous_version: str | None = None
+    secret: str,
+    rotation_id: str,
+    *,
+    action: RestoreAction,
+    previous_version: str | None = None,
+    target: str | None = None,
 ) -> str:
-    """Undo :func:`restore_secret` on ``secret`` (its target URI) for restore ``rotation_id``; what it did.
+    """Undo :func:`restore_secret` for restore ``rotation_id`` on ``target`` (the planned secret's URI; default
+    ``secret``, which the runbook core fills with its rotation's secret); what it did.
 
     An update is reverted from the store's own versions: CURRENT goes back to the version the restore made
     PREVIOUS, PREVIOUS back to ``previous_version`` (the plan's ``target_previous``), and the restored version is
     discarded. Already undone, or nothing written: no change.
     """
-    store = open_store(secret)
+    store = open_store(target or secret)
     if action == RestoreAction.UPDATE:
         found = _description(store)
         if found is None or rotation_id not in {v.version_id for v in found.versions}:

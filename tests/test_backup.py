@@ -188,10 +188,12 @@ def test_a_restore_plan_lists_changes_without_values_and_an_update_is_undone(
     assert open_store(f"local://{tmp_path / 'target.db'}?secret=missing").read(Stage.CURRENT) == values["missing"]
 
     changed = next(p for p in plan.secrets if p.name == "changed")
-    undo = {"action": changed.action, "previous_version": changed.target_previous}
-    assert undo_restore_secret(changed.target, restore_id, **undo) == "reverted"
+    undo = {"action": changed.action.value, "previous_version": changed.target_previous, "target": changed.target}
+    # As the runbook core calls it: the rotation's secret (here the whole restore's target), its id, the undo's own.
+    whole = f"local://{tmp_path / 'target.db'}?secret=*"
+    assert undo_restore_secret(whole, restore_id, **undo) == "reverted"
     assert target["changed"].describe() == before["changed"]
-    assert undo_restore_secret(changed.target, restore_id, **undo) == "nothing to undo"
+    assert undo_restore_secret(whole, restore_id, **undo) == "nothing to undo"
     assert target["changed"].describe() == before["changed"]
     created = next(p for p in plan.secrets if p.name == "missing")
     kept = open_store(created.target).describe()

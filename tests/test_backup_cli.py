@@ -46,6 +46,10 @@ def _refused(*args: str) -> str:
         ({"--to": "ftp://host/backups"}, "is not a backup destination"),
         ({"source": "ftp://host/secret"}, "unknown store scheme 'ftp'"),
         ({"source": "local:///srv/store.db?secret=a*b"}, "at most one '*', at the end"),
+        (
+            {"source": "local:///srv/store.db?secret=nothing/*"},
+            "no secret matches local:///srv/store.db?secret=nothing/*",
+        ),
     ],
     ids=[
         "unknown-key",
@@ -55,6 +59,7 @@ def _refused(*args: str) -> str:
         "bad-destination",
         "bad-uri",
         "bad-prefix",
+        "no-match",
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(
