@@ -120,6 +120,19 @@ class BackupWritten(BaseModel):
     signer: str | None
     skipped: list[str] = []  # listed, then gone before they could be read
 
+    @classmethod
+    def of(cls, manifest: Manifest, destination: Destination, skipped: list[str] | None = None) -> BackupWritten:
+        return cls(
+            backup_id=manifest.backup_id,
+            destination=destination.display,
+            source=manifest.source,
+            secrets=len(manifest.secrets),
+            versions=manifest.version_count,
+            recipients=list(manifest.recipients),
+            signer=manifest.signer,
+            skipped=skipped or [],
+        )
+
 
 class BackupFacts(BaseModel):
     """What a verified backup holds, names and counts only."""
@@ -265,16 +278,7 @@ def write_backup(
     request = check_backup_request(source, destination, recipients, signing_key, gnupg_home)
     target = request.destination
     if target.exists(manifest_name(backup_id)):
-        manifest = Manifest.from_bytes(target.read(manifest_name(backup_id)), backup_id)
-        return BackupWritten(
-            backup_id=backup_id,
-            destination=target.display,
-            source=manifest.source,
-            secrets=len(manifest.secrets),
-            versions=manifest.version_count,
-            recipients=list(manifest.recipients),
-            signer=manifest.signer,
-        )
+        return BackupWritten.of(Manifest.from_bytes(target.read(manifest_name(backup_id)), backup_id), target)
     archived, skipped = [], []
     for name in request.selection.names():
         try:
@@ -296,16 +300,7 @@ def write_backup(
     if request.signer:
         target.write(signature_name(backup_id), request.keyring.sign(document, request.signer))
     target.write(manifest_name(backup_id), document)
-    return BackupWritten(
-        backup_id=backup_id,
-        destination=target.display,
-        source=archive.source,
-        secrets=len(archive.secrets),
-        versions=manifest.version_count,
-        recipients=request.recipients,
-        signer=request.signer,
-        skipped=skipped,
-    )
+    return BackupWritten.of(manifest, target, skipped)
 
 
 @task(cache_policy=NO_CACHE, **_RETRY)

@@ -99,7 +99,7 @@ def s3_destination(moto_server: str) -> Callable[[], tuple[str, str]]:
 
 
 def test_round_trip_from_aws_secrets_manager_into_a_local_store(
-    prefect_server, moto_server, gpg_keys: GpgKeys, s3_destination, local_store_factory
+    prefect_server, moto_server, gpg_keys: GpgKeys, s3_destination, local_store_factory, caplog
 ) -> None:
     prefix = f"backup-{uuid.uuid4().hex[:8]}"
     values = {f"{prefix}/svc{i}": canary() for i in range(3)}
@@ -153,6 +153,8 @@ def test_round_trip_from_aws_secrets_manager_into_a_local_store(
         restored = open_store(f"local://{file}?secret=restored/svc{i}")
         assert restored.read(Stage.CURRENT) == values[f"{prefix}/svc{i}"]
     assert open_store(f"local://{file}?secret=restored/svc0").read(Stage.PREVIOUS) == older
+    assert "Backup " in caplog.text  # the flow's and the tasks' log lines were captured, and hold no value
+    _no_values(caplog.text, every_value)
 
 
 def test_a_restore_plan_lists_changes_without_values_and_an_update_is_undone(
@@ -273,7 +275,7 @@ def test_a_backup_encrypted_to_another_key_is_refused_naming_its_recipients(
 
 
 def test_the_restore_drill_passes_then_detects_a_corrupted_backup(
-    prefect_server, gpg_keys: GpgKeys, tmp_path: Path
+    prefect_server, gpg_keys: GpgKeys, tmp_path: Path, caplog
 ) -> None:
     values = {f"svc/{i}": canary() for i in range(4)}
     stores = _local_secrets(tmp_path / "source.db", values)
@@ -306,6 +308,8 @@ def test_the_restore_drill_passes_then_detects_a_corrupted_backup(
     assert len(drills) == 2
     for path in drills:
         _no_values(path.read_bytes(), list(values.values()))
+    assert "Restore drill" in caplog.text and "failed" in caplog.text
+    _no_values(caplog.text, list(values.values()))
 
 
 def test_backup_files_are_private_to_their_owner(prefect_server, gpg_keys: GpgKeys, tmp_path: Path) -> None:

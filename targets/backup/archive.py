@@ -27,7 +27,7 @@ import os
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
@@ -72,35 +72,58 @@ def checksum(key: bytes, name: str, version_id: str, value: str) -> str:
     return "hmac-sha256:" + hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
-class ArchivedVersion(BaseModel):
+class _Version(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     version_id: str
     stages: tuple[str, ...]
     created_at: datetime | None = None
+
+
+class ArchivedVersion(_Version):
     value: SecretStr
 
 
-class ArchivedSecret(BaseModel):
+class ManifestVersion(_Version):
+    checksum: str
+
+
+V = TypeVar("V", bound=_Version)
+
+
+class _Secret(BaseModel, Generic[V]):
     model_config = ConfigDict(frozen=True)
 
     name: str
-    versions: tuple[ArchivedVersion, ...]
+    versions: tuple[V, ...]
 
-    def at(self, stage: str) -> ArchivedVersion | None:
+    def at(self, stage: str) -> V | None:
         return next((v for v in self.versions if stage in v.stages), None)
 
 
-class Archive(BaseModel):
-    """The plaintext of a backup. Values are :class:`SecretStr`: a ``repr`` or a log line shows ``**********``."""
+class ArchivedSecret(_Secret[ArchivedVersion]):
+    """A secret's versions with their values, inside the encrypted archive."""
+
+
+class ManifestSecret(_Secret[ManifestVersion]):
+    """A secret's versions with keyed checksums in place of values."""
+
+
+class _Backup(BaseModel):
+    """What the archive and its manifest both say: which backup, when, of what."""
 
     model_config = ConfigDict(frozen=True)
 
-    format: Literal["secret-rotation-backup-archive/1"] = ARCHIVE_FORMAT
     backup_id: str
     created_at: datetime
     source: str
     stages: StageSelection
+
+
+class Archive(_Backup):
+    """The plaintext of a backup. Values are :class:`SecretStr`: a ``repr`` or a log line shows ``**********``."""
+
+    format: Literal["secret-rotation-backup-archive/1"] = ARCHIVE_FORMAT
     checksum_key: SecretStr = Field(default_factory=lambda: SecretStr(base64.b64encode(os.urandom(32)).decode()))
     secrets: tuple[ArchivedSecret, ...]
 
@@ -141,35 +164,10 @@ class Archive(BaseModel):
             ) from None
 
 
-class ManifestVersion(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    version_id: str
-    stages: tuple[str, ...]
-    created_at: datetime | None = None
-    checksum: str
-
-
-class ManifestSecret(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    versions: tuple[ManifestVersion, ...]
-
-    def at(self, stage: str) -> ManifestVersion | None:
-        return next((v for v in self.versions if stage in v.stages), None)
-
-
-class Manifest(BaseModel):
+class Manifest(_Backup):
     """What a backup holds, without values: readable by anyone who may see the backup's folder."""
 
-    model_config = ConfigDict(frozen=True)
-
     format: Literal["secret-rotation-backup-manifest/1"] = MANIFEST_FORMAT
-    backup_id: str
-    created_at: datetime
-    source: str
-    stages: StageSelection
     recipients: tuple[str, ...]
     signer: str | None
     payload_sha256: str
@@ -180,10 +178,7 @@ class Manifest(BaseModel):
     def of(cls, archive: Archive, payload: bytes, recipients: list[str], signer: str | None) -> Manifest:
         """The manifest of ``archive``, encrypted as ``payload`` to ``recipients``."""
         return cls(
-            backup_id=archive.backup_id,
-            created_at=archive.created_at,
-            source=archive.source,
-            stages=archive.stages,
+            **{field: getattr(archive, field) for field in _Backup.model_fields},
             recipients=tuple(recipients),
             signer=signer,
             payload_sha256=hashlib.sha256(payload).hexdigest(),

@@ -22,6 +22,7 @@ from errors import BadInput, CheckFailed, PermissionDenied
 
 _FINGERPRINT = re.compile(r"^[0-9A-F]{40}$")
 _UNUSABLE = {"r": "revoked", "e": "expired", "d": "disabled", "i": "invalid"}
+_CAPABILITY = {"E": "encrypt (it has no encryption subkey)", "S": "sign"}
 
 
 class KeyringError(BadInput):
@@ -104,37 +105,27 @@ class Keyring:
 
     def check_recipient(self, value: str) -> str:
         """The fingerprint of a public key that can encrypt, or :class:`KeyringError` saying what to do."""
-        fingerprint = normalise_fingerprint(value)
-        key = self._key(fingerprint)
-        if key is None:
-            raise KeyringError(
-                f"recipient key {fingerprint} is not in {self.where}: import it (gpg --import KEYFILE) "
-                "or give another recipient"
-            )
-        self._check_usable(key, "recipient")
-        if "E" not in key.get("cap", ""):
-            raise KeyringError(f"recipient key {fingerprint} cannot encrypt (no encryption subkey): give another key")
-        return fingerprint
+        return self._usable(value, "recipient", "E", "import it (gpg --import KEYFILE) or give another recipient")
 
     def check_signer(self, value: str) -> str:
         """The fingerprint of a key whose secret half this keyring holds, to sign manifests with."""
+        return self._usable(
+            value, "signing", "S", "import the backup host's signing key there, or leave the signing key out"
+        )
+
+    def _usable(self, value: str, role: str, capability: str, advice: str) -> str:
         fingerprint = normalise_fingerprint(value)
         key = self._key(fingerprint)
-        if key is None or fingerprint not in self._secret_fingerprints():
-            raise KeyringError(
-                f"signing key {fingerprint} has no secret key in {self.where}: import the backup host's signing key "
-                "there, or leave the signing key out"
-            )
-        self._check_usable(key, "signing")
-        if "S" not in key.get("cap", ""):
-            raise KeyringError(f"signing key {fingerprint} cannot sign: give a key with signing capability")
-        return fingerprint
-
-    @staticmethod
-    def _check_usable(key: dict[str, Any], role: str) -> None:
+        if key is None:
+            raise KeyringError(f"{role} key {fingerprint} is not in {self.where}: {advice}")
+        if capability == "S" and fingerprint not in self._secret_fingerprints():
+            raise KeyringError(f"{role} key {fingerprint} has no secret key in {self.where}: {advice}")
         problem = _UNUSABLE.get(key.get("trust", ""))
         if problem:
-            raise KeyringError(f"{role} key {key['fingerprint']} is {problem}: give a valid key")
+            raise KeyringError(f"{role} key {fingerprint} is {problem}: give a valid key")
+        if capability not in key.get("cap", ""):
+            raise KeyringError(f"{role} key {fingerprint} cannot {_CAPABILITY[capability]}: give another key")
+        return fingerprint
 
     def encrypt(self, data: bytes, recipients: list[str]) -> bytes:
         result = self._gpg.encrypt(data, recipients, armor=False, always_trust=True)
