@@ -391,9 +391,11 @@ def _description(store: SecretStore) -> SecretDescription | None:
         return None
 
 
-def _holds(store: SecretStore, version_id: str | None, archive: Archive, name: str, backed_up: ArchivedVersion) -> bool:
+def _holds(
+    store: SecretStore, version_id: str | None, archive: Archive, name: str, backed_up: ArchivedVersion | None
+) -> bool:
     """Whether version ``version_id`` of ``store`` holds the value ``backed_up`` (by its keyed checksum)."""
-    if version_id is None:
+    if version_id is None or backed_up is None:
         return False
     value = register_secret(store.read_version(version_id))
     return checksum(archive.key, name, backed_up.version_id, value) == archive.checksum_of(name, backed_up)
@@ -459,35 +461,36 @@ def plan_restore(backup: BackupRef, target: str) -> RestorePlan:
 def restore_secret(backup: BackupRef, planned: PlannedRestore, restore_id: str) -> RestoredSecret:
     """Write one planned secret's backed-up value(s) into its target; ``restore_id`` keys the version it stages.
 
-    Already restored (the target's CURRENT holds the backed-up value): nothing is written. A target that changed
-    since the plan (created, deleted, or given another CURRENT by someone else) is refused as a conflict.
+    Already restored (the target's stages hold the backed-up values the plan writes): nothing is written. A target
+    that changed since the plan (created, deleted, or given another CURRENT by someone else) is refused as a conflict.
     """
     _, archive = open_backup(backup)
     assert archive is not None
     secret = archive.secret(planned.name)
     current = secret.at(Stage.CURRENT)
+    previous = secret.at(Stage.PREVIOUS) if Stage.PREVIOUS in planned.stages else None
     store = open_store(planned.target)
     found = _description(store)
-    what = f"{planned.target} (from {planned.name} in backup {backup.backup_id})"
-    if found is not None and current and _holds(store, found.version_at(Stage.CURRENT), archive, secret.name, current):
+
+    def holds(stage: Stage, version: ArchivedVersion | None) -> bool:
+        return _holds(store, found.version_at(stage) if found else None, archive, secret.name, version)
+
+    def restored(version_id: str | None, already: bool) -> RestoredSecret:
         return RestoredSecret(
-            target=planned.target,
-            action=planned.action,
-            version_id=found.version_at(Stage.CURRENT),
-            already_restored=True,
+            target=planned.target, action=planned.action, version_id=version_id, already_restored=already
         )
-    if planned.action in (RestoreAction.UNCHANGED, RestoreAction.BLOCKED) or current is None:
+
+    if holds(Stage.CURRENT, current) and (previous is None or holds(Stage.PREVIOUS, previous)):
+        return restored(found.version_at(Stage.CURRENT) if found else None, True)
+    what = f"{planned.target} (from {planned.name} in backup {backup.backup_id})"
+    if planned.action not in (RestoreAction.CREATE, RestoreAction.UPDATE) or current is None:
         raise Conflict(f"{what} was planned as {planned.action.value} and has changed since: make a new plan")
     if planned.action == RestoreAction.CREATE:
-        previous = secret.at(Stage.PREVIOUS) if Stage.PREVIOUS in planned.stages else None
         if found is None:
-            first = previous or current
-            version_id = store.create(first.value.get_secret_value())
+            version_id = store.create((previous or current).value.get_secret_value())
             if previous is None:
-                return RestoredSecret(
-                    target=planned.target, action=planned.action, version_id=version_id, already_restored=False
-                )
-        elif previous is None or not _holds(store, found.version_at(Stage.CURRENT), archive, secret.name, previous):
+                return restored(version_id, False)
+        elif not holds(Stage.CURRENT, previous):  # not the first version this restore created before it stopped
             raise Conflict(f"{what} was created by someone else since the plan: make a new plan")
     elif found is None:
         raise Conflict(f"{what} was deleted since the plan: make a new plan")
@@ -495,7 +498,7 @@ def restore_secret(backup: BackupRef, planned: PlannedRestore, restore_id: str) 
         raise Conflict(f"{what} was given another CURRENT version since the plan: make a new plan")
     store.stage(current.value.get_secret_value(), restore_id)
     store.promote(restore_id)
-    return RestoredSecret(target=planned.target, action=planned.action, version_id=restore_id, already_restored=False)
+    return restored(restore_id, False)
 
 
 @task(cache_policy=NO_CACHE, **_RETRY)

@@ -16,7 +16,7 @@ import boto3
 import pytest
 
 import redaction
-from errors import Refused
+from errors import Conflict, Refused
 from flows.backup import BackupPolicy, backup_secrets
 from flows.drill import DrillFailed, restore_drill
 from stores import SecretStore, Stage, open_store
@@ -363,3 +363,32 @@ def test_applying_retention_deletes_every_file_of_the_expired_backups(
     assert open_destination(str(destination)).backups() == [ids[0], ids[2], ids[3]]
     assert not any(p.name.startswith(ids[1]) for p in destination.iterdir())
     assert apply_retention(str(destination), 2, 2) == []
+
+
+def test_a_restore_that_stopped_half_way_finishes_and_one_overtaken_by_another_writer_is_refused(
+    prefect_server, gpg_keys: GpgKeys, tmp_path: Path
+) -> None:
+    older, newer = canary(), canary()
+    (source,) = _local_secrets(tmp_path / "source.db", {"db": older}).values()
+    _rotate(source, newer)
+    backup = _backup(f"local://{tmp_path / 'source.db'}?secret=*", tmp_path / "backups", gpg_keys, stages="all")
+    plan = plan_restore(backup, f"local://{tmp_path / 'target.db'}?secret=*")
+    (planned,) = plan.secrets
+    assert (planned.action, planned.stages) == (RestoreAction.CREATE, (Stage.PREVIOUS, Stage.CURRENT))
+
+    # The restore created the secret with its PREVIOUS value, then its worker died before staging CURRENT.
+    target = open_store(planned.target)
+    target.create(older)
+    restore_id = str(uuid.uuid4())
+    finished = restore_secret(backup, planned, restore_id)
+    assert (finished.already_restored, finished.version_id) == (False, restore_id)
+    assert (target.read(Stage.CURRENT), target.read(Stage.PREVIOUS)) == (newer, older)
+    assert verify_restored(backup, plan).versions_checked == 2
+
+    (stale,) = plan_restore(backup, f"local://{tmp_path / 'other.db'}?secret=*").secrets
+    elsewhere = open_store(stale.target)
+    elsewhere.create(canary())  # someone else created it between the plan and the restore
+    before = elsewhere.describe()
+    with pytest.raises(Conflict, match="created by someone else since the plan"):
+        restore_secret.fn(backup, stale, str(uuid.uuid4()))
+    assert elsewhere.describe() == before
