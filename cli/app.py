@@ -8,19 +8,19 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network
 
 import getpass
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from pydantic import TypeAdapter, ValidationError
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cli import backup
+from cli.output import clear_errors, console
 from cli.terminal import run_here, verdict
-from errors import BadInput, Refused, RotationError
+from errors import BadInput, Refused
 from rotation.approval import ApprovalDecision, Preapproval, give_decision, same_person, waiting_for
 from rotation.journal import Journal, RotationRecord
 from rotation.options import RotationOptions
@@ -28,8 +28,6 @@ from stores import open_store
 from targets.consumers import Consumer, HttpReload
 
 app = typer.Typer(no_args_is_help=True, help="Secret-rotation runbooks on Prefect.", pretty_exceptions_enable=False)
-console = Console()
-err = Console(stderr=True)
 
 JournalOption = Annotated[
     str | None,
@@ -37,20 +35,6 @@ JournalOption = Annotated[
         help="Rotation journal: a file, or a postgresql:// URL (default: $ROTATE_JOURNAL or ~/.local/state/...)"
     ),
 ]
-
-
-@contextmanager
-def _clear_errors() -> Iterator[None]:
-    """Turn the errors a user can act on into one red line and exit status 1; anything else is a bug: raise it."""
-    try:
-        yield
-    except RotationError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from None
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False))
-        err.print(f"[red]error:[/red] invalid input: {escape(problems)}")
-        raise typer.Exit(1) from None
 
 
 def _consumers(consumers_file: Path | None, reload_url: str | None, verify_url: str | None) -> list[Consumer]:
@@ -141,7 +125,7 @@ def jwt(
     """Rotate a JWT signing key: stage, promote, verify, wait, retire the old key."""
     from flows.jwt import JwtPolicy, rotate_jwt_signing_key
 
-    with _clear_errors():
+    with clear_errors():
         policy = JwtPolicy(
             algorithm=algorithm,
             key_bits=bits,
@@ -181,7 +165,7 @@ def postgres(
     """Rotate PostgreSQL credentials: alternating users (no failed login) or a single user."""
     from flows.postgres import PgPolicy, rotate_postgres_credentials
 
-    with _clear_errors():
+    with clear_errors():
         policy = PgPolicy(
             strategy=strategy, retire=retire, grace_seconds=grace, **({"privilege_checks": check} if check else {})
         )
@@ -214,7 +198,7 @@ def redis(
     """Rotate a Redis ACL password on every node: add beside the old one, move consumers, remove the old one."""
     from flows.redis_password import RedisPolicy, rotate_redis_password
 
-    with _clear_errors():
+    with clear_errors():
         policy = RedisPolicy(grace_seconds=grace)
         open_store(secret)  # a malformed store URI is one line here, before Prefect starts
         consumers = _consumers(consumers_file, reload_url, None)
@@ -257,7 +241,7 @@ def approve(
     """Approve (or reject) the step a rotation waits at; exits non-zero if the run refuses the decision."""
     import uuid
 
-    with _clear_errors():
+    with clear_errors():
         book = Journal(journal, create=False)
         record = _rotation(book, rotation_id)
         waiting = waiting_for(book, record.id, record.flow_run_id) if record.lease_live() else None
@@ -281,7 +265,7 @@ def status(
     journal: JournalOption = None,
 ) -> None:
     """List rotations, or the audit trail of one."""
-    with _clear_errors():
+    with clear_errors():
         book = Journal(journal, create=False)
         console.print(f"journal: {escape(book.display)}")
         if rotation_id:
@@ -340,7 +324,7 @@ def rollback(
     journal: JournalOption = None,
 ) -> None:
     """Roll back a rotation whose run stopped before its point of no return."""
-    with _clear_errors():
+    with clear_errors():
         book = Journal(journal, create=False)
         _stopped(book, rotation_id, "rollback")
         from flows.recovery import rollback_rotation
@@ -357,7 +341,7 @@ def resume(
     journal: JournalOption = None,
 ) -> None:
     """Resume a rotation whose run stopped; completed steps are not repeated."""
-    with _clear_errors():
+    with clear_errors():
         book = Journal(journal, create=False)
         record = _stopped(book, rotation_id, "resume")
         allow_self = bool((record.parameters.get("options") or {}).get("allow_self_approval"))
@@ -373,7 +357,7 @@ def resume(
 @app.command()
 def describe(secret: Annotated[str, typer.Argument(help="Store URI")]) -> None:
     """Versions and stages of a secret (never its value)."""
-    with _clear_errors():
+    with clear_errors():
         description = open_store(secret).describe()
         table = Table("version", "stages", "created")
         for version in description.versions:
@@ -390,7 +374,7 @@ def demo(
     """The quick start: a local store, the example auth service, and a JWT rotation end to end."""
     from cli.demo import run_demo
 
-    with _clear_errors():
+    with clear_errors():
         run_demo(folder.resolve(), yes=yes, wait_seconds=grace, console=console)
 
 
@@ -407,3 +391,7 @@ def automations(
 
     for name in install(UUID(notify_block) if notify_block else None):
         console.print(f"installed: {name}")
+
+
+app.command()(backup.backup)
+app.command()(backup.drill)

@@ -67,6 +67,8 @@ def test_prefect_yaml_deploys_every_runbook(worker) -> None:
         "cache-production",
         "rollback-rotation",
         "resume-rotation",
+        "secrets-backup-production",
+        "restore-drill-production",
     } <= names
 
 
