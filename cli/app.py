@@ -8,6 +8,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network
 
 import getpass
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -352,6 +353,53 @@ def resume(
             lambda: resume_rotation(rotation_id, journal=book.location, preapproved=preapproved), book, console
         )
         console.print_json(json.dumps(summary, default=str))
+
+
+def _entered_value(from_file: Path | None) -> str:
+    """The value a person gives: a file, else standard input; at a terminal a prompt that does not echo."""
+    if from_file is not None:
+        try:
+            text = from_file.read_text()
+        except OSError as exc:
+            raise BadInput(f"--from-file {from_file}: cannot read it ({exc.strerror})") from None
+    elif sys.stdin.isatty():
+        text = getpass.getpass("Value (not shown): ")
+        if getpass.getpass("Again, to be sure: ") != text:
+            raise BadInput("the two entries differ; nothing was staged: run the command again")
+    else:
+        text = sys.stdin.read()
+    value = text.removesuffix("\n")
+    if not value.strip():
+        raise BadInput("the value is empty; nothing was staged")
+    return value
+
+
+@app.command()
+def stage(
+    rotation_id: Annotated[str, typer.Argument(help="The rotation that waits for a value")],
+    from_file: Annotated[
+        Path | None, typer.Option(help="Read the value from this file (a certificate, say) instead of a prompt")
+    ] = None,
+    person: Annotated[str, typer.Option(help="Your name, recorded in the audit trail (default: the OS user)")] = "",
+    journal: JournalOption = None,
+) -> None:
+    """Give a rotation the value it waits for (a password set at a provider, a signed certificate).
+
+    The value is read from a prompt that does not echo, from standard input, or from --from-file: never from the
+    command line, so it stays out of shell history and process lists.
+    """
+    import flows.recovery  # noqa: F401 - registers every runbook, whose input functions build the value
+    from rotation.staging import stage_value
+
+    with clear_errors():
+        book = Journal(journal, create=False)
+        book.get(rotation_id)  # an unknown rotation is said before anything is read
+        staged, decision = stage_value(book, rotation_id, _entered_value(from_file), person or getpass.getuser())
+        console.print(f"staged {staged} for rotation {rotation_id}")
+        if decision is None:
+            console.print(f"its run has stopped; carry it on with: rotate resume {rotation_id}")
+        else:
+            console.print(escape(verdict(book, decision, timeout=120)))
 
 
 @app.command()

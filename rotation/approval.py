@@ -124,6 +124,8 @@ class ApprovalRequest:
     poll_seconds: int
     preapproved: Preapproval | None
     superseded_runs: tuple[str, ...] = ()
+    #: For a pause in which a person acts (stages a value): why an "approve" cannot be accepted yet, or None.
+    not_ready: Callable[[], str | None] | None = None
 
     def decide(self) -> ApprovalFacts:
         """The decision: given up front, given to a run this one superseded, or waited for; refusals recorded."""
@@ -144,7 +146,9 @@ class ApprovalRequest:
         while True:
             if decision is not None:
                 why = self._address_refusal(decision) or (
-                    self._refusal(decision.approver) if decision.decision == "approve" else None
+                    (self._refusal(decision.approver) or (self.not_ready() if self.not_ready else None))
+                    if decision.decision == "approve"
+                    else None
                 )
                 if why is None:
                     if decision.decision == "reject":
@@ -180,15 +184,14 @@ class ApprovalRequest:
             pause_key=key,
             question=question,
         )
-        logger = get_run_logger()
-        logger.info(
-            "Waiting for approval of %r: anyone but %s may approve in the Prefect UI (Resume), with `rotate approve "
-            "%s --approver NAME --reason TEXT`, or with POST /api/flow_runs/%s/resume",
-            question,
-            self.started_by,
-            self.rotation_id,
-            self.flow_run_id,
+        who = "anyone" if self.allow_self_approval else f"anyone but {self.started_by}"
+        how = (
+            f"`rotate stage {self.rotation_id}`"
+            if self.not_ready
+            else f"the Prefect UI (Resume), `rotate approve {self.rotation_id} --approver NAME --reason TEXT`, or "
+            f"POST /api/flow_runs/{self.flow_run_id}/resume"
         )
+        get_run_logger().info("Waiting at step %s: %r; %s may answer with %s", self.step, question, who, how)
         pending = PendingApproval(self.rotation_id, self.step, self.flow_run_id, question)
         with _listeners_lock:
             listeners = list(_listeners)

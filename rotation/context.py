@@ -28,7 +28,7 @@ from pydantic import TypeAdapter
 from pydantic_core import to_jsonable_python
 
 from errors import Refused, RotationError
-from redaction import redact
+from redaction import fingerprint, redact
 from rotation import audit, flow_runs, runbooks
 from rotation.approval import ApprovalFacts, ApprovalRequest
 from rotation.compensation import Undo, roll_back
@@ -36,6 +36,7 @@ from rotation.journal import Journal, Lease, LeaseLost, RotationRecord, Rotation
 from rotation.lease import kept
 from rotation.options import RotationOptions
 from stores import SecretStore, Stage, open_store
+from stores.errors import VersionNotFound
 from targets.consumers import Consumer
 from tasks.consumers import restart_consumers
 from tasks.secrets import discard_secret, promote_secret, revert_secret, stage_secret
@@ -191,22 +192,55 @@ class Rotation:
         def decide(_: StepRecord) -> ApprovalFacts:
             if not required:
                 return ApprovalFacts(decision="skipped", at=datetime.now(UTC), via=f"options.approve_{gate}=false")
-            return ApprovalRequest(
-                journal=self.journal,
-                rotation_id=self.id,
-                secret=self.secret,
-                step=name,
-                question=question,
-                flow_run_id=str(flow_run.id),
-                started_by=self.started_by,
-                allow_self_approval=self.options.allow_self_approval,
-                timeout_seconds=self.options.approval_timeout_seconds,
-                poll_seconds=self.options.approval_poll_seconds,
-                preapproved=self.options.preapproved,
-                superseded_runs=self._superseded_runs(),
-            ).decide()
+            return self._ask(name, question)
 
         return self._run(name, "approve", decide, ApprovalFacts, detail={"question": question})
+
+    def await_value(self, name: str, question: str, build: Callable[[str, str], str], base: str | None = None) -> str:
+        """Pause until a person stages the secret's next value with ``rotate stage ROTATION_ID``: the value they
+        enter (a prompt, standard input or a file; never a flow parameter) goes through ``build(base value,
+        entered)`` and is staged as PENDING. ``base`` is a version id (default: CURRENT). Returns its fingerprint.
+
+        ``build`` must be declared in the runbook's ``@runbook(inputs=[...])``. Rejecting the pause rolls back.
+        """
+        if build.__name__ not in self.runbook.inputs:
+            raise RuntimeError(
+                f"runbook {self.runbook.name} awaits a value through {build.__name__!r} it did not declare"
+            )
+
+        def not_staged() -> str | None:
+            try:
+                self.store.read_version(self.id)
+            except VersionNotFound:
+                return f"nothing is staged yet: run `rotate stage {self.id}` first"
+            return None
+
+        def wait_for_person(_: StepRecord) -> str:
+            if not_staged() is not None:  # staged already when a resumed run gets here: nothing to ask
+                self._ask(name, question, allow_self_approval=True, preapproved=None, not_ready=not_staged)
+            return fingerprint(self.store.read_version(self.id))
+
+        detail = {"question": question, "build": build.__name__, "base": base}
+        return self._run(name, "await", wait_for_person, str, detail=detail, undo=Undo(discard_secret))
+
+    def _ask(self, name: str, question: str, **overrides: Any) -> ApprovalFacts:
+        request = ApprovalRequest(
+            journal=self.journal,
+            rotation_id=self.id,
+            secret=self.secret,
+            step=name,
+            question=question,
+            flow_run_id=str(flow_run.id),
+            started_by=self.started_by,
+            allow_self_approval=self.options.allow_self_approval,
+            timeout_seconds=self.options.approval_timeout_seconds,
+            poll_seconds=self.options.approval_poll_seconds,
+            preapproved=self.options.preapproved,
+            superseded_runs=self._superseded_runs(),
+        )
+        for key, value in overrides.items():
+            setattr(request, key, value)
+        return request.decide()
 
     def promote(self, name: str = "promote", *, ask: str | None = None) -> None:
         """Make the staged value CURRENT, after the promotion approval ``ask`` when the options want one.

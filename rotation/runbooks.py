@@ -24,11 +24,25 @@ CORE_UNDOS: tuple[Task[..., Any], ...] = (discard_secret, revert_secret, restart
 F = TypeVar("F", bound=Flow[..., Any])
 
 
+#: A function that turns a value a person enters (``rotate stage``) into the secret's next value.
+Build = Callable[[str, str], str]
+
+
 @dataclass(frozen=True)
 class Runbook:
     name: str
     flow: Flow[..., Any]
     undos: dict[str, Task[..., Any]] = field(default_factory=dict)
+    inputs: dict[str, Build] = field(default_factory=dict)
+
+    def input(self, build_name: str) -> Build:
+        try:
+            return self.inputs[build_name]
+        except KeyError:
+            raise BadInput(
+                f"runbook {self.name} takes no value through {build_name!r}; the journal may have been edited, or "
+                "the runbook changed since the rotation began"
+            ) from None
 
     def undo(self, task_name: str) -> Task[..., Any]:
         try:
@@ -44,11 +58,12 @@ _by_name: dict[str, Runbook] = {}
 _by_flow: dict[str, Runbook] = {}
 
 
-def runbook(name: str, *, undos: Iterable[Task[..., Any]] = ()) -> Callable[[F], F]:
-    """Register a runbook flow under ``name`` with the undo tasks it may push (beyond the core's own)."""
+def runbook(name: str, *, undos: Iterable[Task[..., Any]] = (), inputs: Iterable[Build] = ()) -> Callable[[F], F]:
+    """Register a runbook flow under ``name`` with the undo tasks it may push (beyond the core's own) and the
+    functions that build its secret's next value from what a person enters (``Rotation.await_value``)."""
 
     def register(flow: F) -> F:
-        entry = Runbook(name, flow, {t.name: t for t in (*CORE_UNDOS, *undos)})
+        entry = Runbook(name, flow, {t.name: t for t in (*CORE_UNDOS, *undos)}, {b.__name__: b for b in inputs})
         _by_name[name] = _by_flow[flow.name] = entry
         return flow
 

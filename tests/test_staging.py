@@ -1,0 +1,96 @@
+"""``rotate stage``: a person gives a waiting rotation its next value, through a prompt or standard input, never a
+flow parameter; an approval without a staged value is refused."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+from prefect import flow
+from typer.testing import CliRunner
+
+from cli.app import app
+from rotation import RotationOptions, rotation, runbook
+from rotation.approval import waiting_for
+from rotation.journal import Journal, RotationState
+from stores import Stage
+
+
+def with_entered_password(current: str, entered: str) -> str:
+    return json.dumps({**json.loads(current), "password": entered})
+
+
+@runbook("entered-by-hand", inputs=[with_entered_password])
+@flow(persist_result=False)
+def set_by_hand(secret: str, options: RotationOptions) -> dict:
+    with rotation(secret, options) as r:
+        r.await_value("new-password", "Set the new password at the provider, then stage it", with_entered_password)
+        r.promote("promote")
+    return r.summary()
+
+
+def _waiting(journal: Journal) -> str | None:
+    active = journal.list(active_only=True)
+    if active and waiting_for(journal, active[0].id, active[0].flow_run_id):
+        return active[0].id
+    return None
+
+
+def test_a_value_staged_on_standard_input_reaches_the_waiting_run(prefect_server, local_store_factory, tmp_path):
+    store = local_store_factory()
+    store.create(json.dumps({"username": "mailer", "password": "old-password-0123"}))
+    journal = Journal(tmp_path / "journal.db")
+    options = RotationOptions(started_by="alice", journal=journal.location, approve_promote=False)
+    result: dict = {}
+    run = threading.Thread(target=lambda: result.update(set_by_hand(store.uri.display, options)), daemon=True)
+    run.start()
+    while (rotation_id := _waiting(journal)) is None:
+        time.sleep(0.2)
+    record = journal.get(rotation_id)
+    run_url = f"{prefect_server.api_url}/flow_runs/{record.flow_run_id}"
+    while httpx.get(run_url, timeout=5).json()["state"]["type"] != "PAUSED":
+        time.sleep(0.2)
+
+    # Approved in the UI before anything is staged: refused, and the run asks again.
+    answer = {"decision": "approve", "approver": "alice", "reason": "done", "rotation_id": rotation_id}
+    httpx.post(f"{run_url}/resume", json={"run_input": {**answer, "step": "new-password"}}, timeout=10)
+    while not any(e.status == "refused" for e in journal.events(rotation_id)):
+        time.sleep(0.2)
+    assert (
+        "nothing is staged yet"
+        in next(e for e in journal.events(rotation_id) if e.status == "refused").details["reason"]
+    )
+
+    staged = CliRunner().invoke(
+        app, ["stage", rotation_id, "--person", "alice", "--journal", journal.location], input="new-password-4567\n"
+    )
+    assert staged.exit_code == 0, staged.output
+    assert "new-password-4567" not in staged.output
+    run.join(60)
+    assert result["state"] == RotationState.COMPLETED
+    assert json.loads(store.read(Stage.CURRENT)) == {"username": "mailer", "password": "new-password-4567"}
+    parameters = json.dumps(journal.get(rotation_id).parameters)
+    assert "new-password-4567" not in parameters
+
+
+def test_a_value_staged_while_the_run_is_stopped_is_taken_by_the_resumed_run(
+    prefect_server, local_store_factory, tmp_path
+) -> None:
+    store = local_store_factory()
+    store.create(json.dumps({"username": "mailer", "password": "old-password-0123"}))
+    journal = Journal(tmp_path / "journal.db")
+    options = RotationOptions(
+        started_by="alice", journal=journal.location, approve_promote=False, approval_timeout_seconds=2
+    )
+    try:
+        set_by_hand(store.uri.display, options)
+    except Exception as exc:  # nobody staged in time: the rotation rolls back
+        assert "nobody approved" in str(exc)
+    (timed_out,) = journal.list()
+    assert timed_out.state is RotationState.ROLLED_BACK
+    refused = CliRunner().invoke(app, ["stage", timed_out.id, "--journal", journal.location], input="x-password-1\n")
+    assert refused.exit_code == 1 and "already rolled-back" in refused.output
+    empty = CliRunner().invoke(app, ["stage", "nope", "--journal", journal.location], input="\n")
+    assert empty.exit_code == 1 and "no rotation nope" in empty.output
