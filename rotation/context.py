@@ -329,7 +329,14 @@ def _begin(
     options: RotationOptions,
     consumers: Sequence[Consumer],
 ) -> tuple[RotationRecord, Lease]:
-    description = store.describe()  # a missing secret or an unreachable store fails here, before any change
+    if store.uri.name.endswith("*"):  # a selection of secrets (a restore): the lock keys on it, nothing to promote
+        versions: dict[str, str | None] = {}
+    else:
+        description = store.describe()  # a missing secret or an unreachable store fails here, before any change
+        versions = {
+            "current": description.version_at(Stage.CURRENT),
+            "previous": description.version_at(Stage.PREVIOUS),
+        }
     lease = Lease.new(str(uuid.uuid4()), str(flow_run.id) if flow_run.id else None)
     record = journal.begin(
         secret=store.uri.display,
@@ -337,10 +344,7 @@ def _begin(
         started_by=(options.started_by or getpass.getuser()).strip(),
         parameters=to_jsonable_python(flow_run.parameters or {}),
         consumers=[c.model_dump(mode="json") for c in consumers],
-        versions={
-            "current": description.version_at(Stage.CURRENT),
-            "previous": description.version_at(Stage.PREVIOUS),
-        },
+        versions=versions,
         lease=lease,
     )
     return record, lease
@@ -364,7 +368,11 @@ def rotation(
     secret: str, options: RotationOptions | None = None, consumers: Sequence[Consumer] = ()
 ) -> Iterator[Rotation]:
     """Own one rotation of ``secret`` for this flow run (a new one, or ``options.resume``), journal and audit it,
-    and roll it back on any failure before retirement."""
+    and roll it back on any failure before retirement.
+
+    ``secret`` may name a selection (a name ending in ``*``, as a restore of many secrets does): the lock keys on the
+    selection, and there is no single secret to stage or promote.
+    """
     options = options or RotationOptions()
     logger = get_run_logger()
     book = runbooks.current()
