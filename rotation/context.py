@@ -39,7 +39,7 @@ from stores import SecretStore, Stage, open_store
 from stores.errors import VersionNotFound
 from targets.consumers import Consumer
 from tasks.consumers import restart_consumers
-from tasks.secrets import discard_secret, promote_secret, revert_secret, stage_secret
+from tasks.secrets import discard_secret, promote_secret, prune_secret, revert_secret, stage_secret
 
 T = TypeVar("T")
 Gate = Literal["promote", "retire"]
@@ -389,6 +389,9 @@ def rotation(
         r = Rotation(record, store, journal, lease, options, book)
         try:
             yield r
+            if r._retired and not store.uri.name.endswith("*"):
+                # What was retired must not linger in the store: destroy the versions no stage points to any more.
+                r._run("prune-versions", "prune", lambda _: prune_secret(r.secret, options.keep_versions), list[str])
         except _Deferred as deferred:
             journal.end_run(lease, RotationState.WAITING, str(deferred))
             logger.info("Rotation %s is %s", r.id, deferred)

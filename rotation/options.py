@@ -24,6 +24,12 @@ class RotationOptions(BaseModel):
         default=900, ge=0, description="Longer grace periods are handed to a scheduled follow-up run when deployed."
     )
     journal: str | None = Field(default=None, description="Rotation journal (default: $ROTATE_JOURNAL).")
+    keep_versions: int = Field(
+        default=0,
+        ge=0,
+        description="After retirement, versions no stage points to (a retired key, an old password) are destroyed "
+        "but for this many of the newest, kept for audit.",
+    )
 
     @field_validator("journal")
     @classmethod

@@ -112,3 +112,28 @@ def test_an_undo_is_recorded_before_its_step_runs(prefect_server, secret, tmp_pa
 
     peeking(secret)
     assert seen == [[discard_secret.name]]
+
+
+@task
+def forget_old_value() -> str:
+    return "retired"
+
+
+@runbook("toy-retiring")
+@flow(persist_result=False)
+def toy_retiring(secret: str, options: RotationOptions) -> dict:
+    with rotation(secret, options) as r:
+        r.stage("stage", _next)
+        r.promote("promote")
+        r.retire("retire", forget_old_value)
+    return r.summary()
+
+
+@pytest.mark.parametrize("keep", [0, 1])
+def test_after_retirement_versions_no_stage_points_to_are_destroyed(prefect_server, secret, tmp_path, keep) -> None:
+    options = RotationOptions(approve_promote=False, journal=str(tmp_path / "j.db"), keep_versions=keep)
+    first, second = toy_retiring(secret, options), toy_retiring(secret, options)
+    versions = open_store(secret).describe().versions
+    # CURRENT and PREVIOUS stay (a revert needs PREVIOUS); the value two rotations old is gone, or kept for audit.
+    assert len(versions) == 2 + keep
+    assert {v.version_id for v in versions if v.stages} == {first["rotation_id"], second["rotation_id"]}
