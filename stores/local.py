@@ -79,6 +79,12 @@ _ERRORS: dict[str, tuple[type[StoreError], str]] = {
 }  # fmt: skip
 
 
+def _is_schema_1(db: sqlite3.Connection) -> bool:
+    """A store file of the first release: its two tables, user_version 1, no marker."""
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return db.execute("PRAGMA user_version").fetchone()[0] == 1 and tables == {"versions", "stages", "sqlite_sequence"}
+
+
 class LocalKeyError(StorePermissionDenied):
     """The key file is missing, unsafe, malformed, or does not authenticate this store's contents."""
 
@@ -219,7 +225,12 @@ class LocalStore(SecretStore):
 
     def _open(self, write: bool) -> sqlite3.Connection | None:
         kind = self._file_kind()
-        if not write and kind != "store":
+        if kind == "schema-1" and not (os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)):
+            raise StorePermissionDenied(
+                f"{self.path} is a store written by an earlier version of this tool (schema 1): open it once as a "
+                "user that may write the file and its folder (any rotate command does), which upgrades it in place"
+            )
+        if not write and kind not in ("store", "schema-1"):
             return None  # never written: nothing to read, and nothing is made
         if not write and not (os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)):
             return self._open_readonly()
@@ -232,7 +243,9 @@ class LocalStore(SecretStore):
         # -shm files, where a read-only one would leave them behind.
         db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
         try:
-            if kind != "store":
+            if kind == "schema-1":
+                self._upgrade_schema_1(db)
+            elif kind != "store":
                 self._init_schema(db)
             db.execute("PRAGMA synchronous = FULL")
             db.execute("PRAGMA secure_delete = ON")
@@ -241,7 +254,7 @@ class LocalStore(SecretStore):
             raise
         return db
 
-    def _file_kind(self) -> Literal["absent", "empty", "store"]:
+    def _file_kind(self) -> Literal["absent", "empty", "store", "schema-1"]:
         """What the path holds, from its header alone, read without locks and without writing anything.
 
         Read through SQLite rather than by opening the file: closing any other descriptor of a database file drops
@@ -255,6 +268,8 @@ class LocalStore(SecretStore):
         probe = sqlite3.connect(f"file:{quote(str(self.path))}?mode=ro&immutable=1", uri=True)
         try:
             marker = probe.execute("PRAGMA application_id").fetchone()[0]
+            if marker != _APPLICATION_ID and _is_schema_1(probe):
+                return "schema-1"
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError):
                 raise  # not readable by this user: said as such by _translate
@@ -307,6 +322,27 @@ class LocalStore(SecretStore):
         # After the marker is in the main file: its header must say "store" before the WAL holds anything.
         db.execute("PRAGMA journal_mode = WAL")
 
+    def _upgrade_schema_1(self, db: sqlite3.Connection) -> None:
+        """Store files of the first release kept stages in a table without a MAC: move each secret's stages into a
+        stage map the key authenticates, then mark the file. One transaction: a crash leaves it as it was."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("PRAGMA application_id").fetchone()[0] != _APPLICATION_ID:  # else a racing process did it
+                db.execute(_SCHEMA[1])  # the stage_maps table
+                maps: dict[str, dict[str, str]] = {}
+                for secret, stage, version in db.execute("SELECT secret, stage, version_id FROM stages"):
+                    maps.setdefault(secret, {})[stage.lower()] = version
+                for secret in (name for (name,) in db.execute("SELECT DISTINCT secret FROM versions")):
+                    text = StageMap(**maps.get(secret, {})).model_dump_json()
+                    db.execute("INSERT INTO stage_maps VALUES (?, 1, ?, ?)", (secret, text, self._mac(1, text, secret)))
+                db.execute("DROP TABLE stages")
+                db.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
+                db.execute("PRAGMA user_version = 2")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
     def _query(self, sql: str, *arguments: str, secret: bool = True) -> list[tuple]:
         if self._db is None:
             return []
@@ -327,12 +363,13 @@ class LocalStore(SecretStore):
         # Binding the secret name and version id means a ciphertext copied to another row no longer decrypts.
         return json.dumps([self.secret, version_id]).encode()
 
-    def _mac(self, revision: int, stages: str) -> bytes:
+    def _mac(self, revision: int, stages: str, secret: str | None = None) -> bytes:
         # A key of its own, derived from the store's key: the AES-GCM key is never used for anything else.
         mac_key = HKDF(hashes.SHA256(), 32, salt=None, info=b"secret-rotation local store: stage map").derive(
             self._key()
         )
-        return hmac.new(mac_key, json.dumps([self.secret, revision, stages]).encode(), hashlib.sha256).digest()
+        message = json.dumps([secret or self.secret, revision, stages]).encode()
+        return hmac.new(mac_key, message, hashlib.sha256).digest()
 
     def _key(self) -> bytes:
         try:

@@ -5,6 +5,7 @@ The behaviour every store shares is in test_store_contract.py.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import multiprocessing
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from typer.testing import CliRunner
 
 from cli.app import app
@@ -515,3 +517,43 @@ def test_a_kill_at_any_statement_leaves_the_state_between_two_calls(tmp_path: Pa
         assert store.read() in ("value-v0", "value-r0", "value-r1", "value-r2")
         seen.add(state)
     assert seen == set(legal)
+
+
+def test_a_store_file_of_the_first_release_is_upgraded_in_place(tmp_path: Path) -> None:
+    """Schema 1 kept stages in a table of their own, with no MAC and no marker: the first open upgrades it."""
+    path, key = tmp_path / "store.db", AESGCM.generate_key(bit_length=256)
+    key_file = tmp_path / "store.db.key"
+    key_file.write_bytes(base64.b64encode(key) + b"\n")
+    key_file.chmod(0o600)
+    db = sqlite3.connect(path)
+    db.executescript(
+        """CREATE TABLE versions (seq INTEGER PRIMARY KEY AUTOINCREMENT, secret TEXT NOT NULL,
+               version_id TEXT NOT NULL, ciphertext BLOB NOT NULL, nonce BLOB NOT NULL, created_at TEXT NOT NULL,
+               UNIQUE (secret, version_id));
+           CREATE TABLE stages (secret TEXT NOT NULL, stage TEXT NOT NULL, version_id TEXT NOT NULL,
+               PRIMARY KEY (secret, stage));
+           PRAGMA user_version = 1;"""
+    )
+    for version, value, stage in (
+        ("v0", "value-one-0123456789", "PREVIOUS"),
+        ("v1", "value-two-0123456789", "CURRENT"),
+    ):
+        nonce = b"\0" * 11 + version[-1].encode()
+        sealed = AESGCM(key).encrypt(nonce, value.encode(), json.dumps(["jwt", version]).encode())
+        db.execute("INSERT INTO versions (secret, version_id, ciphertext, nonce, created_at) VALUES (?, ?, ?, ?, ?)",
+                   ("jwt", version, sealed, nonce, "2026-01-01T00:00:00+00:00"))  # fmt: skip
+        db.execute("INSERT INTO stages VALUES (?, ?, ?)", ("jwt", stage, version))
+    db.commit()
+    db.close()
+
+    store = open_store(f"local://{path}?secret=jwt")
+    assert store.read(Stage.CURRENT) == "value-two-0123456789"
+    assert store.read(Stage.PREVIOUS) == "value-one-0123456789"
+    rotation = "0f6b1a80-0000-4000-8000-000000000001"
+    store.stage("value-three-0123456789", rotation)
+    store.promote(rotation)
+    assert store.read(Stage.CURRENT) == "value-three-0123456789"
+    marked = sqlite3.connect(path)
+    assert marked.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert marked.execute("SELECT name FROM sqlite_master WHERE name = 'stages'").fetchone() is None
+    marked.close()
