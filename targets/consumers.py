@@ -7,6 +7,7 @@ the secret by itself). Each kind is a pydantic model; ``Consumer.restart`` picks
 from __future__ import annotations
 
 import subprocess
+import threading
 from typing import Annotated, Literal
 
 import httpx
@@ -14,6 +15,19 @@ from pydantic import BaseModel, Field
 
 from errors import CheckFailed
 from targets.kubernetes import KubernetesRollout, rollout_restart
+
+_clients: dict[bool, httpx.Client] = {}
+_clients_lock = threading.Lock()
+
+
+def http_client(verify_tls: bool = True) -> httpx.Client:
+    """The one HTTP client of this process (per TLS setting): connections and the CA bundle are loaded once, not on
+    every reload or verification call."""
+    with _clients_lock:
+        client = _clients.get(verify_tls)
+        if client is None:
+            client = _clients[verify_tls] = httpx.Client(verify=verify_tls)
+        return client
 
 
 class ConsumerRestartFailed(CheckFailed):
@@ -71,7 +85,7 @@ def restart(consumer: Consumer) -> None:
             )
     elif isinstance(how, HttpReload):
         try:
-            response = httpx.request(how.method, how.url, timeout=how.timeout_seconds, verify=how.verify_tls)
+            response = http_client(how.verify_tls).request(how.method, how.url, timeout=how.timeout_seconds)
         except httpx.HTTPError as exc:
             raise ConsumerRestartFailed(f"reloading {consumer.name} at {how.url}: {type(exc).__name__}") from None
         if not response.is_success:

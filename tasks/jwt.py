@@ -19,7 +19,7 @@ from errors import CheckFailed
 from redaction import register_secret
 from stores import Stage, open_store
 from stores.errors import VersionNotFound
-from targets.consumers import Consumer
+from targets.consumers import Consumer, http_client
 from targets.jwt.keyset import JwtKeyset, KeysetError, sign_token
 from targets.jwt.rollover import final_keyset, parse_keyset, switched_keyset
 from tasks import retry_if_transient
@@ -81,7 +81,7 @@ def _find_key_keyset(secret: str, kid: str) -> JwtKeyset:
 def _accepted(consumer: Consumer, token: str) -> bool:
     assert consumer.verify_url is not None
     try:
-        response = httpx.get(consumer.verify_url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        response = http_client().get(consumer.verify_url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
     except httpx.HTTPError as exc:
         raise ConnectionError(f"{consumer.name} at {consumer.verify_url}: {type(exc).__name__}") from None
     if response.is_success:
