@@ -17,6 +17,7 @@ from pydantic_core import to_jsonable_python
 from errors import RotationError
 from redaction import redact
 from rotation import audit, flow_runs
+from rotation.execution import call
 from rotation.journal import Journal, Lease, RotationRecord, RotationState
 from rotation.lease import kept
 from rotation.runbooks import named
@@ -38,11 +39,11 @@ class RollbackFailed(RotationError):
     """An undo step failed; the rotation keeps its lock until ``rotate rollback`` succeeds."""
 
 
-def roll_back(journal: Journal, lease: Lease, record: RotationRecord, reason: str) -> None:
+def roll_back(journal: Journal, lease: Lease, record: RotationRecord, reason: str, inline: bool = False) -> None:
     """Run the rotation's pending undo steps, newest first, then the deferred ones (consumer restarts).
 
     Safe to call again after a failure or a crash: undo steps that finished are not run twice, and every undo is
-    itself idempotent.
+    itself idempotent. ``inline``: the undos run as plain calls, as the rotation's steps did (a fleet's member).
     """
     book = named(record.runbook)
     for undo in journal.undos(record.id):
@@ -50,7 +51,7 @@ def roll_back(journal: Journal, lease: Lease, record: RotationRecord, reason: st
             continue
         task = book.undo(undo.task)
         try:
-            task(record.secret, record.id, **undo.kwargs)
+            call(task, record.secret, record.id, inline=inline, **undo.kwargs)
         except Exception as exc:
             why = redact(f"undo of step {undo.step!r} ({undo.task}) failed: {type(exc).__name__}: {exc}")
             audit.record(journal, record.id, record.secret, f"undo:{undo.step}", "failed", error=why)

@@ -32,6 +32,7 @@ from redaction import fingerprint, redact
 from rotation import audit, flow_runs, runbooks
 from rotation.approval import ApprovalFacts, ApprovalRequest
 from rotation.compensation import Undo, roll_back
+from rotation.execution import call
 from rotation.journal import Journal, Lease, LeaseLost, RotationRecord, RotationState, StepRecord
 from rotation.lease import kept
 from rotation.options import RotationOptions
@@ -105,6 +106,7 @@ class Rotation:
         self._visited: set[str] = set()
         self._retired = record.retired_at is not None
         self._only_checks = not options.resume  # nothing but checks so far: a failure is bad input, not a rollback
+        self._inline = not options.steps_as_tasks
 
     # -- the mechanism every step goes through --------------------------------------------------------------------
 
@@ -154,19 +156,22 @@ class Rotation:
                 f"be resumed safely; undo it with `rotate rollback {self.id}`"
             )
 
+    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return call(fn, *args, inline=self._inline, **kwargs)
+
     # -- the steps ------------------------------------------------------------------------------------------------
 
     def check(self, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Look at the secret or the target without changing anything; what it returns is recorded."""
-        return self._run(name, "check", lambda _: fn(*args, **kwargs), _returns(fn))
+        return self._run(name, "check", lambda _: self._call(fn, *args, **kwargs), _returns(fn))
 
     def verify(self, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Check that what was changed works; any exception rolls the rotation back (before retire)."""
-        return self._run(name, "verify", lambda _: fn(*args, **kwargs), _returns(fn))
+        return self._run(name, "verify", lambda _: self._call(fn, *args, **kwargs), _returns(fn))
 
     def apply(self, name: str, fn: Callable[..., T], *args: Any, undo: Undo | None = None, **kwargs: Any) -> T:
         """Change the target (a database, a cache...); ``undo`` is recorded first and must be idempotent."""
-        return self._run(name, "apply", lambda _: fn(*args, **kwargs), _returns(fn), undo=undo)
+        return self._run(name, "apply", lambda _: self._call(fn, *args, **kwargs), _returns(fn), undo=undo)
 
     def stage(self, name: str, build: Callable[..., str], **kwargs: Any) -> str:
         """Stage ``build(current value, **kwargs)`` as PENDING under the rotation id; returns its fingerprint.
@@ -176,7 +181,7 @@ class Rotation:
         return self._run(
             name,
             "stage",
-            lambda _: stage_secret(self.secret, self.id, partial(build, **kwargs)),
+            lambda _: self._call(stage_secret, self.secret, self.id, partial(build, **kwargs)),
             str,
             undo=Undo(discard_secret),
         )
@@ -224,6 +229,11 @@ class Rotation:
         return self._run(name, "await", wait_for_person, str, detail=detail, undo=Undo(discard_secret))
 
     def _ask(self, name: str, question: str, **overrides: Any) -> ApprovalFacts:
+        if self._inline and (overrides.get("preapproved", self.options.preapproved) is None):
+            raise Refused(
+                f"step {name!r} of rotation {self.id} needs a person, and a rotation run as one task of a fleet cannot "
+                "pause: approve the fleet in advance (--yes / options.preapproved) or rotate this secret on its own"
+            )
         request = ApprovalRequest(
             journal=self.journal,
             rotation_id=self.id,
@@ -252,7 +262,7 @@ class Rotation:
         self._run(
             name,
             "promote",
-            lambda _: promote_secret(self.secret, self.id),
+            lambda _: self._call(promote_secret, self.secret, self.id),
             undo=Undo(revert_secret, previous_version=self.versions_before.get("previous")),
         )
 
@@ -263,7 +273,8 @@ class Rotation:
         dumped = [c.model_dump(mode="json") for c in self.consumers]
         if not self._retired:
             self.journal.push_undo(self.lease, "restart-consumers", restart_consumers.name, {"consumers": dumped}, True)
-        return self._run(name, "restart", lambda _: restart_consumers(self.secret, self.id, dumped), list[str])
+        restart = partial(self._call, restart_consumers, self.secret, self.id, dumped)
+        return self._run(name, "restart", lambda _: restart(), list[str])
 
     def wait(self, name: str, seconds: float, why: str = "grace period") -> None:
         """Wait out a grace period. Its due time is fixed when the step first starts: a resumed run only waits for
@@ -279,7 +290,7 @@ class Rotation:
                     f"**{due:%Y-%m-%d %H:%M:%S} UTC**.",
                     description="grace period",
                 )
-                if remaining > self.options.max_sleep_seconds and deployment.id:
+                if remaining > self.options.max_sleep_seconds and deployment.id and not self._inline:
                     follow_up = flow_runs.schedule_follow_up(self.id, due)
                     audit.record(
                         self.journal,
@@ -291,7 +302,7 @@ class Rotation:
                         follow_up_flow_run=follow_up,
                     )
                     raise _Deferred(f"waiting until {due.isoformat()} in follow-up run {follow_up}")
-                grace_wait(due)
+                self._call(grace_wait, due)
             return {"due": due.isoformat()}
 
         due = datetime.now(UTC) + timedelta(seconds=seconds)
@@ -304,7 +315,7 @@ class Rotation:
         """
         if ask is not None:
             self.approve(f"approve-{name}", ask, gate="retire")
-        return self._run(name, "retire", lambda _: fn(*args, **kwargs), _returns(fn), retire=True)
+        return self._run(name, "retire", lambda _: self._call(fn, *args, **kwargs), _returns(fn), retire=True)
 
     # -- what callers see -----------------------------------------------------------------------------------------
 
@@ -342,7 +353,7 @@ def _begin(
         secret=store.uri.display,
         runbook=book.name,
         started_by=(options.started_by or getpass.getuser()).strip(),
-        parameters=to_jsonable_python(flow_run.parameters or {}),
+        parameters=to_jsonable_python(runbooks.parameters() or flow_run.parameters or {}),
         consumers=[c.model_dump(mode="json") for c in consumers],
         versions=versions,
         lease=lease,
@@ -391,7 +402,8 @@ def rotation(
             yield r
             if r._retired and not store.uri.name.endswith("*"):
                 # What was retired must not linger in the store: destroy the versions no stage points to any more.
-                r._run("prune-versions", "prune", lambda _: prune_secret(r.secret, options.keep_versions), list[str])
+                prune = partial(r._call, prune_secret, r.secret, options.keep_versions)
+                r._run("prune-versions", "prune", lambda _: prune(), list[str])
         except _Deferred as deferred:
             journal.end_run(lease, RotationState.WAITING, str(deferred))
             logger.info("Rotation %s is %s", r.id, deferred)
@@ -409,7 +421,7 @@ def rotation(
                 logger.error("Rotation %s failed after its point of no return; resume it: rotate resume %s", r.id, r.id)
                 raise
             logger.error("Rotation %s: %s; rolling back", r.id, reason)
-            roll_back(journal, lease, journal.get(r.id), reason)
+            roll_back(journal, lease, journal.get(r.id), reason, inline=r._inline)
             raise RotationRolledBack(f"rotation {r.id} of {r.secret} was rolled back: {reason}") from exc
         journal.end_run(lease, RotationState.COMPLETED)
         audit.emit(r.id, r.secret, "rotation", "completed")

@@ -24,6 +24,11 @@ class RotationOptions(BaseModel):
         default=900, ge=0, description="Longer grace periods are handed to a scheduled follow-up run when deployed."
     )
     journal: str | None = Field(default=None, description="Rotation journal (default: $ROTATE_JOURNAL).")
+    steps_as_tasks: bool = Field(
+        default=True,
+        description="Each step is a Prefect task run. False runs the steps as plain calls with the same retries, "
+        "inside the caller's task: a fleet's rotations, one task run per secret instead of one per step.",
+    )
     keep_versions: int = Field(
         default=0,
         ge=0,

@@ -7,7 +7,9 @@ undos and those a runbook declared can ever run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextvars
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -78,8 +80,32 @@ def named(name: str) -> Runbook:
     return _by_name[name]
 
 
+_running: contextvars.ContextVar[tuple[Runbook, dict[str, Any]] | None] = contextvars.ContextVar(
+    "running_runbook", default=None
+)
+
+
+@contextmanager
+def running(book: Runbook, parameters: dict[str, Any]) -> Iterator[None]:
+    """Run ``book``'s body outside its own flow run (one task of a fleet): this is the runbook, these its
+    parameters, for the journal to record."""
+    token = _running.set((book, parameters))
+    try:
+        yield
+    finally:
+        _running.reset(token)
+
+
+def parameters() -> dict[str, Any] | None:
+    """The parameters of a runbook run by :func:`running`, or None inside its own flow run."""
+    entry = _running.get()
+    return entry[1] if entry else None
+
+
 def current() -> Runbook:
-    """The runbook of the flow run in progress."""
+    """The runbook in progress: the one :func:`running` names, else the flow run's."""
+    if (entry := _running.get()) is not None:
+        return entry[0]
     context = FlowRunContext.get()
     flow_name = context.flow.name if context and context.flow else None
     if flow_name not in _by_flow:
