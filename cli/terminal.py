@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import typer
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from rich.console import Console
 from rich.markup import escape
 
@@ -32,8 +33,12 @@ def run_here(run: Callable[[], Any], journal: Journal, console: Console) -> Any:
     outcome: dict[str, Any] = {}
 
     def target() -> None:
+        # No Prefect heartbeats for a run that lives in this command: the journal's lease is what tells a crashed
+        # run here, and ending a heartbeat thread costs up to a second. Deployments' runs keep theirs (a worker
+        # runs them, and Prefect's zombie detection reads them).
         try:
-            outcome["result"] = run()
+            with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                outcome["result"] = run()
         except BaseException as exc:
             outcome["error"] = exc
 
