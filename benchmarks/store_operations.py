@@ -33,7 +33,7 @@ from urllib.parse import urlencode
 
 from prefect import flow
 
-from rotation.context import RotationOptions, rotation
+from rotation import RotationOptions, rotation, runbook
 from stores import SecretStore, Stage, open_store
 from tasks.secrets import promote_secret, stage_secret
 from tests.doubles.azure_keyvault_double import AzureKeyVaultDouble
@@ -154,13 +154,14 @@ def _new_value(current: str) -> str:
     return secrets.token_urlsafe(24)
 
 
+@runbook("benchmark")
 @flow(persist_result=False)
 def bench_rotation(secret: str, options: RotationOptions) -> float:
     """The smallest runbook: stage and promote under rotation(); returns the seconds spent in its block."""
     started = time.perf_counter()
-    with rotation(secret, "benchmark", options) as r:
-        r.stage(_new_value)
-        r.promote()
+    with rotation(secret, options) as r:
+        r.stage("stage", _new_value)
+        r.promote("promote")
     return time.perf_counter() - started
 
 

@@ -25,7 +25,7 @@ from uuid import UUID
 from prefect import get_run_logger
 from prefect.exceptions import FlowPauseTimeout, NotPausedError
 from prefect.flow_runs import pause_flow_run, resume_flow_run
-from prefect.input import RunInput
+from prefect.input import RunInput, keyset_from_base_key
 from prefect.input.actions import read_flow_run_input
 from pydantic import BaseModel, Field
 
@@ -174,6 +174,10 @@ class ApprovalRequest:
 
     def _wait(self, question: str, attempt: int, remaining: float) -> ApprovalDecision:
         key = pause_key(self.step, attempt)
+        form = ApprovalDecision.with_initial_data(description=question, rotation_id=self.rotation_id, step=self.step)
+        # Saved before the pause: Prefect saves it only after the run shows Paused, and refuses a decision sent in
+        # between ("Run input schema not found").
+        form.save(keyset_from_base_key(f"paused-{key}"))
         audit.record(
             self.journal,
             self.rotation_id,
@@ -197,7 +201,6 @@ class ApprovalRequest:
             listeners = list(_listeners)
         for listener in listeners:
             listener(pending)
-        form = ApprovalDecision.with_initial_data(description=question, rotation_id=self.rotation_id, step=self.step)
         try:
             return pause_flow_run(
                 wait_for_input=form, timeout=max(1, int(remaining)), poll_interval=self.poll_seconds, key=key

@@ -10,6 +10,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 # A crashed run's rotation may be taken over once its lease expires: keep that wait short in tests.
 os.environ.setdefault("ROTATE_LEASE_SECONDS", "3")
+# The suite runs hundreds of flow runs against one SQLite-backed server, which answers 503 ("database is locked")
+# when writes collide; the client retries with a growing back-off. More attempts than the default 5 ride out a burst.
+os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "8")
 
 pytest_plugins = sorted(
     f"tests.fixtures.{path.stem}"

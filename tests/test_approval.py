@@ -89,10 +89,14 @@ def test_a_decision_for_another_step_or_the_starter_is_refused_and_recorded(
             },
             {"decision": "approve", "approver": "bob", "reason": "ok", "rotation_id": record.id, "step": "go-ahead"},
         ):
-            while not _paused(api, record.flow_run_id):  # each refusal pauses the run again
+            # Each refusal pauses the run again: send the next decision once that pause is there.
+            while (
+                httpx.post(
+                    f"{api}/flow_runs/{record.flow_run_id}/resume", json={"run_input": run_input}, timeout=10
+                ).json()["status"]
+                != "ACCEPT"
+            ):
                 time.sleep(0.2)
-            httpx.post(f"{api}/flow_runs/{record.flow_run_id}/resume", json={"run_input": run_input}, timeout=10)
-            time.sleep(0.5)
 
     thread = threading.Thread(target=approver, daemon=True)
     thread.start()

@@ -296,7 +296,7 @@ def test_replicas_reloading_one_by_one_accept_each_others_tokens_only_with_publi
         assert client.rejections == []
         assert journal.steps(summary["rotation_id"])["switch-signing-key"].completed
     else:  # why publish_first exists: for about a second the second replica refuses the first one's new tokens
-        assert len(client.rejections) > 5
+        assert len(client.rejections) >= 3  # about 50 calls a second when the machine is quiet, fewer under load
 
 
 SLOW_RELOAD = "import sys, time, httpx; time.sleep(1); httpx.post(sys.argv[1], timeout=10).raise_for_status()"

@@ -79,6 +79,6 @@ def test_restart_consumers_restarts_a_kubernetes_consumer(kubernetes_api: Kubern
     name = kubernetes_api.create_workload()
     consumer = Consumer(name="auth", restart=KubernetesRollout(namespace=kubernetes_api.namespace, name=name))
     started = datetime.now(UTC) - timedelta(seconds=1)
-    assert restart_consumers.fn([consumer.model_dump(mode="json")]) == ["auth"]
+    assert restart_consumers.fn("k8s://ns/secret", "rotation-1", [consumer.model_dump(mode="json")]) == ["auth"]
     stamp = kubernetes_api.restarted_at("Deployment", name)
     assert stamp is not None and datetime.fromisoformat(stamp) >= started.replace(microsecond=0)
