@@ -238,7 +238,7 @@ def part_counts(world: World) -> dict[str, Any]:
             secret = world.postgres_secret("aws")
             # Every AWS store of one endpoint shares one client: its events see every call.
             open_store(secret)._client.meta.events.register(
-                "before-call.secrets-manager", lambda **kw: calls.append(kw["event_name"])
+                "before-call.secrets-manager", lambda **kw: calls.append(kw["event_name"]), unique_id="bench-calls"
             )
             calls.clear()
             commits.clear()
