@@ -140,10 +140,10 @@ class Rotation:
             undo=(undo.task.name, undo.kwargs, False) if undo else None,
             retire=retire,
         )
+        # From the start of a retirement on, a failure is carried forward, never rolled back.
+        self._retired = self._retired or retire
         result = act(started)
         self.journal.complete_step(self.lease, name, to_jsonable_python(result))
-        if retire:
-            self._retired = True
         return result
 
     def _refuse_if_runbook_changed(self, name: str) -> None:

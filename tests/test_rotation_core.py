@@ -137,3 +137,27 @@ def test_after_retirement_versions_no_stage_points_to_are_destroyed(prefect_serv
     # CURRENT and PREVIOUS stay (a revert needs PREVIOUS); the value two rotations old is gone, or kept for audit.
     assert len(versions) == 2 + keep
     assert {v.version_id for v in versions if v.stages} == {first["rotation_id"], second["rotation_id"]}
+
+
+@task
+def retire_half_way() -> str:
+    raise RuntimeError("the old login was disabled on one node of two")
+
+
+@runbook("toy-failing-retirement")
+@flow(persist_result=False)
+def toy_failing_retirement(secret: str, options: RotationOptions) -> dict:
+    with rotation(secret, options) as r:
+        r.stage("stage", _next)
+        r.promote("promote")
+        r.retire("retire", retire_half_way)
+    return r.summary()
+
+
+def test_a_failure_during_retirement_is_carried_forward_not_rolled_back(prefect_server, secret, tmp_path) -> None:
+    options = RotationOptions(approve_promote=False, journal=str(tmp_path / "j.db"))
+    with pytest.raises(RuntimeError, match="one node of two"):
+        toy_failing_retirement(secret, options)
+    (record,) = Journal(tmp_path / "j.db").list()
+    assert record.state is RotationState.FAILED and record.retired_at is not None
+    assert open_store(secret).read(Stage.CURRENT) == "value-one-0123456789-next"  # not reverted
