@@ -16,9 +16,9 @@ table.
    journal transactions (SQLAlchemy commits on the journal's engine).
 3. The rotate command's wall time for a JWT rotation: with a Prefect server running (PREFECT_API_URL set) and
    without one (Prefect's temporary server).
-4. Fleets: ``rotate_postgres_fleet`` over 10, 100 and 400 PostgreSQL secrets, 8 at a time, in a worker subprocess,
-   with the Prefect server on SQLite and on PostgreSQL: rotations per second, failed rotations, the worker's peak
-   memory.
+4. Fleets: ``rotate_fleet`` of the PostgreSQL runbook over 10, 100 and 400 secrets, 8 at a time, in a worker
+   subprocess, with the Prefect server on SQLite and on PostgreSQL: rotations per second, failed rotations, the
+   worker's peak memory.
 """
 
 from __future__ import annotations
@@ -271,13 +271,13 @@ def part_cli(world: World, api: str, rounds: int) -> dict[str, Any]:
 
 FLEET = """
 import json, sys, time, resource
-from flows.postgres_fleet import rotate_postgres_fleet
+from flows.fleet import rotate_fleet
 from flows.postgres import PgPolicy
 from rotation import RotationOptions
 secrets, journal = json.loads(sys.argv[1]), sys.argv[2]
 options = RotationOptions(approve_promote=False, journal=journal, started_by="bench")
 started = time.perf_counter()
-result = rotate_postgres_fleet(secrets, policy=PgPolicy(grace_seconds=0), options=options, max_concurrency=8)
+result = rotate_fleet("postgres-credentials", secrets, {"policy": PgPolicy(grace_seconds=0)}, options, 8)
 seconds = time.perf_counter() - started
 print(json.dumps({"seconds": seconds, "succeeded": len(result["succeeded"]), "failed": len(result["failed"]),
                   "errors": list(result["failed"].values())[:3],

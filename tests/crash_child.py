@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from flows import jwt, postgres, postgres_fleet, redis_password  # noqa: F401 - registers every runbook
+from flows import fleet, jwt, postgres, redis_password  # noqa: F401 - registers every runbook
 from rotation import audit, journal, runbooks
 
 
@@ -72,5 +72,5 @@ def run(spec: dict[str, Any]) -> None:
     journal.Journal.start_step = started
     journal.Journal.complete_step = completed
     audit.record = recorded
-    flow = postgres_fleet.rotate_postgres_fleet if spec["runbook"] == "postgres-fleet" else None
+    flow = fleet.rotate_fleet if spec["runbook"] == "fleet" else None
     (flow or runbooks.named(spec["runbook"]).flow)(**spec["kwargs"])

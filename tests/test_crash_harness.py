@@ -296,3 +296,36 @@ def test_every_kill_point_can_be_resumed_and_rolled_back(
     record_property("stuck", sum(o.stuck for _, o in outcomes))
     record_property("without_credential", sum(o.without_credential for _, o in outcomes))
     assert problems == [], "\n".join(problems)
+
+
+def test_a_fleet_killed_mid_way_leaves_each_member_resumable(
+    forkserver, short_leases, pg_app, tmp_path: Path, record_property
+) -> None:
+    """flows/fleet.py: killed while its members rotate, every member it started is resumed on its own, and a new
+    fleet run rotates the rest; no member is left locked."""
+    apps = [pg_app() for _ in range(4)]
+    journal = Journal(tmp_path / "journal.db")
+    kwargs = {
+        "runbook": "postgres-credentials",
+        "secrets": [a.uri for a in apps],
+        "parameters": {"policy": {"grace_seconds": 0.5}},
+        "max_concurrency": 2,
+    }
+    # The first member to reach its promotion kills the whole fleet process.
+    assert run_child(forkserver, "fleet", kwargs, journal, tmp_path / "trace", ("promote", "completed")) == -9
+    started = journal.list()
+    assert 1 <= len(started) <= 2  # two at a time: the third had not begun
+    for record in started:
+        _wait_for_lease_expiry(journal, record.id)
+        assert resume_rotation(record.id, journal=journal.location, preapproved=Preapproval(approver=APPROVER))
+    assert all(journal.get(r.id).state is RotationState.COMPLETED for r in started)
+    done = {r.secret for r in started}
+    rest = run_child(
+        forkserver, "fleet", {**kwargs, "secrets": [a.uri for a in apps if a.uri not in done]}, journal,
+        tmp_path / "trace-2", None,
+    )  # fmt: skip
+    assert rest == 0 and journal.list(active_only=True) == []
+    for app in apps:
+        current = app.current()
+        assert current["username"] == f"{app.user}_clone" and app.can_login(current["username"], current["password"])
+    record_property("fleet_members_resumed", len(started))

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from flows.fleet import rotate_fleet
 from flows.postgres import PgPolicy
-from flows.postgres_fleet import rotate_postgres_fleet
 from rotation.context import RotationOptions
 from rotation.journal import Journal
 from tests.fixtures.ports import free_port
@@ -21,8 +21,12 @@ def test_fleet_rotates_each_secret_and_reports_the_failed_one(
     broken = pg_app(port=free_port())  # nothing listens there
     journal = Journal(tmp_path / "journal.db")
     options = RotationOptions(approve_promote=False, journal=str(journal.path), started_by="test")
-    result = rotate_postgres_fleet(
-        [a.uri for a in [*apps, broken]], policy=PgPolicy(grace_seconds=0), options=options, max_concurrency=2
+    result = rotate_fleet(
+        "postgres-credentials",
+        [a.uri for a in [*apps, broken]],
+        parameters={"policy": PgPolicy(grace_seconds=0)},
+        options=options,
+        max_concurrency=2,
     )
     assert sorted(result["succeeded"]) == sorted(a.uri for a in apps)
     assert list(result["failed"]) == [broken.uri]
