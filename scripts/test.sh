@@ -23,4 +23,6 @@ python=${PYTHON:-python3}
 .venv/bin/pip install -q -e ".[dev]"
 
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
-exec .venv/bin/pytest "$@"
+# Most of a test is waiting on a server, a lease or a grace period: several workers share the two cores well. Each
+# worker starts its own servers (a Prefect server among them); `-n 0` runs everything in one process.
+exec .venv/bin/pytest -n "${TEST_WORKERS:-3}" "$@"

@@ -43,6 +43,10 @@ def run(spec: dict[str, Any]) -> None:
     os.environ.update(spec.get("environ", {}))
     kill = tuple(spec["kill"]) if spec.get("kill") else None
     trace = Path(spec["trace"])
+    # What the run printed (Prefect's logs, a traceback) goes beside its trace, for the harness to quote on a surprise.
+    with open(f"{trace}.log", "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
 
     def passed(step: str, phase: str, kind: str = "") -> None:
         with trace.open("a") as out:

@@ -225,7 +225,9 @@ def trial(forkserver: Any, world: World, folder: Path, kill: tuple[str, str], pa
     before = world.snapshot()
     code = run_child(forkserver, world.runbook, world.kwargs, journal, folder / "trace", kill, pause)
     if code != -9:
-        outcome.problems.append(f"the run was not killed (exit code {code})")
+        printed = Path(f"{folder / 'trace'}.log").read_text(errors="replace").strip().splitlines()
+        last = "\n".join(printed[-15:])
+        outcome.problems.append(f"the run was not killed (exit code {code}); the last it printed:\n{last}")
         return outcome
     (record,) = journal.list()
     if not world.works():

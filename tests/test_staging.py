@@ -68,7 +68,7 @@ def test_a_value_staged_on_standard_input_reaches_the_waiting_run(prefect_server
     )
     assert staged.exit_code == 0, staged.output
     assert "new-password-4567" not in staged.output
-    run.join(60)
+    run.join(180)
     assert result["state"] == RotationState.COMPLETED
     assert json.loads(store.read(Stage.CURRENT)) == {"username": "mailer", "password": "new-password-4567"}
     parameters = json.dumps(journal.get(rotation_id).parameters)

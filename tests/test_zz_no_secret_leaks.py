@@ -1,7 +1,8 @@
 """After the suite's rotations: no secret value anywhere in the Prefect database, its storage, its logs or the journal.
 
-Named to run last, so that it also scans what every earlier test in this process left behind: every value a task
-handled was registered for redaction, and each is looked for here, beside a canary rotated by this test itself.
+Every value a task handled was registered for redaction, and each is looked for here, beside a canary rotated by this
+test itself. Named to run last in a single process; under several workers each worker's server is also scanned when
+its session ends (``tests/fixtures/prefect.py``), so what later tests leave behind is checked too.
 """
 
 from __future__ import annotations
