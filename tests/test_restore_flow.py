@@ -9,16 +9,22 @@ boundary are the crash harness's ``restore`` case.
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
+from click.testing import Result
 from prefect.artifacts import Artifact
+from typer.testing import CliRunner
 
+from cli import backup as commands
 from errors import Conflict
 from flows.backup import BackupPolicy, backup_secrets
+from flows.jwt import JwtPolicy, rotate_jwt_signing_key
 from flows.restore import restore_secrets
 from rotation import RotationOptions
 from rotation.approval import ApprovalDecision, ApprovalRejected, Preapproval, give_decision, waiting_for
@@ -27,6 +33,7 @@ from rotation.journal import Journal, RotationState
 from stores import SecretStore, Stage, open_store
 from targets.backup.archive import BackupTampered
 from targets.backup.openpgp import NotARecipient
+from targets.jwt.keyset import JwtKeyset, new_key
 from tasks.backup import BackupRef
 from tests.fixtures.gpg import GpgKeys
 from tests.leaks import canary, error_text
@@ -228,3 +235,96 @@ def test_a_failure_half_way_rolls_back_what_the_restore_wrote(
     assert "given another CURRENT version since the plan" in str(outcome["error"])
     assert _stages(stores) == before  # a-new deleted again, b-changed reverted exactly, c-overtaken untouched
     assert journal.get(waiting.rotation_id).state is RotationState.ROLLED_BACK
+
+
+def test_rotate_after_rotates_each_restored_secret_with_its_last_runbook(
+    prefect_server, gpg_keys: GpgKeys, tmp_path: Path
+) -> None:
+    """A JWT keyset rotated here before, then lost: restored, it is rotated again as compromised, with the runbook
+    and parameters of its last rotation; a restored secret that was never rotated here is left for a person."""
+    store = open_store(f"local://{tmp_path / 'store.db'}?secret=jwt")
+    store.create(JwtKeyset(keys=[new_key("HS256", 512)]).to_secret())
+    _local_secrets(tmp_path / "store.db", {"never-rotated": canary()})
+    journal = Journal(tmp_path / "journal.db")
+    policy = JwtPolicy(token_lifetime_seconds=0, grace_seconds=0)
+    first = rotate_jwt_signing_key(store.uri.display, policy=policy, options=_options(journal.path))
+    backup = _backup(f"local://{tmp_path / 'store.db'}?secret=*", tmp_path / "backups", gpg_keys)
+    backed_up = JwtKeyset.from_secret(store.read()).signing_key.kid
+    store.delete()  # lost
+
+    summary = restore_secrets(
+        backup, f"local://{tmp_path / 'store.db'}?secret=*", rotate_after=True, options=_options(journal.path)
+    )
+    assert summary["plan"]["create"] == 1 and summary["plan"]["unchanged"] == 1
+    (again,) = summary["rotations"]
+    record = journal.get(again)
+    assert (record.runbook, record.secret, record.state) == ("jwt-signing-key", store.uri.display, "completed")
+    assert record.parameters["policy"] == journal.get(first["rotation_id"]).parameters["policy"]
+    rotated = JwtKeyset.from_secret(store.read())
+    assert rotated.signing_key.kid != backed_up and [k.kid for k in rotated.keys] == [rotated.signing_key.kid]
+
+
+def _rotate_command(*args: str) -> Result:
+    app = typer.Typer(pretty_exceptions_enable=False)
+    app.command()(commands.restore)
+    app.command()(commands.drill)  # two commands, so that typer keeps the command's name as cli/app.py does
+    return CliRunner().invoke(app, ["restore", *args])
+
+
+def test_rotate_restore_prints_the_plan_then_restores_with_a_decision_given_in_advance(
+    prefect_server, gpg_keys: GpgKeys, tmp_path: Path
+) -> None:
+    values = {"api": canary(), "db": canary()}
+    _local_secrets(tmp_path / "source.db", values)
+    backup = _backup(f"local://{tmp_path / 'source.db'}?secret=*", tmp_path / "backups", gpg_keys)
+    _local_secrets(tmp_path / "target.db", {"db": canary()})
+    home = ["--gnupg-home", str(gpg_keys.home), "--journal", str(tmp_path / "journal.db")]
+    into = f"local://{tmp_path / 'target.db'}?secret=*"
+
+    result = _rotate_command(
+        str(tmp_path / "backups"), "--into", into, "--signer", gpg_keys.signer, "--yes", "--approver", "bob", *home
+    )  # the destination alone: its newest backup
+    assert result.exit_code == 0, result.output
+    plan, _, summary = result.stdout.partition("{")
+    assert "restore plan: 1 create, 1 update" in plan and "api" in plan and "update" in plan
+    assert json.loads("{" + summary)["state"] == "completed"
+    for name, value in values.items():
+        assert open_store(f"local://{tmp_path / 'target.db'}?secret={name}").read() == value
+    _no_values(result.output, list(values.values()))
+    again = _rotate_command(
+        f"{tmp_path / 'backups'}/{backup.backup_id}", "--into", into, "--yes", "--approver", "bob", *home
+    )
+    assert again.exit_code == 0, again.output
+    assert "restore plan: 2 unchanged" in again.stdout
+
+
+@pytest.mark.parametrize(
+    ("arguments", "says"),
+    [
+        (["{backups}/20990101T000000Z-00000000", "--into", "{target}?secret=*"], "has no 20990101T000000Z-00000000"),
+        (["{backups}", "--into", "{target}?secret=nothing-here"], "does not exist: to create secrets, restore into"),
+        (["{backups}", "--into", "ftp://host/secret"], "unknown store scheme 'ftp'"),
+        (["{backups}", "--into", "{target}?secret=*", "--signer", "{outsider}"], "not by the required signer"),
+        (["{empty}", "--into", "{target}?secret=*"], "holds no backup"),
+    ],
+    ids=["unknown-backup", "missing-exact-target", "bad-uri", "wrong-signer", "no-backup"],
+)
+def test_rotate_restore_refuses_bad_input_in_one_line_and_writes_nothing(
+    prefect_server, gpg_keys: GpgKeys, tmp_path: Path, arguments: list[str], says: str
+) -> None:
+    value = canary()
+    _local_secrets(tmp_path / "source.db", {"db": value})
+    _backup(f"local://{tmp_path / 'source.db'}?secret=*", tmp_path / "backups", gpg_keys)
+    (tmp_path / "empty").mkdir(mode=0o700)
+    named = {
+        "backups": str(tmp_path / "backups"),
+        "target": f"local://{tmp_path / 'target.db'}",
+        "outsider": gpg_keys.outsider,
+        "empty": str(tmp_path / "empty"),
+    }
+    result = _rotate_command(*(a.format(**named) for a in arguments), "--gnupg-home", str(gpg_keys.home), "--yes")
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("error:") and "Traceback" not in result.output
+    assert says in " ".join(result.output.split())
+    assert value not in result.output
+    assert not (tmp_path / "target.db").exists()
