@@ -31,6 +31,7 @@ from rotation.approval import ApprovalDecision, ApprovalRejected, Preapproval, g
 from rotation.context import RotationRolledBack
 from rotation.journal import Journal, RotationState
 from stores import SecretStore, Stage, open_store
+from stores.errors import SecretNotFound
 from targets.backup.archive import BackupTampered
 from targets.backup.openpgp import NotARecipient
 from targets.jwt.keyset import JwtKeyset, new_key
@@ -54,7 +55,7 @@ def _stages(stores: dict[str, SecretStore]) -> dict[str, Any]:
     for name, store in stores.items():
         try:
             found[name] = store.describe()
-        except Exception:
+        except SecretNotFound:
             found[name] = None
     return found
 
