@@ -443,3 +443,4 @@ def automations(
 
 app.command()(backup.backup)
 app.command()(backup.drill)
+app.command()(backup.restore)

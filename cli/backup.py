@@ -1,18 +1,27 @@
-"""``rotate backup`` and ``rotate drill``: plain functions, registered on the ``rotate`` app in cli/app.py.
+"""``rotate backup``, ``rotate drill`` and ``rotate restore``: plain functions, registered on the ``rotate`` app in
+cli/app.py.
 
-Both check their input first (store URI, destination, keys), so bad input is one line and exit status 1 before
-anything is written; then they run their flow in this process and print its summary (ids, names, counts).
+Each checks its input first (store URI, destination, keys), so bad input is one line and exit status 1 before
+anything is written; then it runs its flow in this process and prints its summary (ids, names, counts). A restore
+prints its plan first and asks for an approval at the terminal (or waits for one given elsewhere, or ``--yes``).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
+from urllib.parse import urlsplit, urlunsplit
 
 import typer
+from rich.markup import escape
+from rich.table import Table
 
 from cli.output import clear_errors, console
+from errors import BadInput
+
+if TYPE_CHECKING:
+    from tasks.backup import BackupRef, RestorePlan
 
 GnupgHome = Annotated[
     Path | None, typer.Option("--gnupg-home", help="gpg home holding the keys (default: $GNUPGHOME or ~/.gnupg)")
@@ -71,4 +80,84 @@ def drill(
         if signer:
             normalise_fingerprint(signer)
         summary = restore_drill(destination, signer=signer, gnupg_home=home)
+        console.print_json(json.dumps(summary, default=str))
+
+
+def _backup_ref(backup: str, signer: str | None, gnupg_home: str | None) -> BackupRef:
+    """``DESTINATION/ID`` names one backup; a destination alone, its newest."""
+    from targets.backup.archive import is_backup_id
+    from targets.backup.destination import open_destination
+    from tasks.backup import BackupRef, find_latest_backup
+
+    parts = urlsplit(backup)
+    folder, _, last = parts.path.rstrip("/").rpartition("/")
+    if is_backup_id(last):
+        destination = urlunsplit(parts._replace(path=folder or "/"))
+        open_destination(destination)
+        return BackupRef(destination=destination, backup_id=last, gnupg_home=gnupg_home, signer=signer)
+    return BackupRef(destination=backup, backup_id=find_latest_backup.fn(backup), gnupg_home=gnupg_home, signer=signer)
+
+
+def _print_plan(plan: RestorePlan) -> None:
+    table = Table("secret in the backup", "target", "action", "why", title=f"restore plan: {plan.summary}")
+    for planned in plan.secrets:
+        table.add_row(escape(planned.name), escape(planned.target), planned.action.value, escape(planned.reason or ""))
+    console.print(table)
+
+
+def restore(
+    backup: Annotated[
+        str,
+        typer.Argument(help="DESTINATION/BACKUP_ID (a folder or s3:// URI, then the id), or a destination: its newest"),
+    ],
+    into: Annotated[
+        str, typer.Option("--into", help="Store URI to restore into; a name ending in '*' for many, e.g. aws://prod/*")
+    ],
+    signer: Annotated[str | None, typer.Option(help="Require a manifest signed by this key (fingerprint)")] = None,
+    rotate_after: Annotated[
+        bool, typer.Option(help="Then rotate each restored secret with the runbook that last rotated it")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Approve the plan in advance: the run never pauses")] = False,
+    approver: Annotated[str, typer.Option(help="Name recorded for --yes (default: the OS user)")] = "",
+    allow_self_approval: Annotated[bool, typer.Option(help="Let the person who starts it approve it")] = False,
+    journal: Annotated[str | None, typer.Option(help="Rotation journal (default: $ROTATE_JOURNAL)")] = None,
+    gnupg_home: GnupgHome = None,
+) -> None:
+    """Restore secrets from a backup: print the plan (no values), then restore after an approval, and check it."""
+    import getpass
+
+    from cli.app import _preapproval
+    from cli.terminal import run_here
+    from flows.restore import restore_secrets
+    from rotation.journal import Journal
+    from rotation.options import RotationOptions
+    from stores import open_store
+    from stores.errors import SecretNotFound
+    from tasks.backup import Selection, plan_restore
+
+    home = str(gnupg_home) if gnupg_home else None
+    with clear_errors():
+        selection = Selection.parse(into)
+        if selection.exact:
+            try:
+                open_store(into).describe()
+            except SecretNotFound:
+                raise BadInput(
+                    f"{into} does not exist: to create secrets, restore into a name ending in '*' (aws://prod/*, "
+                    "local:///srv/store.db?secret=*), which puts the backed-up names after its prefix"
+                ) from None
+        reference = _backup_ref(backup, signer, home)
+        _print_plan(plan_restore.fn(reference, into))
+        started_by = getpass.getuser()
+        options = RotationOptions(
+            started_by=started_by,
+            allow_self_approval=allow_self_approval,
+            journal=journal,
+            preapproved=_preapproval(yes, approver, started_by, allow_self_approval),
+        )
+        summary = run_here(
+            lambda: restore_secrets(reference, into, rotate_after=rotate_after, options=options),
+            Journal(journal),
+            console,
+        )
         console.print_json(json.dumps(summary, default=str))

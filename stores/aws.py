@@ -15,6 +15,7 @@ a crash between its calls.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import uuid
@@ -170,6 +171,14 @@ class AwsStore(SecretStore):
 
     def _delete(self, snapshot: Snapshot, version_id: str) -> None:
         """Nothing to do: the version has no label left, which is all Secrets Manager can do to one version."""
+
+    def _delete_secret(self, snapshot: Snapshot) -> None:
+        # Without the recovery window: the name is free again at once (AWS may take a few seconds to release it).
+        with contextlib.suppress(SecretNotFound):
+            self._call(
+                "delete the secret",
+                lambda: self._client.delete_secret(SecretId=self.secret_id, ForceDeleteWithoutRecovery=True),
+            )
 
     def _describe(self, snapshot: Snapshot) -> list[tuple[str, datetime | None]]:
         stages = snapshot.stages

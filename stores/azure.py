@@ -38,6 +38,7 @@ Credentials: ``DefaultAzureCredential`` (environment, workload or managed identi
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -227,6 +228,14 @@ class AzureStore(SecretStore):
                     self.secret_name, keyvault_id, enabled=False
                 ),
             )
+
+    def _delete_secret(self, snapshot: Snapshot) -> None:
+        """Delete, then purge: a soft-deleted secret would keep its name taken (and its values) for 90 days."""
+        with contextlib.suppress(SecretNotFound):
+            poller = self._call("delete the secret", lambda: self.client.begin_delete_secret(self.secret_name))
+            self._call("wait for the deletion", poller.wait)
+        with contextlib.suppress(SecretNotFound):  # a vault without soft delete has nothing to purge
+            self._call("purge the deleted secret", lambda: self.client.purge_deleted_secret(self.secret_name))
 
     def _describe(self, snapshot: Snapshot) -> list[tuple[str, datetime | None]]:
         found = [

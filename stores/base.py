@@ -7,7 +7,7 @@ The model is AWS Secrets Manager's: a rotation stages a new version under its ro
 - ``_snapshot(repair)``: the stage map and the versions the manager knows, with the token its writes compare against;
 - ``_write_stages(snapshot, stages, staged)``: replace the stage map if nobody wrote since ``snapshot`` (else
   :class:`StagingConflict` and nothing changed), first writing ``staged`` as a new PENDING version if given;
-- ``_read_value``, ``_delete``, ``_describe``, ``_create``, ``_list``; and
+- ``_read_value``, ``_delete``, ``_delete_secret``, ``_describe``, ``_create``, ``_list``; and
 - ``_condition`` with the table ``ERRORS``: its SDK's exceptions onto one store error per condition, applied in one
   place (``_call``), as httpx maps transport errors.
 
@@ -26,6 +26,8 @@ The same semantics for every store:
 - ``discard(R)``: a version at CURRENT or PREVIOUS is never touched; otherwise PENDING is dropped and the version
   destroyed (or, where the manager cannot destroy, left without any label).
 - ``prune(keep)``: the versions no stage points to are destroyed, but the newest ``keep``.
+- ``delete()``: the secret goes with every version (what a restore's rollback does to a secret it created); a
+  secret that does not exist: nothing to do.
 
 Values are plain strings (JSON for structured secrets); they never appear in an exception message, a ``repr`` or a
 description. Every value read or written is registered for log redaction. A version id names one value for good, so
@@ -361,6 +363,18 @@ class SecretStore(abc.ABC):
             self._forget(version)
         return doomed
 
+    def delete(self) -> bool:
+        """Delete the secret and every version of it; False if there was none (already deleted)."""
+        with self._session(write=True):
+            try:
+                snapshot = self._fresh(repair=False)
+            except SecretNotFound:
+                return False
+            self._delete_secret(snapshot)
+        for version in snapshot.versions:
+            self._forget(version)
+        return True
+
     # --- the transitions' shared parts ------------------------------------------------------------------------------
 
     def _stage(self, rotation_id: str, make: Callable[[Snapshot], str]) -> str:
@@ -504,6 +518,11 @@ class SecretStore(abc.ABC):
     @abc.abstractmethod
     def _delete(self, snapshot: Snapshot, version_id: str) -> None:
         """Destroy a version no stage points to (``snapshot`` was read before its stage was dropped)."""
+
+    @abc.abstractmethod
+    def _delete_secret(self, snapshot: Snapshot) -> None:
+        """Delete the secret with every version, for good where the manager keeps deleted secrets (``snapshot``
+        read just before); a secret gone meanwhile is not an error."""
 
     @abc.abstractmethod
     def _describe(self, snapshot: Snapshot) -> list[tuple[str, datetime | None]]:

@@ -229,6 +229,10 @@ class GcpStore(SecretStore):
         with contextlib.suppress(VersionNotFound):  # destroyed by an earlier attempt: what was asked is done
             self._destroy(int(version_id))
 
+    def _delete_secret(self, snapshot: Snapshot) -> None:
+        with contextlib.suppress(SecretNotFound):
+            self._call("delete the secret", lambda: self.client.delete_secret(name=self.name, timeout=_TIMEOUT))
+
     def _describe(self, snapshot: Snapshot) -> list[tuple[str, datetime | None]]:
         enabled = [v for v in self._versions() if v.state == sm.SecretVersion.State.ENABLED]
         return [(str(_number(v.name)), v.create_time if isinstance(v.create_time, datetime) else None) for v in enabled]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import os
 import re
@@ -203,6 +204,11 @@ class KubernetesStore(SecretStore):
             kept = {key: slot for key, slot in slots.items() if key != "retired"}
             data = {key: secret.data[key] for key in kept}
             self._replace(snapshot, data, snapshot.values[slots["current"]["id"]], kept, "destroy a retired version")
+
+    def _delete_secret(self, snapshot: Snapshot) -> None:
+        """The whole Secret object, keys that are not this store's included."""
+        with contextlib.suppress(SecretNotFound):
+            self._call("delete", lambda: self.api.delete_namespaced_secret(self.name, self.namespace))
 
     def _describe(self, snapshot: Snapshot) -> list[tuple[str, datetime | None]]:
         unique = {slot["id"]: slot.get("created") for slot in snapshot.token[1].values()}  # PENDING on CURRENT: 1

@@ -170,6 +170,11 @@ class LocalStore(SecretStore):
         assert self._db is not None
         self._db.execute("DELETE FROM versions WHERE secret = ? AND version_id = ?", (self.secret, version_id))
 
+    def _delete_secret(self, snapshot: Snapshot) -> None:
+        assert self._db is not None
+        for table in ("versions", "stage_maps"):  # one transaction: a crash leaves the secret whole or gone
+            self._db.execute(f"DELETE FROM {table} WHERE secret = ?", (self.secret,))
+
     def _describe(self, snapshot: Snapshot) -> list[tuple[str, datetime | None]]:
         rows = self._query("SELECT version_id, created_at FROM versions WHERE secret = ? ORDER BY seq")
         return [(version, datetime.fromisoformat(created)) for version, created in rows]

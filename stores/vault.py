@@ -318,6 +318,13 @@ class VaultStore(SecretStore):
                 ),
             )
 
+    def _delete_secret(self, snapshot: Snapshot) -> None:
+        """Its metadata and every version, destroyed (Vault answers 204 for a path that holds nothing)."""
+        self._call(
+            "delete the secret",
+            lambda: self.client.secrets.kv.v2.delete_metadata_and_all_versions(path=self.path, mount_point=self.mount),
+        )
+
     def _describe(self, snapshot: Snapshot) -> list[tuple[str, datetime | None]]:
         """One entry per live version id, dated by its first write (later re-writes as latest hold the same value)."""
         state: _State = snapshot.token

@@ -20,6 +20,7 @@ import hashlib
 from dataclasses import dataclass
 
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, SecretStr
 
@@ -178,6 +179,45 @@ class RestorePlan(BaseModel):
     @property
     def counts(self) -> dict[str, int]:
         return {a.value: sum(1 for s in self.secrets if s.action == a) for a in RestoreAction}
+
+    @property
+    def changes(self) -> list[PlannedRestore]:
+        """The secrets the restore writes (created or updated), in the backup's order."""
+        return [s for s in self.secrets if s.action in (RestoreAction.CREATE, RestoreAction.UPDATE)]
+
+    @property
+    def summary(self) -> str:
+        return ", ".join(f"{n} {a}" for a, n in self.counts.items() if n) or "nothing"
+
+    def refuse_blocked(self) -> None:
+        """A restore writes all its secrets or none: one it cannot write now refuses the whole restore."""
+        blocked = [s for s in self.secrets if s.action == RestoreAction.BLOCKED]
+        if blocked:
+            why = "; ".join(f"{s.target}: {s.reason}" for s in blocked)
+            raise Conflict(
+                f"restore of backup {self.backup_id} into {self.target} is refused, {len(blocked)} secret(s) are "
+                f"blocked ({why}); nothing was written: deal with them, then restore again"
+            )
+
+    def to_markdown(self) -> str:
+        """The plan as a person approves it: per secret what changes, and the version ids; never a value."""
+        rows = [
+            f"| `{s.name}` | `{s.target}` | **{s.action.value}** | {', '.join(s.stages) or '-'} | "
+            f"`{s.target_current or '-'}` | {s.reason or ''} |"
+            for s in self.secrets
+        ]
+        return "\n".join(
+            [
+                f"### Restore plan: backup `{self.backup_id}` into `{self.target}`",
+                "",
+                f"{self.summary}. Created secrets are deleted and updated ones reverted if the restore fails before "
+                "it completes; a rejection writes nothing.",
+                "",
+                "| secret in the backup | target | action | stages written | target's CURRENT before | why |",
+                "|---|---|---|---|---|---|",
+                *rows,
+            ]
+        )
 
 
 class RestoredSecret(BaseModel):
@@ -457,6 +497,14 @@ def plan_restore(backup: BackupRef, target: str) -> RestorePlan:
     )
 
 
+@task(cache_policy=NO_CACHE)
+def show_restore_plan(plan: RestorePlan, restore_id: str) -> str:
+    """Publish the plan as a markdown artifact of the run, for the approver; the artifact's key."""
+    key = f"restore-{restore_id}-plan"
+    create_markdown_artifact(key=key, markdown=plan.to_markdown(), description=f"restore plan: {plan.summary}")
+    return key
+
+
 @task(cache_policy=NO_CACHE, **_RETRY)
 def restore_secret(backup: BackupRef, planned: PlannedRestore, restore_id: str) -> RestoredSecret:
     """Write one planned secret's backed-up value(s) into its target; ``restore_id`` keys the version it stages.
@@ -509,15 +557,41 @@ def undo_restore_secret(
     action: RestoreAction,
     previous_version: str | None = None,
     target: str | None = None,
+    name: str | None = None,
+    backup: BackupRef | dict[str, str | None] | None = None,
 ) -> str:
     """Undo :func:`restore_secret` for restore ``rotation_id`` on ``target`` (the planned secret's URI; default
     ``secret``, which the runbook core fills with its rotation's secret); what it did.
 
     An update is reverted from the store's own versions: CURRENT goes back to the version the restore made
     PREVIOUS, PREVIOUS back to ``previous_version`` (the plan's ``target_previous``), and the restored version is
-    discarded. Already undone, or nothing written: no change.
+    discarded. A created secret is deleted, once its CURRENT is seen to hold a value the restore wrote (secret
+    ``name`` of ``backup``, by its keyed checksum) and it has no more versions than the restore wrote: a secret
+    someone else created or changed meanwhile is never deleted. Already undone, or nothing written: no change.
     """
     store = open_store(target or secret)
+    if action == RestoreAction.CREATE:
+        found = _description(store)
+        if found is None:
+            return "nothing to undo"
+        if backup is None or name is None:
+            raise BadInput(
+                f"undoing the creation of {store.uri.display} needs the backup and the secret's name in it, to check "
+                "that what it deletes is what the restore wrote; the journal may have been edited"
+            )
+        _, archive = open_backup(BackupRef.model_validate(backup))
+        assert archive is not None
+        restored = archive.secret(name)
+        written = [v for v in (restored.at(Stage.CURRENT), restored.at(Stage.PREVIOUS)) if v is not None]
+        current = found.version_at(Stage.CURRENT)
+        if len(found.versions) > len(written) or not any(_holds(store, current, archive, name, v) for v in written):
+            raise Refused(
+                f"{store.uri.display} changed after restore {rotation_id} created it (another value or another "
+                "version), so it was not deleted: check who wrote it, and delete it with the secret manager's own tool "
+                "if it must go"
+            )
+        store.delete()
+        return "deleted"
     if action == RestoreAction.UPDATE:
         found = _description(store)
         if found is None or rotation_id not in {v.version_id for v in found.versions}:
@@ -525,13 +599,6 @@ def undo_restore_secret(
         store.revert(rotation_id, previous_version)
         store.discard(rotation_id)
         return "reverted"
-    if action == RestoreAction.CREATE:
-        if _description(store) is None:
-            return "nothing to undo"
-        raise Refused(
-            f"restore {rotation_id} created {store.uri.display}, and the store interface cannot delete a secret: "
-            "delete it with the secret manager's own tool if it must go"
-        )
     return "nothing written"
 
 

@@ -198,10 +198,16 @@ def test_a_restore_plan_lists_changes_without_values_and_an_update_is_undone(
     assert undo_restore_secret(whole, restore_id, **undo) == "nothing to undo"
     assert target["changed"].describe() == before["changed"]
     created = next(p for p in plan.secrets if p.name == "missing")
+    undo = {"action": created.action.value, "target": created.target, "name": created.name, "backup": backup}
+    open_store(created.target).stage(canary(), str(uuid.uuid4()))  # someone else's rotation began on it meanwhile
     kept = open_store(created.target).describe()
-    with pytest.raises(Refused, match="cannot delete a secret"):
-        undo_restore_secret.fn(created.target, restore_id, action=created.action)
+    with pytest.raises(Refused, match="was not deleted"):
+        undo_restore_secret.fn(whole, restore_id, **undo)
     assert open_store(created.target).describe() == kept
+    open_store(created.target).discard(kept.version_at(Stage.PENDING))
+    assert undo_restore_secret(whole, restore_id, **undo) == "deleted"
+    assert undo_restore_secret(whole, restore_id, **undo) == "nothing to undo"
+    assert created.name not in open_store(created.target).list()
 
 
 def _flip_payload_byte(destination: Path, backup_id: str) -> None:

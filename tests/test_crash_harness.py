@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,8 +31,11 @@ from errors import Refused
 from flows.recovery import resume_rotation, rollback_rotation
 from rotation.approval import Preapproval
 from rotation.journal import Journal, RotationState
-from stores import SecretStore, Stage
+from stores import SecretStore, Stage, open_store
+from stores.errors import SecretNotFound
+from targets.backup.archive import new_id
 from targets.jwt.keyset import JwtKeyset, new_key, verify_token
+from tasks.backup import BackupRef, write_backup
 from tests.fixtures.crash import APPROVER, run_child
 from tests.fixtures.postgres import PgApp
 
@@ -147,6 +151,38 @@ class RedisWorld:
         return current == rotation_id and len(self.server.password_hashes()) == 1 and self.works()
 
 
+@dataclass
+class RestoreWorld:
+    """A signed backup of three secrets and a target store holding one of them with another value (updated), one
+    as backed up (unchanged), and not the third, whose backup has a PREVIOUS version too (created in two writes)."""
+
+    backup: BackupRef
+    into: str
+    before: dict[str, str]  # target URI -> its value before the restore
+    backed_up: dict[str, str]  # target URI -> the CURRENT value the backup holds for it
+    runbook: str = "restore"
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return {"backup": self.backup.model_dump(), "into": self.into}
+
+    def works(self) -> bool:
+        """Every target secret that existed before still reads a value: its own, or the one restored over it."""
+        return all(open_store(uri).read() in (value, self.backed_up[uri]) for uri, value in self.before.items())
+
+    def snapshot(self) -> Any:
+        described = {}
+        for uri in self.backed_up:
+            try:
+                described[uri] = open_store(uri).describe()
+            except SecretNotFound:
+                described[uri] = None
+        return described
+
+    def rotated(self, rotation_id: str) -> bool:
+        return all(open_store(uri).read() == value for uri, value in self.backed_up.items())
+
+
 Fixtures = Callable[[str], Any]  # a fixture's value by name, resolved once, before trials run in threads
 
 
@@ -179,14 +215,33 @@ def _redis(fixture: Fixtures) -> World:
     return RedisWorld(server, secret, admin)
 
 
+def _restore(fixture: Fixtures) -> World:
+    keys, folder = fixture("gpg_keys"), fixture("tmp_path_factory").mktemp("restore-world")
+    source, target = f"local://{folder / 'source.db'}?secret=", f"local://{folder / 'target.db'}?secret="
+    values = {name: "canary-" + secrets.token_urlsafe(20) for name in ("changed", "created", "same")}
+    for name, value in values.items():
+        open_store(source + name).create(value)
+    values["created"] = "canary-" + secrets.token_urlsafe(20)
+    rotation_id = str(uuid.uuid4())
+    open_store(source + "created").stage(values["created"], rotation_id)
+    open_store(source + "created").promote(rotation_id)
+    backup = BackupRef(destination=str(folder / "backups"), backup_id=new_id(), gnupg_home=str(keys.home))
+    write_backup.fn(source + "*", backup.destination, [keys.admin], "all", backup.backup_id, None, backup.gnupg_home)
+    before = {target + "changed": "canary-" + secrets.token_urlsafe(20), target + "same": values["same"]}
+    for uri, value in before.items():
+        open_store(uri).create(value)
+    return RestoreWorld(backup, target + "*", before, {target + name: value for name, value in values.items()})
+
+
 #: Every runbook of flows/ that rotates a secret, in each of its variants: jwt (both orders), postgres (both
-#: strategies), redis_password. Recovery runs through flows/recovery.py.
+#: strategies), redis_password; and the restore of a backup. Recovery runs through flows/recovery.py.
 CASES = [
     CrashCase("jwt", ("local_store_factory", "auth_service"), _jwt(publish_first=False)),
     CrashCase("jwt-publish-first", ("local_store_factory", "auth_service"), _jwt(publish_first=True)),
     CrashCase("postgres-alternating-users", ("pg_app",), _postgres("alternating-users")),
     CrashCase("postgres-single-user", ("pg_app",), _postgres("single-user")),
     CrashCase("redis-password", ("redis_servers", "local_store_factory"), _redis),
+    CrashCase("restore", ("gpg_keys", "tmp_path_factory"), _restore),
 ]
 #: Trials run this many at a time: most of a trial is waiting (for a lease to expire, for Prefect).
 CONCURRENT_TRIALS = 4

@@ -373,6 +373,33 @@ def test_prune_destroys_the_versions_no_stage_points_to(store: SecretStore) -> N
     assert store.read() == values[3] and store.read(Stage.PREVIOUS) == values[2]
 
 
+def test_delete_removes_the_secret_with_every_version_and_frees_its_name(store: SecretStore) -> None:
+    first = new_value()
+    store.create(first)
+    rotate(store, new_value())
+    store.stage(new_value(), new_rotation())
+    assert store.delete() is True
+    assert store.uri.name not in store.list()
+    for call in (store.read, store.describe):
+        with pytest.raises(SecretNotFound):
+            call()
+    assert store.delete() is False  # already gone: nothing to do
+    again = new_value()
+    version = store.create(again)  # the name is free: a restore rolled back can be run again
+    assert store.read() == again
+    expect(store, current=version)
+
+
+def test_deleting_a_secret_leaves_the_others_of_its_place(make_store: Callable[[], SecretStore]) -> None:
+    doomed, kept = make_store(), make_store()
+    doomed.create(new_value())
+    value = new_value()
+    version = kept.create(value)
+    doomed.delete()
+    assert kept.read() == value
+    expect(kept, current=version)
+
+
 @pytest.fixture
 def make_denied(request: pytest.FixtureRequest) -> Callable[[], tuple[SecretStore, SecretStore]]:
     return request.getfixturevalue(f"{request.node.callspec.params['kind']}_denied_store")

@@ -31,6 +31,7 @@ from tests.tls import write_test_pki
 
 _NAME = re.compile(r"[0-9a-zA-Z-]{1,127}")
 _ROUTE = re.compile(r"/secrets(?:/([^/]+)(?:/([^/]*))?)?/?")
+_DELETED = re.compile(r"/deletedsecrets/([^/]+)/?")
 _WRITES = frozenset({"PUT", "PATCH", "DELETE"})
 
 
@@ -59,6 +60,7 @@ class AzureKeyVaultDouble(HttpDouble):
         self.tenant = tenant
         self.tokens: dict[str, str] = {}  # bearer token -> "officer" or "reader"
         self.secrets: dict[str, list[dict[str, Any]]] = {}  # name -> versions, oldest first
+        self.deleted: dict[str, list[dict[str, Any]]] = {}  # soft-deleted (recoverable) secrets, until purged
         self._folder: Path | None = None
 
     # --- set-up ---------------------------------------------------------------------------------------------------
@@ -132,11 +134,13 @@ class AzureKeyVaultDouble(HttpDouble):
                 ),
                 {},
             )
+        base = f"https://{headers.get('Host')}"
+        if deleted := _DELETED.fullmatch(path):
+            return (*self._deleted(base, method, deleted.group(1)), {})
         match = _ROUTE.fullmatch(path)
         if match is None:
             return (*_error(404, "NotFound", f"The requested resource {path} was not found."), {})
         name, version = match.groups()
-        base = f"https://{headers.get('Host')}"
         if name is None and method == "GET":
             return (*self._list(base), {})
         if name is not None and not _NAME.fullmatch(name):
@@ -149,6 +153,8 @@ class AzureKeyVaultDouble(HttpDouble):
             return (*self._get(base, name, version or ""), {})
         if method == "PATCH" and version:
             return (*self._update(base, name, version, body or {}), {})
+        if method == "DELETE" and version is None:
+            return (*self._delete(base, name), {})
         return (*_error(405, "MethodNotAllowed", f"{method} is not allowed on {path}."), {})
 
     # --- secrets --------------------------------------------------------------------------------------------------
@@ -167,6 +173,13 @@ class AzureKeyVaultDouble(HttpDouble):
     def _set(self, base: str, name: str, body: dict[str, Any]) -> tuple[int, Any]:
         if not isinstance(body.get("value"), str):
             return _error(400, "BadParameter", "Property 'value' is required.")
+        if name in self.deleted:
+            return _error(
+                409,
+                "Conflict",
+                f"Secret {name} is currently in a deleted but recoverable state, and its "
+                "name cannot be reused; in this state, the secret can only be recovered or purged.",
+            )
         now = int(time.time())
         attributes = {"enabled": True, **(body.get("attributes") or {})}
         version = {
@@ -218,6 +231,27 @@ class AzureKeyVaultDouble(HttpDouble):
             version["contentType"] = body["contentType"]
         version["attributes"]["updated"] = int(time.time())
         return 200, self._item(base, name, version, value=False)
+
+    def _deleted_item(self, base: str, name: str) -> dict[str, Any]:
+        item = self._item(base, name, self.deleted[name][-1], value=False)
+        return {**item, "recoveryId": f"{base}/deletedsecrets/{name}", "deletedDate": int(time.time())}
+
+    def _delete(self, base: str, name: str) -> tuple[int, Any]:
+        """Soft delete (the vault's default): the secret moves to the deleted secrets, its name still taken."""
+        if name not in self.secrets:
+            return _not_found(name)
+        self.deleted[name] = self.secrets.pop(name)
+        return 200, self._deleted_item(base, name)
+
+    def _deleted(self, base: str, method: str, name: str) -> tuple[int, Any]:
+        if name not in self.deleted:
+            return _error(404, "DeletedSecretNotFound", f"Deleted Secret not found: {name}")
+        if method == "GET":
+            return 200, self._deleted_item(base, name)
+        if method == "DELETE":  # purge
+            del self.deleted[name]
+            return 204, None
+        return _error(405, "MethodNotAllowed", f"{method} is not allowed on a deleted secret.")
 
     def _list(self, base: str) -> tuple[int, Any]:
         items = []

@@ -85,6 +85,8 @@ class GcpSecretManagerDouble(HttpDouble):
                 return self._get(project, secret_id)
             if method == "PATCH" and verb is None:
                 return self._patch(project, secret_id, query, body)
+            if method == "DELETE" and verb is None:
+                return self._delete(project, secret_id)
         if (match := re.fullmatch(r"/v1/projects/([^/:]+)/secrets", path)) is not None:
             if method == "POST":
                 return self._create(match.group(1), query.get("secretId", ""), body)
@@ -127,6 +129,13 @@ class GcpSecretManagerDouble(HttpDouble):
     def _get(self, project: str, secret_id: str) -> tuple[int, Any]:
         secret = self.secrets.get((project, secret_id))
         return (200, self._public(secret)) if secret else self._missing(project, secret_id)
+
+    def _delete(self, project: str, secret_id: str) -> tuple[int, Any]:
+        if self.secrets.pop((project, secret_id), None) is None:
+            return self._missing(project, secret_id)
+        for version in self.versions.pop((project, secret_id)):
+            self.payloads.pop(version["name"], None)
+        return 200, {}
 
     def _patch(self, project: str, secret_id: str, query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
         secret = self.secrets.get((project, secret_id))
