@@ -443,3 +443,8 @@ def automations(
 
 app.command()(backup.backup)
 app.command()(backup.drill)
+
+from cli import posture  # noqa: E402 - the posture report and the audit trail
+
+app.command()(posture.posture)
+app.command()(posture.audit)
