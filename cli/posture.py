@@ -55,7 +55,8 @@ def posture(
     ],
     policy: Annotated[Path | None, typer.Option(help="Policy file (JSON): max ages, key sizes...")] = None,
     backups: Annotated[
-        str | None, typer.Option(help="Backup destination to check (folder or s3:// URI) for backups and drills")
+        list[str] | None,
+        typer.Option(help="A backup destination to check (folder or s3:// URI): backups and drills (repeatable)"),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
     journal: JournalOption = None,
@@ -69,8 +70,8 @@ def posture(
         checked = _policy(policy)
         for store in stores:
             Selection.parse(store).names()  # a bad URI, an unreachable store or no match: one line, before a run
-        if backups:
-            open_destination(backups).backups()
+        for destination in backups or []:
+            open_destination(destination).backups()
         report = secret_posture(stores, policy=checked, backups=backups, journal=journal)
     if as_json:
         console.print_json(json.dumps(report))

@@ -31,17 +31,17 @@ from tasks.posture import (
 def secret_posture(
     stores: list[str],
     policy: PosturePolicy | None = None,
-    backups: str | None = None,
+    backups: list[str] | None = None,
     journal: str | None = None,
 ) -> dict[str, Any]:
     """The posture of every secret of ``stores`` (store URIs; a name ending in ``*`` selects a prefix), each store
-    one environment, against ``policy``; ``backups`` is the backup destination to check, ``journal`` the rotation
+    one environment, against ``policy``; ``backups`` are the backup destinations to check, ``journal`` the rotation
     journal (default ``ROTATE_JOURNAL``)."""
     policy = policy or PosturePolicy()
     secrets = [facts for store in stores for facts in inspect_secrets(store, policy.certificate_renew_days)]
     rotations = read_rotations([s.uri for s in secrets], journal)
     schedules = read_schedules()
-    backed_up = read_backups(backups) if backups else None
+    backed_up = [read_backups(destination) for destination in backups or []]
     report = assess(stores, secrets, rotations, schedules, backed_up, policy, datetime.now(UTC))
     publish_posture(report)
     announce_posture(report)

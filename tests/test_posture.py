@@ -87,17 +87,15 @@ class World:
     def journal(self) -> str:
         return str(self.tmp / "journal.db")
 
-    @property
-    def backups(self) -> str:
-        return str(self.tmp / "backups")
+    backups: list[str] = field(default_factory=list)  # the backup destinations, one per environment
 
     def put(self, label: str, uri: str, value: str) -> str:
         store = open_store(uri)
         store.create(value)
         self.values.append(value)
-        for part in json.loads(value).values() if value.startswith("{") else ():
-            if isinstance(part, str) and len(part) >= 8:
-                self.values.append(part)
+        document = json.loads(value)
+        entries = [document, *document.get("keys", [])]
+        self.values += [e[f] for e in entries for f in ("password", "k", "key", "pem", "tls.key") if f in e]
         self.uris[label] = store.uri.display
         return store.uri.display
 
@@ -121,9 +119,12 @@ class World:
         with sqlite3.connect(uri.location) as db:
             db.execute("UPDATE versions SET created_at = ? WHERE secret = ?", (created, uri.name))
 
-    def back_up(self, source: str, gpg: GpgKeys) -> None:
-        home = str(gpg.home)
-        backup_secrets(source, self.backups, [gpg.admin], signing_key=gpg.signer, gnupg_home=home)
+    def back_up_and_drill(self, source: str, gpg: GpgKeys) -> None:
+        """Back up ``source`` into a destination of its own, and prove it restores."""
+        destination, home = str(self.tmp / f"backups-{len(self.backups)}"), str(gpg.home)
+        backup_secrets(source, destination, [gpg.admin], signing_key=gpg.signer, gnupg_home=home)
+        restore_drill(destination, signer=gpg.signer, gnupg_home=home)
+        self.backups.append(destination)
 
 
 def _local(world: World, store: str, name: str) -> str:
@@ -147,8 +148,7 @@ def healthy(prefect_server, gpg_keys: GpgKeys, tmp_path: Path) -> World:
     }.items():
         world.put(label, _local(world, "healthy.db", f"prod/{label}"), value)
         world.schedule(label)
-    world.back_up(_local(world, "healthy.db", "*"), gpg_keys)
-    restore_drill(world.backups, signer=gpg_keys.signer, gnupg_home=str(gpg_keys.home))
+    world.back_up_and_drill(_local(world, "healthy.db", "*"), gpg_keys)
     return world
 
 
@@ -174,9 +174,8 @@ def seeded(prefect_server, gpg_keys: GpgKeys, aws_endpoint: str, tmp_path: Path)
     world.put("unscheduled", _local(world, "prod.db", "prod/unscheduled"), _jwt())
     for label in world.uris:
         world.schedule(label, active=label != "unscheduled")
-    world.back_up(f"aws://{prefix}/*{aws}", gpg_keys)
-    world.back_up(_local(world, "prod.db", "*"), gpg_keys)
-    restore_drill(world.backups, signer=gpg_keys.signer, gnupg_home=str(gpg_keys.home))
+    world.back_up_and_drill(f"aws://{prefix}/*{aws}", gpg_keys)
+    world.back_up_and_drill(_local(world, "prod.db", "*"), gpg_keys)
     world.put("never-backed-up", _local(world, "prod.db", "prod/new"), _postgres(_password()))
     world.schedule("never-backed-up")
     # A rotation whose run died: it holds the lock, and its lease has expired.
@@ -191,6 +190,18 @@ def seeded(prefect_server, gpg_keys: GpgKeys, aws_endpoint: str, tmp_path: Path)
         versions={},
         lease=lease,
     )
+    # A completed rotation dates the CURRENT version of a secret whose store gives no dates.
+    done = Lease.new(str(uuid.uuid4()), None)
+    journal.begin(
+        secret=world.uris["staging-jwt"],
+        runbook="jwt-signing-key",
+        started_by="bob",
+        parameters={},
+        consumers=[],
+        versions={},
+        lease=done,
+    )
+    journal.end_run(done, RotationState.COMPLETED)
     time.sleep(0.1)
     world.stores = [f"aws://{prefix}/*{aws}", _local(world, "prod.db", "*")]
     return world
@@ -198,7 +209,8 @@ def seeded(prefect_server, gpg_keys: GpgKeys, aws_endpoint: str, tmp_path: Path)
 
 def _posture(world: World, stores: list[str], *extra: str) -> tuple[int, str]:
     result = CliRunner().invoke(
-        app, ["posture", *stores, "--backups", world.backups, "--journal", world.journal, *extra]
+        app,
+        ["posture", *stores, *(f"--backups={b}" for b in world.backups), "--journal", world.journal, *extra],
     )
     assert "Traceback" not in result.output, result.output
     return result.exit_code, result.output
@@ -245,9 +257,13 @@ def test_every_seeded_problem_is_flagged_with_what_to_do(seeded: World) -> None:
     assert "8 characters (at least 16)" in found[("weak", u["weak"])]["what"]
     failed = {key for key, f in found.items() if f["severity"] == "fail"}
     assert failed == set(expected), sorted(failed ^ set(expected))
+    # The AWS adapter dates no versions: the journal's completed rotation dates one, nothing dates the other.
+    warned = {key for key, f in found.items() if f["severity"] == "warn"}
+    assert warned == {("age-unknown", u["staging-db"])}
     rows = {r["secret"]: r for r in report["secrets"]}
     assert len(rows) == len(u)
-    assert rows[u["staging-jwt"]]["status"] == "ok"
+    assert rows[u["staging-jwt"]]["status"] == "ok" and rows[u["staging-jwt"]]["age_days"] == 0
+    assert rows[u["staging-jwt"]]["last_rotation"].startswith("completed ")
     assert rows[u["expiring"]]["certificate_days"] == pytest.approx(2, abs=0.2)
     assert rows[u["unscheduled"]]["schedule"] == "inactive"
     assert rows[u["weak"]]["shape"] == "smtp" and rows[u["staging-db"]]["shape"] == "postgres"
@@ -278,7 +294,7 @@ def test_a_healthy_store_shows_nothing_and_a_stricter_policy_breaks_it(healthy: 
     assert code == 0 and "policy holds" in table
 
     strict = tmp_path / "policy.json"
-    strict.write_text(json.dumps({"max_age": [{"match": "prod/db", "max_age_days": 0.00001}], "min_ec_bits": 384}))
+    strict.write_text(json.dumps({"max_age": [{"match": "prod/db", "max_age_days": 0.000001}], "min_ec_bits": 384}))
     code, output = _posture(healthy, [store], "--json", "--policy", str(strict))
     assert code == POLICY_BROKEN
     checks = {(f["check"], f["secret"].split("=")[-1]) for f in json.loads(output)["findings"]}

@@ -69,7 +69,7 @@ class PostureReport(BaseModel):
 
     generated_at: datetime
     stores: tuple[str, ...]
-    backups: str | None
+    backups: tuple[str, ...]  # the destinations checked; none: backups were not checked
     policy: PosturePolicy
     secrets: tuple[SecretRow, ...]
     findings: tuple[Finding, ...]
@@ -130,19 +130,22 @@ class _Assessment:
             Finding(section=section, severity=severity, check=check, secret=secret, what=what, advice=advice)
         )
 
-    def age(self, secret: SecretFacts, max_age: float, deployments: list[ScheduleFacts]) -> float | None:
-        if secret.current_created_at is None:
+    def age(
+        self, secret: SecretFacts, born: datetime | None, max_age: float, deployments: list[ScheduleFacts]
+    ) -> float | None:
+        if born is None:
             self.add(
                 Section.ROTATED,
                 "warn",
                 "age-unknown",
                 secret.uri,
-                "the store gives no date for its CURRENT version",
-                "compare with the store's own history, or rotate it to start a dated version",
+                "the store gives no date for its CURRENT version, and the journal holds no completed rotation of it",
+                "check its age in the store's own console, and rotate it with a runbook so that the journal dates it",
             )
             return None
-        age = _days(self.now - secret.current_created_at)
-        if age > max_age:
+        exact = (self.now - born).total_seconds() / 86400
+        age = round(exact, 1)
+        if exact > max_age:
             how = f"run the deployment {deployments[0].deployment}" if deployments else "run its runbook (rotate ...)"
             self.add(
                 Section.ROTATED,
@@ -154,7 +157,9 @@ class _Assessment:
             )
         return age
 
-    def schedule(self, secret: SecretFacts, max_age: float, deployments: list[ScheduleFacts]) -> None:
+    def schedule(
+        self, secret: SecretFacts, born: datetime | None, max_age: float, deployments: list[ScheduleFacts]
+    ) -> None:
         if not deployments:
             if self.policy.require_schedule:
                 self.add(
@@ -181,8 +186,8 @@ class _Assessment:
             )
             return
         upcoming = [d.next_at for d in active if d.next_at is not None]
-        if upcoming and secret.current_created_at is not None:
-            limit = secret.current_created_at + timedelta(days=max_age)
+        if upcoming and born is not None:
+            limit = born + timedelta(days=max_age)
             if min(upcoming) > limit > self.now:
                 self.add(
                     Section.ROTATED,
@@ -319,17 +324,18 @@ class _Assessment:
                 )
         return soonest
 
-    def backup(self, secret: SecretFacts, backups: BackupFacts | None) -> float | None:
-        if backups is None:
+    def backup(self, secret: SecretFacts, backups: list[BackupFacts]) -> float | None:
+        if not backups:
             return None
-        at = backups.last_backed_up.get(secret.uri)
+        found = [b.last_backed_up[secret.uri] for b in backups if secret.uri in b.last_backed_up]
+        at = max(found) if found else None
         if at is None:
             self.add(
                 Section.BACKED_UP,
                 "fail",
                 "never-backed-up",
                 secret.uri,
-                f"no backup in {backups.destination} holds it",
+                f"no backup in {', '.join(b.destination for b in backups)} holds it",
                 "add its store (or prefix) to the backup deployment's "
                 "source, or run `rotate backup STORE_URI --to DESTINATION ...`",
             )
@@ -347,9 +353,7 @@ class _Assessment:
             )
         return hours
 
-    def drill(self, backups: BackupFacts | None) -> None:
-        if backups is None:
-            return
+    def drill(self, backups: BackupFacts) -> None:
         drill, where = backups.last_drill, backups.destination
         run = f"rotate drill {where} --gnupg-home DIR"
         if drill is None:
@@ -426,7 +430,7 @@ def assess(
     secrets: list[SecretFacts],
     rotations: dict[str, RotationFacts],
     schedules: list[ScheduleFacts],
-    backups: BackupFacts | None,
+    backups: list[BackupFacts],
     policy: PosturePolicy,
     now: datetime,
 ) -> PostureReport:
@@ -446,9 +450,11 @@ def assess(
             )
         deployments = [d for d in schedules if secret.uri in d.secrets]
         max_age = policy.max_age_of(secret.name, secret.uri)
-        age = run.age(secret, max_age, deployments) if secret.error is None else None
-        run.schedule(secret, max_age, deployments)
         rotation = rotations.get(secret.uri)
+        # A store that dates no versions (the AWS adapter): CURRENT is as old as the last completed rotation.
+        born = secret.current_created_at or (rotation.last_completed_at if rotation else None)
+        age = run.age(secret, born, max_age, deployments) if secret.error is None else None
+        run.schedule(secret, born, max_age, deployments)
         run.rotation(secret, rotation)
         weakest = run.strength(secret)
         certificate_days = run.certificates(secret)
@@ -472,7 +478,8 @@ def assess(
                 status="ok",
             )
         )
-    run.drill(backups)
+    for destination in backups:
+        run.drill(destination)
     worst: dict[str | None, Severity] = {}
     for finding in run.findings:
         if worst.get(finding.secret) != "fail":
@@ -483,7 +490,7 @@ def assess(
     return PostureReport(
         generated_at=now,
         stores=tuple(stores),
-        backups=backups.destination if backups else None,
+        backups=tuple(b.destination for b in backups),
         policy=policy,
         secrets=tuple(rows),
         findings=tuple(findings),

@@ -67,7 +67,11 @@ def markdown(report: PostureReport) -> str:
         "",
         f"{verdict}: {counts['secrets']} secrets in {', '.join(f'`{s}`' for s in report.stores)}; "
         f"{counts['fail']} failed checks, {counts['warn']} warnings."
-        + (f" Backups: `{report.backups}`." if report.backups else " Backups: not checked (no destination given)."),
+        + (
+            f" Backups: {', '.join(f'`{b}`' for b in report.backups)}."
+            if report.backups
+            else " Backups: not checked (no destination given)."
+        ),
     ]
     for section in Section:
         found = [f for f in report.findings if f.section == section]
