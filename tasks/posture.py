@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +43,7 @@ _FINGERPRINT_KEY = os.urandom(32)
 #: The runbooks' parameters that name the secrets a deployment rotates.
 _SECRET_PARAMETERS = ("secret", "secrets")
 _PAGE = 200
+_READERS = 8
 
 
 def _secret_facts(selection: Selection, name: str, renew_before_days: float | None) -> SecretFacts:
@@ -70,7 +72,9 @@ def inspect_secrets(selection: str, renew_before_days: float | None = None) -> l
     """Every secret of a store selection (``aws://prod/*``): versions, dates, stages, and what its CURRENT value is
     and how strong, without the value."""
     chosen = Selection.parse(selection)
-    return [_secret_facts(chosen, name, renew_before_days) for name in chosen.names()]
+    # Two store calls per secret, which for a remote store are two round trips: a few at a time.
+    with ThreadPoolExecutor(max_workers=_READERS) as pool:
+        return list(pool.map(lambda name: _secret_facts(chosen, name, renew_before_days), chosen.names()))
 
 
 def _rotation_facts(journal: Journal, newest: RotationRecord, locked: set[str], completed: datetime | None):

@@ -11,9 +11,12 @@ or the Prefect artifacts.
 
 from __future__ import annotations
 
+import http.server
+import inspect
 import json
 import secrets
 import sqlite3
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,21 +25,27 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
+import yaml
 from prefect import get_client
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.schemas.actions import DeploymentScheduleCreate
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.schedules import CronSchedule
 from typer.testing import CliRunner
 
 from cli.app import app
+from deployments.automations import install
 from flows.backup import backup_secrets
 from flows.drill import restore_drill
+from flows.posture import secret_posture
 from rotation.journal import Journal, Lease, RotationState
 from stores import open_store
 from targets.jwt.keyset import JwtKeyset, new_key
+from targets.posture.policy import PosturePolicy
 from targets.saml.certificates import CertificateProfile, generate_key, key_id, key_pem, self_signed
 from targets.saml.keyset import KeyPair, SamlKeyset, new_pair
 from tests.fixtures.gpg import GpgKeys
+from tests.fixtures.ports import free_port
 from tests.leaks import canary
 
 POLICY_BROKEN = 3
@@ -391,3 +400,53 @@ def test_audit_refuses_a_time_it_cannot_read(trail) -> None:
     journal, _, _ = trail
     result = CliRunner().invoke(app, ["audit", "--journal", journal.location, "--since", "last tuesday"])
     assert result.exit_code == 1 and result.output.startswith("error:") and "is not a time" in result.output
+
+
+# --- running it daily, and telling people ------------------------------------------------------------------------
+
+
+def test_prefect_yaml_runs_the_report_daily_on_an_inactive_schedule() -> None:
+    document = yaml.safe_load((Path(__file__).resolve().parents[1] / "prefect.yaml").read_text())
+    (daily,) = [d for d in document["deployments"] if d["entrypoint"] == "flows/posture.py:secret_posture"]
+    assert [(s["cron"], s["active"]) for s in daily["schedules"]] == [("0 7 * * *", False)]
+    inspect.signature(secret_posture.fn).bind(**daily["parameters"])  # every parameter is one the flow takes
+    PosturePolicy.model_validate(daily["parameters"]["policy"])
+
+
+def test_a_broken_policy_notifies_people(prefect_server, tmp_path: Path) -> None:
+    heard: list[bytes] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            heard.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", free_port()), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        block = CustomWebhookNotificationBlock(
+            name="posture-test",
+            url=f"http://127.0.0.1:{server.server_port}/hook",
+            json_data={"text": "{{body}}"},
+            allow_private_urls=True,
+        )
+        block_id = block.save(f"posture-{uuid.uuid4().hex[:8]}")
+        installed = install(block_id)
+        assert any("posture" in name for name in installed)
+        store = f"local://{tmp_path / 's.db'}?secret=weak"
+        value = "short1"
+        open_store(store).create(value)
+        result = CliRunner().invoke(app, ["posture", store, "--journal", str(tmp_path / "j.db")])
+        assert result.exit_code == POLICY_BROKEN, result.output
+        deadline = time.monotonic() + 60
+        while not heard and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert heard, "no notification within 60 s"
+        text = b"".join(heard).decode()
+        assert "failed checks in 1 secrets" in text and value not in text
+    finally:
+        server.shutdown()
