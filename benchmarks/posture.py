@@ -4,9 +4,9 @@ Each store holds a mix of the project's shapes: JWT keysets (HS256, 512 bits), P
 credentials (32 random bytes), opaque tokens, and SAML keysets (EC P-256, self-signed); one secret in ten holds the
 same password in both stores. A rotation journal holds a completed rotation of one secret in five, a Prefect server
 (started for the run, SQLite) holds one deployment per fifty secrets, and each store was backed up (OpenPGP, the
-real backup flow) into a destination of its own. Then the report runs RUNS times (default 5) as a flow run on that
-server; the median and the spread of the whole run are reported, and, once, each step called as a plain function
-(``.fn``), to show what is the work and what is Prefect's floor.
+real backup flow) into a destination of its own and drilled. Then the report runs RUNS times (default 5) as a flow
+run on that server; the median and the spread of the whole run are reported, and, once, each step called as a plain
+function (``.fn``), to show what is the work and what is Prefect's floor.
 
     .venv/bin/python -m benchmarks.posture [RUNS] [SECRETS]      # writes benchmarks/results/posture.json
 """
@@ -72,6 +72,7 @@ def _world(base: Path, count: int, fingerprint: str, home: Path) -> tuple[list[s
     from prefect.client.schemas.schedules import CronSchedule
 
     from flows.backup import backup_secrets
+    from flows.drill import restore_drill
     from rotation.journal import Journal, Lease, RotationState
     from stores import open_store
 
@@ -88,6 +89,7 @@ def _world(base: Path, count: int, fingerprint: str, home: Path) -> tuple[list[s
         stores.append(f"local://{path}?secret=*")
         destination = str(base / f"backups-{env}")
         backup_secrets(stores[-1], destination, [fingerprint], gnupg_home=str(home))
+        restore_drill(destination, gnupg_home=str(home))
         destinations.append(destination)
     for uri in named[::5]:
         lease = Lease.new(str(uuid.uuid4()), None)

@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.output import clear_errors, console
+from cli.output import clear_errors, console, err
 from errors import BadInput
 
 #: The exit status of ``rotate posture`` when a check of the policy fails (1 is bad input, as for every command).
@@ -62,6 +62,8 @@ def posture(
     journal: JournalOption = None,
 ) -> None:
     """Is every secret rotated in time, strong, unique per environment, backed up? Exit status 3 if not."""
+    from prefect.settings import PREFECT_API_URL
+
     from flows.posture import secret_posture
     from targets.backup.destination import open_destination
     from tasks.backup import Selection
@@ -72,6 +74,11 @@ def posture(
             Selection.parse(store).names()  # a bad URI, an unreachable store or no match: one line, before a run
         for destination in backups or []:
             open_destination(destination).backups()
+        if not PREFECT_API_URL.value():
+            err.print(
+                "note: PREFECT_API_URL is not set, so the report runs on a temporary local Prefect server, which "
+                "has none of your deployments: every schedule will show as missing"
+            )
         report = secret_posture(stores, policy=checked, backups=backups, journal=journal)
     if as_json:
         console.print_json(json.dumps(report))

@@ -44,6 +44,7 @@ _FINGERPRINT_KEY = os.urandom(32)
 _SECRET_PARAMETERS = ("secret", "secrets")
 _PAGE = 200
 _READERS = 8
+_ANNOUNCED = 50  # secrets named in the event; the artifacts list them all
 
 
 def _secret_facts(selection: Selection, name: str, renew_before_days: float | None) -> SecretFacts:
@@ -205,10 +206,10 @@ def publish_posture(report: PostureReport) -> None:
 @task(cache_policy=NO_CACHE)
 def announce_posture(report: PostureReport) -> None:
     """Tell Prefect whether the policy holds (``secret-rotation.posture.broken`` or ``.healthy``), with counts and
-    the failed checks by secret: the automation that notifies people reacts to it."""
+    the failed checks of the first secrets: the automation that notifies people reacts to it."""
     failed: dict[str, list[str]] = {}
     for finding in report.findings:
-        if finding.severity == "fail":
+        if finding.severity == "fail" and (finding.secret in failed or len(failed) < _ANNOUNCED):
             failed.setdefault(finding.secret or "backups", []).append(finding.check)
     emit_event(
         event="secret-rotation.posture." + ("broken" if report.policy_broken else "healthy"),

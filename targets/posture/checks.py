@@ -437,18 +437,22 @@ def assess(
     """Every check of the checklist over every secret; the report with its table and its findings."""
     run = _Assessment(policy, now)
     duplicates = run.duplicates(secrets)
+    rotating: dict[str, list[ScheduleFacts]] = defaultdict(list)
+    for schedule in schedules:
+        for uri in schedule.secrets:
+            rotating[uri].append(schedule)
     rows = []
     for secret in secrets:
         if secret.error is not None:
             run.add(
                 Section.ROTATED,
                 "fail",
-                "unreadable",
+                "store-error",
                 secret.uri,
                 secret.error,
                 "check the store's credentials and that the secret exists; the report could not judge it",
             )
-        deployments = [d for d in schedules if secret.uri in d.secrets]
+        deployments = rotating.get(secret.uri, [])
         max_age = policy.max_age_of(secret.name, secret.uri)
         rotation = rotations.get(secret.uri)
         # A store that dates no versions (the AWS adapter): CURRENT is as old as the last completed rotation.

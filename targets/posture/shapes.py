@@ -19,6 +19,7 @@ import string
 from datetime import datetime
 from typing import Any, Literal
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from pydantic import BaseModel, ConfigDict
@@ -94,7 +95,7 @@ def password_strength(what: str, password: str) -> Strength:
 def _key_strength(what: str, pem: str) -> Strength:
     try:
         key = serialization.load_pem_private_key(pem.encode(), password=None)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         return Strength(what=what, kind="rsa", bits=None)
     if isinstance(key, rsa.RSAPrivateKey):
         return Strength(what=what, kind="rsa", bits=key.key_size)
