@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow
+from prefect.utilities.annotations import quote
 
 from targets.posture.checks import assess
 from targets.posture.policy import PosturePolicy
@@ -39,10 +40,11 @@ def secret_posture(
     journal (default ``ROTATE_JOURNAL``)."""
     policy = policy or PosturePolicy()
     secrets = [facts for store in stores for facts in inspect_secrets(store, policy.certificate_renew_days)]
-    rotations = read_rotations([s.uri for s in secrets], journal)
+    # quote(): Prefect would visit every element of these large inputs, looking for upstream results.
+    rotations = read_rotations(quote([s.uri for s in secrets]), journal)
     schedules = read_schedules()
     backed_up = [read_backups(destination) for destination in backups or []]
     report = assess(stores, secrets, rotations, schedules, backed_up, policy, datetime.now(UTC))
-    publish_posture(report)
-    announce_posture(report)
+    publish_posture(quote(report))
+    announce_posture(quote(report))
     return report.model_dump(mode="json")

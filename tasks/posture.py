@@ -167,6 +167,7 @@ def read_schedules() -> list[ScheduleFacts]:
                     schedules=len(deployment.schedules),
                     active=bool(active),
                     next_at=min(upcoming) if upcoming else None,
+                    inactive_schedule_ids=tuple(str(s.id) for s in deployment.schedules if not s.active),
                 )
             )
     return found

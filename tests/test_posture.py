@@ -426,6 +426,7 @@ def test_a_broken_policy_notifies_people(prefect_server, tmp_path: Path) -> None
             pass
 
     server = http.server.HTTPServer(("127.0.0.1", free_port()), Hook)
+    installed: list[str] = []
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         block = CustomWebhookNotificationBlock(
@@ -435,10 +436,10 @@ def test_a_broken_policy_notifies_people(prefect_server, tmp_path: Path) -> None
             allow_private_urls=True,
         )
         block_id = block.save(f"posture-{uuid.uuid4().hex[:8]}")
-        installed = install(block_id)
+        installed += install(block_id)
         assert any("posture" in name for name in installed)
         store = f"local://{tmp_path / 's.db'}?secret=weak"
-        value = "short1"
+        value = "sh" + secrets.token_hex(2)
         open_store(store).create(value)
         result = CliRunner().invoke(app, ["posture", store, "--journal", str(tmp_path / "j.db")])
         assert result.exit_code == POLICY_BROKEN, result.output
@@ -450,3 +451,8 @@ def test_a_broken_policy_notifies_people(prefect_server, tmp_path: Path) -> None
         assert "failed checks in 1 secrets" in text and value not in text
     finally:
         server.shutdown()
+        with get_client(sync_client=True) as client:  # nothing else in the suite may notify a closed webhook
+            for name in installed:
+                for automation in client.read_automations_by_name(name=name):
+                    if "notify" in name:
+                        client.delete_automation(automation.id)

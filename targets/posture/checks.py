@@ -180,9 +180,12 @@ class _Assessment:
                 "schedule-inactive",
                 secret.uri,
                 f"the schedule of {names} is not active: no rotation will start by itself",
-                f"activate it: prefect deployment schedule resume "
-                f"{deployments[0].deployment} SCHEDULE_ID (prefect deployment schedule ls "
-                f"{deployments[0].deployment})",
+                "activate it: "
+                + "; ".join(
+                    f"prefect deployment schedule resume {d.deployment} {schedule}"
+                    for d in deployments
+                    for schedule in d.inactive_schedule_ids or ("SCHEDULE_ID",)
+                ),
             )
             return
         upcoming = [d.next_at for d in active if d.next_at is not None]

@@ -53,6 +53,7 @@ class ScheduleFacts(BaseModel):
     schedules: int  # how many schedules it has
     active: bool  # at least one schedule is active and the deployment is not paused
     next_at: datetime | None = None  # the next time an active schedule fires
+    inactive_schedule_ids: tuple[str, ...] = ()
 
 
 class DrillFacts(BaseModel):

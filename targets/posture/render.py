@@ -76,6 +76,9 @@ def markdown(report: PostureReport) -> str:
     for section in Section:
         found = [f for f in report.findings if f.section == section]
         lines += ["", f"## {section.value.capitalize()}", ""]
+        if section == Section.BACKED_UP and not report.backups:
+            lines.append("Not checked: give the backup destinations (`--backups DEST`).")
+            continue
         if not found:
             lines.append("Nothing to do.")
             continue
