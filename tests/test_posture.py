@@ -26,6 +26,8 @@ from urllib.parse import urlencode
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from prefect import get_client
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.schemas.actions import DeploymentScheduleCreate
@@ -41,7 +43,10 @@ from flows.posture import secret_posture
 from rotation.journal import Journal, Lease, RotationState
 from stores import open_store
 from targets.jwt.keyset import JwtKeyset, new_key
+from targets.posture.checks import assess
+from targets.posture.facts import RotationFacts, SecretFacts
 from targets.posture.policy import PosturePolicy
+from targets.posture.shapes import inspect_value
 from targets.saml.certificates import CertificateProfile, generate_key, key_id, key_pem, self_signed
 from targets.saml.keyset import KeyPair, SamlKeyset, new_pair
 from tests.fixtures.gpg import GpgKeys
@@ -456,3 +461,64 @@ def test_a_broken_policy_notifies_people(prefect_server, tmp_path: Path) -> None
                 for automation in client.read_automations_by_name(name=name):
                     if "notify" in name:
                         client.delete_automation(automation.id)
+
+
+# --- the checks themselves, over facts (no store, no server) ----------------------------------------------------
+
+
+def _rsa_pem(bits: int) -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+@pytest.mark.parametrize(
+    ("value", "shape", "weak"),
+    [
+        (
+            json.dumps({"keys": [{"kid": "a", "alg": "RS256", "status": "signing", "pem": _rsa_pem(1024)}]}),
+            "jwt-keyset",
+            "1024 bits (rsa; at least 2048)",
+        ),
+        (json.dumps({"JWT_SECRET_KEY_NEW": "ab" * 16}), "jwt-keyset", "128 bits (symmetric; at least 256)"),
+        (
+            json.dumps({"host": "h", "port": 6379, "username": "u", "password": "0123456789abcdef" * 2}),
+            "redis",
+            "about 128 bits (at least 160)",
+        ),
+        ("summer2024", "opaque", "10 characters (at least 16), about 52 bits (at least 160)"),
+    ],
+    ids=["rsa-1024", "hs-128", "hex-password", "short-password"],
+)
+def test_each_shape_is_measured_and_judged(value: str, shape: str, weak: str) -> None:
+    facts = inspect_value(value, secrets.token_bytes(32))
+    assert facts.shape == shape and facts.problems == ()
+    secret = SecretFacts(
+        uri="local:///s.db?secret=x", name="x", environment="e", value=facts, current_created_at=datetime.now(UTC)
+    )
+    policy = PosturePolicy(min_password_bits=160, require_schedule=False)
+    report = assess(["e"], [secret], {}, [], [], policy, datetime.now(UTC))
+    (finding,) = report.findings
+    assert finding.check == "weak" and weak in finding.what, finding.what
+    assert value not in report.model_dump_json()
+
+
+def test_a_waiting_rotation_past_its_due_time_and_a_failed_one_are_flagged() -> None:
+    now = datetime.now(UTC)
+    secrets_ = [
+        SecretFacts(uri=f"local:///s.db?secret={n}", name=n, environment="e", current_created_at=now)
+        for n in ("waiting", "failed")
+    ]
+    common = {"runbook": "jwt-signing-key", "started_by": "alice", "started_at": now, "updated_at": now}
+    rotations = {
+        secrets_[0].uri: RotationFacts(rotation_id="r1", state="waiting", due=now - timedelta(hours=3), **common),
+        secrets_[1].uri: RotationFacts(rotation_id="r2", state="failed", reason="step x failed", **common),
+    }
+    policy = PosturePolicy(require_schedule=False)
+    report = assess(["e"], secrets_, rotations, [], [], policy, now)
+    found = {(f.check, f.secret): f.advice for f in report.findings}
+    assert found == {
+        ("stuck", secrets_[0].uri): "check the work pool's worker, then `rotate resume r1`",
+        ("failed", secrets_[1].uri): "fix the cause, then `rotate resume r2`",
+    }
