@@ -11,7 +11,7 @@ import json
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -19,6 +19,9 @@ from rich.table import Table
 
 from cli.output import clear_errors, console, err
 from errors import BadInput
+
+if TYPE_CHECKING:
+    from targets.posture.policy import PosturePolicy
 
 #: The exit status of ``rotate posture`` when a check of the policy fails (1 is bad input, as for every command).
 POLICY_BROKEN = 3
@@ -30,7 +33,7 @@ JournalOption = Annotated[
 ]
 
 
-def _policy(path: Path | None):
+def _policy(path: Path | None) -> PosturePolicy:
     from targets.posture.policy import PosturePolicy
 
     if path is None:
@@ -88,7 +91,7 @@ def posture(
         raise typer.Exit(POLICY_BROKEN)
 
 
-def _print(report: dict) -> None:
+def _print(report: dict[str, Any]) -> None:
     from targets.posture.checks import PostureReport
     from targets.posture.render import COLUMNS, table_rows
 

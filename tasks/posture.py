@@ -78,7 +78,9 @@ def inspect_secrets(selection: str, renew_before_days: float | None = None) -> l
         return list(pool.map(lambda name: _secret_facts(chosen, name, renew_before_days), chosen.names()))
 
 
-def _rotation_facts(journal: Journal, newest: RotationRecord, locked: set[str], completed: datetime | None):
+def _rotation_facts(
+    journal: Journal, newest: RotationRecord, locked: set[str], completed: datetime | None
+) -> RotationFacts:
     due = None
     if newest.state == RotationState.WAITING:
         deferred = [e for e in journal.events(newest.id) if e.status == "deferred"]

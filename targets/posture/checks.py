@@ -125,7 +125,7 @@ class _Assessment:
         self.policy, self.now = policy, now
         self.findings: list[Finding] = []
 
-    def add(self, section: Section, severity: Severity, check: str, secret: str | None, what: str, advice: str):
+    def add(self, section: Section, severity: Severity, check: str, secret: str | None, what: str, advice: str) -> None:
         self.findings.append(
             Finding(section=section, severity=severity, check=check, secret=secret, what=what, advice=advice)
         )
