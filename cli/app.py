@@ -444,3 +444,8 @@ def automations(
 app.command()(backup.backup)
 app.command()(backup.drill)
 app.command()(backup.restore)
+
+from cli import posture  # noqa: E402 - the posture report and the audit trail
+
+app.command()(posture.posture)
+app.command()(posture.audit)

@@ -52,6 +52,26 @@ def rotation_automations(notify_block_id: UUID | None = None) -> list[Automation
                     ],
                 )
             )
+        automations.append(
+            Automation(
+                name=PREFIX + "notify when the posture policy is broken",
+                description="The posture report found a secret rotated too late, weak, reused, unbacked or stuck.",
+                trigger=EventTrigger(
+                    expect={"secret-rotation.posture.broken"},
+                    match={"prefect.resource.id": "secret-rotation.posture"},
+                    posture="Reactive",
+                    threshold=1,
+                ),
+                actions=[
+                    SendNotification(
+                        block_document_id=notify_block_id,
+                        subject="secret posture: policy broken",
+                        body="The secret posture report found {{ event.payload.counts.fail }} failed checks in "
+                        "{{ event.payload.counts.secrets }} secrets: see the secret-posture artifacts of the run.",
+                    )
+                ],
+            )
+        )
     return automations
 
 
