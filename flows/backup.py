@@ -45,7 +45,7 @@ def backup_secrets(
         destination=destination, backup_id=written.backup_id, gnupg_home=gnupg_home, signer=written.signer
     )
     verify_backup(reference, decrypt=False)
-    deleted = apply_retention(destination, policy.keep_daily, policy.keep_monthly)
+    deleted = apply_retention(destination, written.source, policy.keep_daily, policy.keep_monthly)
     logger.info(
         "Backup %s: %d secrets, %d versions, encrypted to %s; retention deleted %d backup(s)",
         written.backup_id,

@@ -344,11 +344,13 @@ def write_backup(
 
 
 @task(cache_policy=NO_CACHE, **_RETRY)
-def apply_retention(destination: str, keep_daily: int, keep_monthly: int) -> list[str]:
-    """Delete the backups the policy does not keep (manifest first, so none is left half-listed); their ids."""
+def apply_retention(destination: str, source: str, keep_daily: int, keep_monthly: int) -> list[str]:
+    """Delete the backups of ``source`` the policy does not keep (manifest first, so none is left half-listed); their
+    ids. Backups of other sources sharing the destination are theirs to keep: each source has its own allowance."""
     policy = RetentionPolicy(keep_daily=keep_daily, keep_monthly=keep_monthly)
     target = open_destination(destination)
-    doomed = expired({b: backup_time(b) for b in target.backups()}, policy)
+    ours = [b for b in target.backups() if Manifest.from_bytes(target.read(manifest_name(b)), b).source == source]
+    doomed = expired({b: backup_time(b) for b in ours}, policy)
     for backup_id in doomed:
         for name in (manifest_name(backup_id), signature_name(backup_id), payload_name(backup_id)):
             target.delete(name)

@@ -20,7 +20,7 @@ from errors import Conflict, Refused
 from flows.backup import BackupPolicy, backup_secrets
 from flows.drill import DrillFailed, restore_drill
 from stores import SecretStore, Stage, open_store
-from targets.backup.archive import BackupTampered, new_id
+from targets.backup.archive import BackupTampered, Manifest, new_id
 from targets.backup.destination import manifest_name, open_destination, payload_name, signature_name
 from targets.backup.drills import latest_record
 from targets.backup.openpgp import NotARecipient, SignatureInvalid
@@ -360,15 +360,21 @@ def test_applying_retention_deletes_every_file_of_the_expired_backups(
     prefect_server, gpg_keys: GpgKeys, tmp_path: Path
 ) -> None:
     _local_secrets(tmp_path / "source.db", {"one": canary()})
+    _local_secrets(tmp_path / "other.db", {"two": canary()})
     destination = tmp_path / "backups"
-    ids = [new_id(_at(day)) for day in ("2026-01-15T02:00", "2026-02-10T02:00", "2026-02-11T02:00", "2026-02-12T02:00")]
-    for backup_id in ids:
+    days = ("2026-01-15T02:00", "2026-02-10T02:00", "2026-02-11T02:00", "2026-02-12T02:00")
+    ids, others = [new_id(_at(day)) for day in days], [new_id(_at(day)) for day in days]
+    for backup_id, other_id in zip(ids, others, strict=True):
         _backup(f"local://{tmp_path / 'source.db'}?secret=one", destination, gpg_keys, backup_id=backup_id)
+        _backup(f"local://{tmp_path / 'other.db'}?secret=two", destination, gpg_keys, backup_id=other_id)
+    target = open_destination(str(destination))
+    source = Manifest.from_bytes(target.read(manifest_name(ids[0])), ids[0]).source
 
-    assert apply_retention(str(destination), 2, 2) == [ids[1]]
-    assert open_destination(str(destination)).backups() == [ids[0], ids[2], ids[3]]
+    # Another store's backups in the same folder, on the same days, neither count against it nor are deleted.
+    assert apply_retention(str(destination), source, 2, 2) == [ids[1]]
+    assert target.backups() == sorted([ids[0], ids[2], ids[3], *others])
     assert not any(p.name.startswith(ids[1]) for p in destination.iterdir())
-    assert apply_retention(str(destination), 2, 2) == []
+    assert apply_retention(str(destination), source, 2, 2) == []
 
 
 def test_a_restore_that_stopped_half_way_finishes_and_one_overtaken_by_another_writer_is_refused(
