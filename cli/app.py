@@ -443,3 +443,8 @@ def automations(
 
 app.command()(backup.backup)
 app.command()(backup.drill)
+
+# The SAML runbook's command reuses the option types and helpers above, so it is imported after them.
+from cli.saml import saml  # noqa: E402
+
+app.command()(saml)
