@@ -4,10 +4,12 @@ providers see.
 Every task reads the key set from the store itself (CURRENT, or one version by id) and returns non-secret facts:
 key ids, statuses, certificate fingerprints, dates. The rollover changes nothing outside the secret: each phase is
 a document of :mod:`targets.saml.keyset`, then the service providers reload it. The first phase is the rotation's
-own staged version (``add_new_pair``, or ``request_new_pair`` and then :func:`attach_saml_certificate` with the
-CA's answer); each later one is promoted by
-:func:`advance_saml_keyset` as a version of its own (:func:`step_version`), undone by :func:`undo_saml_step`, and
-the old pair is removed by :func:`drop_old_saml_pair`, the point of no return.
+own staged version (``add_new_pair``; with a CA, :func:`request_saml_certificate` first, then the CA's answer
+staged by a person through ``answer_signing_request``, or :func:`attach_saml_certificate`); each later one is
+promoted by :func:`advance_saml_keyset` as a version of its own (:func:`step_version`), undone by
+:func:`undo_saml_step`, and the old pair is removed by :func:`drop_old_saml_pair`, the point of no return.
+:func:`verify_saml_phase` is a phase's verification; :func:`report_certificate_expiry` and
+:func:`start_saml_rotation` serve the daily expiry check.
 """
 
 from __future__ import annotations
@@ -163,14 +165,13 @@ def _inspect(keyset: SamlKeyset, where: str, profile: CertificateProfile | None,
 
 @task(cache_policy=NO_CACHE, **_RETRY)
 def inspect_saml_keyset(
-    secret: str, profile: CertificateProfile | None = None, version_id: str | None = None, old_kid: str | None = None
+    secret: str, profile: CertificateProfile | None = None, version_id: str | None = None
 ) -> KeysetFacts:
     """Check the key set (CURRENT, or version ``version_id``) before anything relies on it: well-formed PEM, each
     key matching its certificate, each certificate within its validity and, with ``profile``, of its subject and
-    key usage (all but pair ``old_kid``). Bad input raises :class:`~targets.saml.certificates.CertificateInvalid`;
-    nothing is changed."""
+    key usage. Bad input raises :class:`~targets.saml.certificates.CertificateInvalid`; nothing is changed."""
     keyset, where = _read(secret, version_id)
-    return _inspect(keyset, where, profile, old_kid)
+    return _inspect(keyset, where, profile, None)
 
 
 def _fetch_metadata(provider: ServiceProvider) -> MetadataCertificates:
