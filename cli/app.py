@@ -449,3 +449,8 @@ from cli import posture  # noqa: E402 - the posture report and the audit trail
 
 app.command()(posture.posture)
 app.command()(posture.audit)
+
+# The SAML runbook's command reuses the option types and helpers above, so it is imported after them.
+from cli.saml import saml  # noqa: E402
+
+app.command()(saml)

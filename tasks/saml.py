@@ -4,14 +4,17 @@ providers see.
 Every task reads the key set from the store itself (CURRENT, or one version by id) and returns non-secret facts:
 key ids, statuses, certificate fingerprints, dates. The rollover changes nothing outside the secret: each phase is
 a document of :mod:`targets.saml.keyset`, then the service providers reload it. The first phase is the rotation's
-own staged version (``add_new_pair``, or ``request_new_pair`` and then :func:`attach_saml_certificate` with the
-CA's answer); each later one is promoted by
-:func:`advance_saml_keyset` as a version of its own (:func:`step_version`), undone by :func:`undo_saml_step`, and
-the old pair is removed by :func:`drop_old_saml_pair`, the point of no return.
+own staged version (``add_new_pair``; with a CA, :func:`request_saml_certificate` first, then the CA's answer
+staged by a person through ``answer_signing_request``, or :func:`attach_saml_certificate`); each later one is
+promoted by :func:`advance_saml_keyset` as a version of its own (:func:`step_version`), undone by
+:func:`undo_saml_step`, and the old pair is removed by :func:`drop_old_saml_pair`, the point of no return.
+:func:`verify_saml_phase` is a phase's verification; :func:`report_certificate_expiry` and
+:func:`start_saml_rotation` serve the daily expiry check.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
@@ -19,18 +22,22 @@ from typing import Literal
 
 import httpx
 from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.deployments import run_deployment
 from pydantic import BaseModel
 
 from errors import CheckFailed, Unreachable
 from redaction import register_secret
 from stores import Stage, open_store
+from targets.consumers import Consumer
 from targets.saml.certificates import (
     CertificateProfile,
     check_certificate,
     days_left,
     key_type,
     renewal_due,
+    request_pem,
 )
 from targets.saml.keyset import (
     KeyPair,
@@ -40,6 +47,7 @@ from targets.saml.keyset import (
     drop_old_pair,
     parse_keyset,
     publish_new_pair,
+    request_new_pair,
     roles,
     signing_request_of,
     switch_signing,
@@ -47,13 +55,14 @@ from targets.saml.keyset import (
 )
 from targets.saml.metadata import USES, MetadataCertificates, MetadataInvalid, expected_certificates, parse_metadata
 from targets.saml.sign_in import ServiceProvider, SignIn, sign_in
-from tasks import retry_if_transient
+from tasks import retry_if_transient, run_logger
+from tasks.consumers import restart_consumers
 from tasks.secrets import derived_version_id, stage_and_promote, unpromote
 
 _RETRY = {"retries": 2, "retry_delay_seconds": [1, 3], "retry_condition_fn": retry_if_transient}
 _FORWARD = {"retries": 3, "retry_delay_seconds": [1, 5, 15], "retry_condition_fn": retry_if_transient}
 Step = Literal["publish", "switch", "withdraw"]
-UndoableStep = Literal["certificate", "publish", "switch", "withdraw"]
+UndoableStep = Literal["request", "stage", "certificate", "publish", "switch", "withdraw"]
 _STEPS: dict[str, Callable[[str], str]] = {
     "publish": publish_new_pair,  # phase 2: the new certificate in the metadata
     "switch": switch_signing,  # phase 4 (and the hard cutover's switch): the new key signs
@@ -145,6 +154,15 @@ def _facts(keyset: SamlKeyset) -> KeysetFacts:
     )
 
 
+def _inspect(keyset: SamlKeyset, where: str, profile: CertificateProfile | None, old_kid: str | None) -> KeysetFacts:
+    for index, pair in enumerate(keyset.keys):
+        if pair.certificate is not None:
+            # The old pair was made to an earlier profile: only the pairs a rotation brings in must follow this one.
+            held_to = None if pair.kid == old_kid else profile
+            check_certificate(pair.certificate, f"{where}: keys[{index}] (kid {pair.kid})", held_to)
+    return _facts(keyset)
+
+
 @task(cache_policy=NO_CACHE, **_RETRY)
 def inspect_saml_keyset(
     secret: str, profile: CertificateProfile | None = None, version_id: str | None = None
@@ -153,10 +171,7 @@ def inspect_saml_keyset(
     key matching its certificate, each certificate within its validity and, with ``profile``, of its subject and
     key usage. Bad input raises :class:`~targets.saml.certificates.CertificateInvalid`; nothing is changed."""
     keyset, where = _read(secret, version_id)
-    for index, pair in enumerate(keyset.keys):
-        if pair.certificate is not None:
-            check_certificate(pair.certificate, f"{where}: keys[{index}] (kid {pair.kid})", profile)
-    return _facts(keyset)
+    return _inspect(keyset, where, profile, None)
 
 
 def _fetch_metadata(provider: ServiceProvider) -> MetadataCertificates:
@@ -240,29 +255,93 @@ def check_sign_in(secret: str, service_providers: list[ServiceProvider], version
     return results
 
 
+class PhaseFacts(BaseModel):
+    """What one phase's verification saw, and how long identity providers may keep the metadata served now."""
+
+    keyset: KeysetFacts
+    served: list[ServedMetadata]
+    sign_ins: list[SignIn]
+    idp_refresh_seconds: float
+
+
+def idp_refresh_seconds(served: list[ServedMetadata], at_least: float, now: datetime | None = None) -> float:
+    """How long until every identity provider has read the metadata again: an IdP keeps a copy for its
+    ``cacheDuration`` and never past its ``validUntil``; with neither, only ``at_least`` (the configured wait)
+    says. Never less than ``at_least``."""
+    now = now or datetime.now(UTC)
+    bounds = []
+    for metadata in served:
+        limits = [metadata.cache_duration_seconds] if metadata.cache_duration_seconds is not None else []
+        if metadata.valid_until is not None:
+            limits.append(max(0.0, (metadata.valid_until - now).total_seconds()))
+        if limits:
+            bounds.append(min(limits))
+    return max([at_least, *bounds])
+
+
+@task(cache_policy=NO_CACHE, **_RETRY)
+def verify_saml_phase(
+    secret: str,
+    service_providers: list[ServiceProvider],
+    profile: CertificateProfile,
+    old_kid: str,
+    refresh_at_least: float = 0,
+) -> PhaseFacts:
+    """Verify a phase as a person would: the CURRENT key set passes :func:`inspect_saml_keyset` (the pairs but
+    ``old_kid`` held to ``profile``), every SP's metadata lists exactly its certificates
+    (:func:`check_served_metadata`), and a sign-in through every login URL succeeds (:func:`check_sign_in`)."""
+    keyset, where = _read(secret, None)
+    facts = _inspect(keyset, where, profile, old_kid)
+    served = check_served_metadata.fn(secret, service_providers)
+    return PhaseFacts(
+        keyset=facts,
+        served=served,
+        sign_ins=check_sign_in.fn(secret, service_providers),
+        idp_refresh_seconds=idp_refresh_seconds(served, refresh_at_least),
+    )
+
+
 @task(cache_policy=NO_CACHE, **_RETRY)
 def report_certificate_expiry(secret: str, renew_before_days: float | None = None) -> list[CertificateExpiry]:
     """Days left on each certificate of the CURRENT key set, and when to renew it: ``renew_before_days`` before
     it expires, or by default once two thirds of its validity have passed. ``due`` is true from then on."""
     keyset, _ = _read(secret, None)
     now = datetime.now(UTC)
+    logger = run_logger(__name__)
     report = []
     for pair in keyset.keys:
         if pair.certificate is None or pair.fingerprint is None:
             continue
         renew_at = renewal_due(pair.certificate, renew_before_days)
-        report.append(
-            CertificateExpiry(
-                kid=pair.kid,
-                status=pair.status,
-                fingerprint=pair.fingerprint,
-                not_after=pair.certificate.not_valid_after_utc,
-                days_left=round(days_left(pair.certificate, now), 3),
-                renew_at=renew_at,
-                due=now >= renew_at,
-            )
+        expiry = CertificateExpiry(
+            kid=pair.kid,
+            status=pair.status,
+            fingerprint=pair.fingerprint,
+            not_after=pair.certificate.not_valid_after_utc,
+            days_left=round(days_left(pair.certificate, now), 3),
+            renew_at=renew_at,
+            due=now >= renew_at,
         )
+        logger.info(
+            "%s certificate %s of %s: %.1f days left (expires %s), renew from %s%s",
+            expiry.status,
+            expiry.fingerprint,
+            secret,
+            expiry.days_left,
+            f"{expiry.not_after:%Y-%m-%d}",
+            f"{expiry.renew_at:%Y-%m-%d}",
+            ": due" if expiry.due else "",
+        )
+        report.append(expiry)
     return report
+
+
+@task(cache_policy=NO_CACHE, **_RETRY)
+def start_saml_rotation(deployment: str, secret: str) -> str:
+    """Start a run of the rotation deployment ``deployment`` (``flow-name/deployment-name``) with its own
+    parameters; returns the flow run's id. It runs on its own, with its approvals and waits."""
+    started = run_deployment(name=deployment, timeout=0, as_subflow=False, flow_run_name=f"renew-{secret[-40:]}")
+    return str(started.id)
 
 
 def step_version(rotation_id: str, step: str) -> str:
@@ -282,6 +361,45 @@ def advance_saml_keyset(secret: str, rotation_id: str, step: Step) -> KeysetFact
     """Promote the next phase's document, built from CURRENT (:data:`_STEPS`), as the step's own version; already
     promoted: nothing changes. Returns the facts of the document now CURRENT."""
     return _promote_step(secret, rotation_id, step, _STEPS[step])
+
+
+@task(cache_policy=NO_CACHE, **_FORWARD)
+def request_saml_certificate(secret: str, rotation_id: str, profile: CertificateProfile) -> KeysetFacts:
+    """Phase 1 with a CA, first half: a new key and its signing request (status ``requested``, which the SP
+    ignores) promoted as the step ``request``'s version; the key is made once, a resumed run finds it."""
+    return _promote_step(secret, rotation_id, "request", partial(request_new_pair, **profile.model_dump()))
+
+
+class NewPairFacts(BaseModel):
+    """The public half of the pair a rotation brings in, for the person who takes it to a CA or an IdP."""
+
+    kid: str
+    status: Status
+    subject: str
+    fingerprint: str | None
+    pem: str  # its certificate, or its signing request while it waits for a CA
+
+
+@task(cache_policy=NO_CACHE, **_RETRY)
+def show_new_pair(secret: str, rotation_id: str) -> NewPairFacts:
+    """Put the new pair's certificate (or signing request) in a Prefect artifact, ``saml-new-pair-<rotation>``
+    (``prefect artifact inspect KEY``), for the person asked to send it to a CA or upload it at an IdP. Public."""
+    keyset, _ = _read(secret, None)
+    pair = keyset.other_pair
+    if pair is None:
+        raise CheckFailed(f"the current SAML key set of {secret} has no new pair to show")
+    if pair.certificate is None:
+        assert pair.request is not None  # a requested pair is parsed with its csr
+        what, pem, name = "certificate signing request", request_pem(pair.request), pair.request.subject
+    else:
+        what, pem, name = "certificate", pair.certificate_text, pair.certificate.subject
+    subject = name.rfc4514_string()
+    create_markdown_artifact(
+        key=f"saml-new-pair-{rotation_id}",
+        markdown=f"The new SAML {what} of `{secret}` (key `{pair.kid}`, subject `{subject}`):\n\n```\n{pem}```\n",
+        description=f"SAML {what}",
+    )
+    return NewPairFacts(kid=pair.kid, status=pair.status, subject=subject, fingerprint=pair.fingerprint, pem=pem)
 
 
 @task(cache_policy=NO_CACHE, **_RETRY)
@@ -306,12 +424,29 @@ def attach_saml_certificate(
 
 
 @task(cache_policy=NO_CACHE, **_FORWARD)
-def undo_saml_step(secret: str, rotation_id: str, step: UndoableStep, previous_version: str | None) -> None:
-    """Undo :func:`advance_saml_keyset` or :func:`attach_saml_certificate`: the document before ``step`` is CURRENT
-    again and the step's version is gone. ``previous_version`` is the version that was PREVIOUS when the step ran
-    (the version CURRENT two steps back: ``step_version(rotation_id, ...)``, or the rotation's starting CURRENT);
-    nothing to undo: no change."""
+def undo_saml_step(
+    secret: str,
+    rotation_id: str,
+    step: UndoableStep,
+    previous_version: str | None,
+    consumers: list[Consumer] | list[dict] | None = None,
+    refresh_seconds: float = 0,
+) -> None:
+    """Undo a step that promoted a phase (:func:`advance_saml_keyset`, :func:`request_saml_certificate`,
+    :func:`attach_saml_certificate`, or the rotation's own version, ``step="stage"``): the document before ``step``
+    is CURRENT again and the step's version is gone. ``previous_version`` is the version that was PREVIOUS when the
+    step ran (the version CURRENT two steps back); nothing to undo: no change.
+
+    An undo that changes the metadata or the signing key passes ``consumers``: they load the restored document now,
+    so that no reload at once changes the signing key and removes its certificate from the metadata (a sign-in in
+    flight would then meet an IdP that has just read metadata without the key that signed its request). One that
+    changes the metadata gives identity providers ``refresh_seconds`` to read it before the next undo goes on, so
+    that none is left encrypting to a key that is gone or verifying with a certificate it lacks.
+    """
     unpromote(secret, step_version(rotation_id, step), previous_version)
+    if consumers:
+        restart_consumers.fn(secret, rotation_id, consumers)
+    time.sleep(refresh_seconds)
 
 
 @task(cache_policy=NO_CACHE, **_FORWARD)

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from flows import fleet, jwt, postgres, redis_password, restore  # noqa: F401 - registers every runbook
+from flows import (  # noqa: F401 - each registers its runbook, so a rotation can be found by id
+    fleet,
+    jwt,
+    postgres,
+    redis_password,
+    restore,
+    saml,
+)
 from rotation import audit, journal, runbooks
 
 

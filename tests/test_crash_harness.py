@@ -35,6 +35,10 @@ from stores import SecretStore, Stage, open_store
 from stores.errors import SecretNotFound
 from targets.backup.archive import new_id
 from targets.jwt.keyset import JwtKeyset, new_key, verify_token
+from targets.saml.certificates import CertificateProfile
+from targets.saml.keyset import SamlKeyset, new_pair
+from targets.saml.metadata import parse_metadata
+from targets.saml.sign_in import sign_in
 from tasks.backup import BackupRef, write_backup
 from tests.fixtures.crash import APPROVER, run_child
 from tests.fixtures.postgres import PgApp
@@ -183,6 +187,61 @@ class RestoreWorld:
         return all(open_store(uri).read() == value for uri, value in self.backed_up.items())
 
 
+class SamlWorld:
+    """The auth service as a SAML SP with its key set, and a pysaml2 IdP that reads the SP's metadata again at a
+    sign-in once its copy is ``IDP_MAX_AGE`` old (shorter than the runbook's wait for IdPs)."""
+
+    store: SecretStore
+    service: Any
+    idp: Any
+    runbook: str = "saml-certificate"
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        base = self.service.base_url
+        return {
+            "secret": self.store.uri.display,
+            "service_providers": [
+                {
+                    "name": "auth",
+                    "metadata_url": f"{base}/saml/metadata",
+                    "login_urls": [f"{base}/saml/login?binding=redirect"],  # one sign-in per check: trials are many
+                }
+            ],
+            "consumers": [{"name": "auth", "restart": {"kind": "http", "url": f"{base}/reload"}}],
+            "policy": {
+                "certificate": {"subject": "CN=auth.example.com", "rsa_bits": 2048},
+                "refresh_wait_seconds": 0.5,
+                "grace_seconds": 0.5,
+            },
+        }
+
+    def works(self) -> bool:
+        """A user signs in through the SP, and CURRENT is a key set an SP can load."""
+        try:
+            SamlKeyset.from_secret(self.store.read(Stage.CURRENT))
+            sign_in(f"{self.service.base_url}/saml/login?binding=post")
+        except Exception:
+            return False
+        return True
+
+    def _serves(self) -> tuple[Any, ...]:
+        health = httpx.get(f"{self.service.base_url}/health", timeout=5).json()["saml"]
+        metadata = parse_metadata(httpx.get(f"{self.service.base_url}/saml/metadata", timeout=5).content)
+        return health["signing"], sorted(health["decrypting"]), metadata.signing, metadata.encryption
+
+    def snapshot(self) -> Any:
+        return _stages(self.store), self._serves()
+
+    def rotated(self, rotation_id: str) -> bool:
+        pair = SamlKeyset.from_secret(self.store.read(Stage.CURRENT)).keys
+        signing = pair[0].fingerprint
+        return len(pair) == 1 and self._serves() == (signing, [signing], (signing,), (signing,)) and self.works()
+
+
+#: The harness IdP reads the SP's metadata again once its copy is this old (the runbook waits 0.5 s for IdPs).
+IDP_MAX_AGE = 0.4
+
 Fixtures = Callable[[str], Any]  # a fixture's value by name, resolved once, before trials run in threads
 
 
@@ -191,6 +250,7 @@ class CrashCase:
     name: str
     fixtures: tuple[str, ...]  # the factories its worlds are made with
     make: Callable[[Fixtures], World]
+    timeout_seconds: float | None = None  # for a runbook of many steps, more than the suite's per-test timeout
 
 
 def _jwt(publish_first: bool) -> Callable[[Fixtures], World]:
@@ -235,6 +295,25 @@ def _restore(fixture: Fixtures) -> World:
 
 #: Every runbook of flows/ that rotates a secret, in each of its variants: jwt (both orders), postgres (both
 #: strategies), redis_password; and the restore of a backup. Recovery runs through flows/recovery.py.
+def _saml(fixture: Fixtures) -> World:
+    store, jwt = fixture("local_store_factory")(), fixture("local_store_factory")()
+    jwt.create(JwtKeyset(keys=[new_key("HS256", 512)]).to_secret())
+    store.create(SamlKeyset((new_pair(CertificateProfile(subject="CN=auth.example.com", rsa_bits=2048)),)).to_secret())
+    idp = fixture("saml_idp_factory")()
+    service = fixture("auth_service")(
+        jwt.uri.display,
+        saml_store=store.uri.display,
+        saml_idp_metadata=idp.metadata_url,
+        saml_cache_seconds=0,
+        start_timeout=120,  # four trials at a time, each SP loading pysaml2 and its IdP's metadata
+    )
+    idp.trust(f"{service.base_url}/saml/metadata")
+    idp.max_age_seconds = IDP_MAX_AGE
+    return SamlWorld(store, service, idp)
+
+
+#: Every runbook of flows/ that rotates a secret, in each of its variants: jwt (both orders), postgres (both
+#: strategies), redis_password, saml (the rollover). Recovery runs through flows/recovery.py.
 CASES = [
     CrashCase("jwt", ("local_store_factory", "auth_service"), _jwt(publish_first=False)),
     CrashCase("jwt-publish-first", ("local_store_factory", "auth_service"), _jwt(publish_first=True)),
@@ -242,6 +321,7 @@ CASES = [
     CrashCase("postgres-single-user", ("pg_app",), _postgres("single-user")),
     CrashCase("redis-password", ("redis_servers", "local_store_factory"), _redis),
     CrashCase("restore", ("gpg_keys", "tmp_path_factory"), _restore),
+    CrashCase("saml-certificate", ("local_store_factory", "saml_idp_factory", "auth_service"), _saml, 3600),
 ]
 #: Trials run this many at a time: most of a trial is waiting (for a lease to expire, for Prefect).
 CONCURRENT_TRIALS = 4
@@ -315,7 +395,13 @@ def trial(forkserver: Any, world: World, folder: Path, kill: tuple[str, str], pa
     return outcome
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(c, id=c.name, marks=[pytest.mark.timeout(c.timeout_seconds)] if c.timeout_seconds else [])
+        for c in CASES
+    ],
+)
 def test_every_kill_point_can_be_resumed_and_rolled_back(
     case: CrashCase, request: pytest.FixtureRequest, forkserver, short_leases, tmp_path: Path, record_property
 ) -> None:

@@ -32,14 +32,16 @@ def _test_ca(name: str, now: datetime) -> tuple[ec.EllipticCurvePrivateKey, x509
     return ca_key, ca
 
 
-def issue_for_request(request_pem: str, not_before: datetime, days: float, name: str = "rotation tests") -> str:
+def issue_for_request(
+    request_pem: str, not_before: datetime, days: float, name: str = "rotation tests", subject: str | None = None
+) -> str:
     """The PEM certificate a throw-away CA issues for a CSR, valid from ``not_before`` for ``days``, as a CA would
-    answer it: the request's subject and key, the CA as issuer."""
+    answer it: the request's subject (or ``subject``, an RFC 4514 name) and key, the CA as issuer."""
     request = x509.load_pem_x509_csr(request_pem.encode())
     ca_key, ca = _test_ca(name, datetime.now(UTC))
     certificate = (
         x509.CertificateBuilder()
-        .subject_name(request.subject)
+        .subject_name(request.subject if subject is None else x509.Name.from_rfc4514_string(subject))
         .issuer_name(ca.subject)
         .public_key(request.public_key())
         .serial_number(x509.random_serial_number())

@@ -37,7 +37,7 @@ import json
 import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from cryptography import x509
 
@@ -45,6 +45,7 @@ from redaction import register_secret
 from targets.saml.certificates import (
     CertificateInvalid,
     CertificateProfile,
+    KeyUsageName,
     PrivateKey,
     certificate_pem,
     check_answers_request,
@@ -54,6 +55,7 @@ from targets.saml.certificates import (
     generate_key,
     key_id,
     key_pem,
+    key_type,
     load_certificate,
     load_private_key,
     load_request,
@@ -349,6 +351,27 @@ def attach_certificate(current: str, certificate: str, **profile: Any) -> str:
     check_certificate(cert, "the certificate from the CA", CertificateProfile.of(**profile))
     answered = replace(pair, status="decrypt", certificate=cert, request=None)
     return SamlKeyset(tuple(answered if p.kid == pair.kid else p for p in keyset.keys)).to_secret()
+
+
+def answer_signing_request(current: str, certificate: str) -> str:
+    """:func:`attach_certificate` held to the signing request itself (its subject, key type and key usage): what
+    ``rotate stage`` builds from the certificate a person enters while the rotation waits for the CA."""
+    pair = _other(parse_keyset(current, "the SAML key set"), ("requested",), "attach a certificate")
+    assert pair.request is not None
+    try:
+        usage = pair.request.extensions.get_extension_for_class(x509.KeyUsage).value
+        usages = tuple(name for name in get_args(KeyUsageName) if getattr(usage, name))
+    except x509.ExtensionNotFound:
+        usages = None
+    public = pair.request.public_key()
+    profile: dict[str, Any] = {
+        "subject": pair.request.subject.rfc4514_string(),
+        "key_type": key_type(public),
+        "key_usage": usages,
+    }
+    if profile["key_type"] == "rsa":
+        profile["rsa_bits"] = public.key_size  # type: ignore[union-attr]
+    return attach_certificate(current, certificate, **profile)
 
 
 def publish_new_pair(current: str) -> str:
