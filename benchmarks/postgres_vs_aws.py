@@ -17,6 +17,7 @@ caches, as a new worker process would).
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import shutil
@@ -79,12 +80,14 @@ class Counter:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.by_api: collections.Counter[str] = collections.Counter()
 
     def attach(self, client: Any) -> None:
         client.meta.events.register("before-parameter-build.secretsmanager", self._count)
 
-    def _count(self, **_: Any) -> None:
+    def _count(self, model: Any, **_: Any) -> None:
         self.calls += 1
+        self.by_api[model.name] += 1
 
 
 def _fresh_process() -> None:
@@ -144,27 +147,30 @@ def _run(rounds: int, base: Path, cluster: Any, endpoint: str) -> dict[str, Any]
         WAYS[2]: aws(apps[WAYS[2]], False),
         WAYS[3]: aws(apps[WAYS[3]], True),
     }
-    for way in WAYS:  # warm-up: the first rotation adopts AWS's layout or creates the clone
+    task_runs: dict[str, int] = {}
+    for way in WAYS:  # warm-up: the first rotation adopts AWS's layout or creates the clone; then a steady one
         rotate[way]()
-    task_runs = {way: _task_runs(os.environ["PREFECT_API_URL"], _latest_flow_run()) for way in WAYS[:2]}
-    for way in WAYS[:2]:
-        rotate[way]()  # the task count above is the warm-up's; one more so each starts from a steady layout
+        rotate[way]()
+        if way in WAYS[:2]:
+            task_runs[way] = _task_runs(os.environ["PREFECT_API_URL"], _latest_flow_run())
     empty_flow(1)
     client = Client(endpoint)
     empties = ("empty flow (single-user)", "empty flow (alternating-users)")
     rows: dict[str, list[dict[str, float]]] = {way: [] for way in (*WAYS, *empties)}
+    api_calls: dict[str, list[dict[str, int]]] = {way: [] for way in WAYS}
     try:
         for _ in range(rounds):
             for way in WAYS:
                 app = apps[way]
                 client.app = app
                 time.sleep(0.1)
-                failures, logins, calls = client.failures, client.logins, counter.calls
+                failures, logins, calls, by_api = client.failures, client.logins, counter.calls, counter.by_api.copy()
                 _fresh_process()
                 started = time.perf_counter()
                 summary = rotate[way]()
                 wall = time.perf_counter() - started
                 calls = counter.calls - calls
+                api_calls[way].append(dict(counter.by_api - by_api))
                 time.sleep(0.1)  # logins with what the rotation left
                 rows[way].append({"window_ms": float(summary.get("window_ms", 0.0)), "wall_s": wall,
                                   "failed_logins": client.failures - failures, "logins": client.logins - logins,
@@ -178,7 +184,7 @@ def _run(rounds: int, base: Path, cluster: Any, endpoint: str) -> dict[str, Any]
     finally:
         client.stop.set()
         client.thread.join(5)
-    return {"rounds": rounds, "task_runs": task_runs, "medians": _medians(rows), "rows": rows}
+    return {"rounds": rounds, "task_runs": task_runs, "medians": _medians(rows), "rows": rows, "api_calls": api_calls}
 
 
 def _latest_flow_run() -> str:
@@ -206,6 +212,8 @@ def _print(results: dict[str, Any]) -> None:
         m = medians[way]
         mean_failed = statistics.mean(r["failed_logins"] for r in results["rows"][way])
         print(f"| {way} | {m['window_ms']:.1f} | {mean_failed:.2f} | {m['wall_s']:.3f} | {m['store_calls']:.0f} |")
+    for way in WAYS:
+        print(f"{way}: Secrets Manager calls of the last rotation: {results['api_calls'][way][-1]}")
     for strategy in ("single-user", "alternating-users"):
         flow, empty = medians[f"runbook {strategy}"]["wall_s"], medians[f"empty flow ({strategy})"]["wall_s"]
         print(f"runbook {strategy}: flow run {flow:.3f} s, empty flow with as many tasks {empty:.3f} s, "

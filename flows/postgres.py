@@ -127,8 +127,17 @@ def _alternating(r: Rotation, plan: PgPlan, policy: PgPolicy) -> None:
     r.wait("grace", policy.grace_seconds, why="consumers holding the previous user reconnect")
     if policy.reconnect_check != "off":
         required, timeout = policy.reconnect_check == "require", policy.reconnect_timeout_seconds
+        adopted_as = plan.owner_role if plan.adopt and plan.current_user == plan.base_user else None
         r.verify(
-            "consumers-reconnected", consumers_reconnected, secret, r.id, admin, plan.current_user, required, timeout
+            "consumers-reconnected",
+            consumers_reconnected,
+            secret,
+            r.id,
+            admin,
+            plan.current_user,
+            required,
+            timeout,
+            adopted_as,
         )
     r.retire(
         "retire-previous-user",

@@ -482,22 +482,35 @@ class ConsumersStillOnOldUser(PostgresRotationError, CheckFailed):
 
 @task(cache_policy=NO_CACHE, **_RETRY)
 def consumers_reconnected(
-    secret: str, rotation_id: str, admin_secret: str, old_user: str, required: bool, timeout_seconds: float
+    secret: str,
+    rotation_id: str,
+    admin_secret: str,
+    old_user: str,
+    required: bool,
+    timeout_seconds: float,
+    adopted_as: str | None = None,
 ) -> dict[str, int]:
     """Before the previous user is retired: the sessions of the old and the new user, from ``pg_stat_activity``.
 
-    ``required``: wait up to ``timeout_seconds`` for the old user's sessions to end, then fail (a rollback: the old
-    user still works). Otherwise one look, reported. Returns the session counts by user.
+    ``adopted_as``: the owner role the old user was renamed to by this rotation's adoption; sessions begun before
+    it show that name, and count as the old user's. ``required``: wait up to ``timeout_seconds`` for the old user's
+    sessions to end, then fail (a rollback: the old user still works). Otherwise one look, reported. Returns the
+    session counts by user.
     """
     new = _version(secret, rotation_id)
-    users = [old_user, new.username]
+    users = [old_user, new.username, *([adopted_as] if adopted_as else [])]
     deadline = time.monotonic() + timeout_seconds
+
+    def look(conn: Connection) -> dict[str, int]:
+        found = sessions_of(conn, users)
+        return {old_user: found[old_user] + found.get(adopted_as or "", 0), new.username: found[new.username]}
+
     with _admin(new, admin_secret) as conn:
         conn.autocommit = True
-        counts = sessions_of(conn, users)
+        counts = look(conn)
         while required and counts[old_user] and time.monotonic() < deadline:
-            time.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
-            counts = sessions_of(conn, users)
+            time.sleep(min(0.5, max(deadline - time.monotonic(), 0.0)))
+            counts = look(conn)
     if counts[old_user]:
         message = (
             f"{counts[old_user]} session(s) of {old_user!r} still open on {new.host}:{new.port} "

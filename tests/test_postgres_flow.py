@@ -13,6 +13,7 @@ import pytest
 
 from flows.postgres import PgPolicy, rotate_postgres_credentials
 from rotation.context import RotationOptions, RotationRolledBack
+from rotation.journal import Journal
 from stores import Stage, open_store
 from targets.postgres.login import TlsFailed
 from tests.fixtures.postgres import PgApp, PgCluster
@@ -226,3 +227,22 @@ def test_reconnecting_client_sees_no_failed_login_through_ten_rotations(
                 data = path.read_bytes()
                 found += [f"{path}" for p in passwords if p.encode() in data]
     assert found == []
+
+
+def test_sessions_of_the_previous_user_are_reported_or_hold_back_its_retirement(
+    prefect_server: PrefectServer, pg_app: Callable[..., PgApp], options: RotationOptions
+) -> None:
+    app = pg_app()
+    held = app.cluster.connect(app.dbname, app.user, app.password)  # a consumer that never reconnects
+    summary = rotate(app, options)  # the default: reported; it began before the adoption renamed its role
+    facts = Journal(options.journal).steps(summary["rotation_id"])["consumers-reconnected"].facts
+    assert facts == {app.user: 1, f"{app.user}_clone": 0}
+    held.close()
+    clone = app.current()
+    held = app.cluster.connect(app.dbname, clone["username"], clone["password"])
+    with pytest.raises(RotationRolledBack, match=rf"1 session\(s\) of '{clone['username']}' still open.*after 0.5 s"):
+        rotate(app, options, reconnect_check="require", reconnect_timeout_seconds=0.5, retire="disable")
+    assert app.current() == clone and app.can_login(clone["username"], clone["password"])
+    held.close()
+    summary = rotate(app, options, reconnect_check="require", retire="disable")
+    assert summary["state"] == "completed" and not app.can_login(clone["username"], clone["password"])
