@@ -37,6 +37,7 @@ from typing import Any
 from prefect.context import TaskRunContext
 
 import stores.base
+import tasks.postgres
 from benchmarks.store_operations import _start_stores
 from flows.jwt import JwtPolicy, rotate_jwt_signing_key
 from flows.postgres import PgPolicy, rotate_postgres_credentials
@@ -162,6 +163,7 @@ def bench_runbooks(base: Path, aws: Callable[[str], SecretStore], calls: Calls) 
             results[runbook] = []
             for _ in range(2):
                 stores.base._values = stores.base._ValueCache()  # each rotation as a new worker process starts it
+                tasks.postgres._admins.clear()
                 with calls.counting() as seen:
                     run(options=options)
                 results[runbook].append(_summary([row for row in seen if row[0] in names], names))

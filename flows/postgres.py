@@ -2,10 +2,11 @@
 
 Alternating users (no failed login): 1. Check the secret, the administrator and the user; note a password changed
 by hand.  2. Repair it if so.  3. Stage a new password for the user not in use (``app`` / ``app_clone``).
-4. Make both users members of one owner role that owns the objects (adopting a single user the first time).
-5. Give the other user the new password.  6. Verify its login and privileges.  7. Approve.  8. Promote; restart the
-consumers; verify again.  9. Wait the grace period.  10. Approve (optional).  11. Retire the previous user
-(keep, disable or drop).
+4. Make both users members of one owner role that owns the objects (adopting a single user, or AWS's ``app`` /
+``app_clone`` layout, the first time; handing what the logins own to the owner role).  5. Give the other user the
+new password.  6. Verify its login (retried with backoff) and privileges.  7. Approve.  8. Promote; restart the
+consumers; verify again.  9. Wait the grace period.  10. Look in pg_stat_activity for sessions of the previous user
+(reported, or required gone).  11. Approve (optional).  12. Retire the previous user (keep, disable or drop).
 Single user: the same checks, then approve, stage, and change the password and promote the secret back to back
 (the short window in which a new login can fail); restart, verify, wait, end the sessions begun with the old one.
 Any failure before the retirement rolls back: the secret points at the old user, a password changed or a user
@@ -21,10 +22,12 @@ from pydantic import BaseModel, Field
 
 from rotation import Rotation, RotationOptions, Undo, rotation, runbook
 from targets.consumers import Consumer
+from targets.passwords import PasswordPolicy
 from targets.postgres.credential import new_login_value
 from tasks.postgres import (
     PgPlan,
     change_password_and_promote,
+    consumers_reconnected,
     end_old_sessions,
     inspect_postgres_secret,
     login_refused,
@@ -62,12 +65,29 @@ class PgPolicy(BaseModel):
         "behaviour), disable its login, or drop it; its sessions are ended unless keep. Single-user: anything but "
         "keep ends the sessions begun with the old password.",
     )
-    password_bytes: int = Field(default=32, ge=16, le=128, description="Random bytes in a new password.")
+    login_attempts: int = Field(
+        default=5, ge=1, le=50, description="Logins tried with a new credential before it counts as refused."
+    )
+    login_backoff_seconds: float = Field(
+        default=0.2, ge=0, le=30, description="The first wait between those attempts; it doubles each time."
+    )
+    reconnect_check: Literal["off", "report", "require"] = Field(
+        default="report",
+        description="Alternating users, before retiring the previous user: look in pg_stat_activity for its "
+        "sessions; report them, or require that none is left (waiting up to reconnect_timeout_seconds, else roll "
+        "back), or do not look.",
+    )
+    reconnect_timeout_seconds: float = Field(default=60, ge=0, description="How long 'require' waits.")
+    password: PasswordPolicy = Field(
+        default_factory=PasswordPolicy, description="How new passwords are made (as AWS's GetRandomPassword)."
+    )
 
 
 def _alternating(r: Rotation, plan: PgPlan, policy: PgPolicy) -> None:
-    secret, admin, checks = r.secret, plan.admin_secret, policy.privilege_checks
-    r.stage("stage-password", new_login_value, username=plan.target_user, length_bytes=policy.password_bytes)
+    secret, admin = r.secret, plan.admin_secret
+    checks = (policy.privilege_checks, plan.current_user, plan.owner_role, policy.login_attempts,
+              policy.login_backoff_seconds)  # fmt: skip
+    r.stage("stage-password", new_login_value, username=plan.target_user, policy=policy.password)
     r.apply(
         "prepare-users",
         prepare_alternating_users,
@@ -78,11 +98,12 @@ def _alternating(r: Rotation, plan: PgPlan, policy: PgPolicy) -> None:
         undo=Undo(
             unprepare_alternating_users,
             admin_secret=admin,
-            user=plan.current_user,
+            user=plan.base_user,
             target=plan.target_user,
             owner=plan.owner_role,
             adopted=plan.adopt,
             created=plan.create_target,
+            joined=plan.join,
         ),
     )
     r.apply(
@@ -99,11 +120,25 @@ def _alternating(r: Rotation, plan: PgPlan, policy: PgPolicy) -> None:
             restore_version=plan.restore_version,
         ),
     )
-    r.verify("new-login-works", privileges_work, secret, r.id, checks, plan.current_user, plan.owner_role)
+    r.verify("new-login-works", privileges_work, secret, r.id, *checks)
     r.promote("promote", ask=f"Switch {plan.server} from user {plan.current_user} to {plan.target_user}?")
     r.restart("restart")
-    r.verify("consumers-log-in", privileges_work, secret, r.id, checks, plan.current_user, plan.owner_role)
+    r.verify("consumers-log-in", privileges_work, secret, r.id, *checks)
     r.wait("grace", policy.grace_seconds, why="consumers holding the previous user reconnect")
+    if policy.reconnect_check != "off":
+        required, timeout = policy.reconnect_check == "require", policy.reconnect_timeout_seconds
+        adopted_as = plan.owner_role if plan.adopt and plan.current_user == plan.base_user else None
+        r.verify(
+            "consumers-reconnected",
+            consumers_reconnected,
+            secret,
+            r.id,
+            admin,
+            plan.current_user,
+            required,
+            timeout,
+            adopted_as,
+        )
     r.retire(
         "retire-previous-user",
         retire_user,
@@ -123,7 +158,7 @@ def _single_user(r: Rotation, plan: PgPlan, policy: PgPolicy) -> float:
     secret, admin = r.secret, plan.admin_secret
     # The change is the promotion, so the approval comes before it.
     r.approve("approve-change", f"Change the password of {plan.current_user} on {plan.server} now?", gate="promote")
-    r.stage("stage-password", new_login_value, username=plan.current_user, length_bytes=policy.password_bytes)
+    r.stage("stage-password", new_login_value, username=plan.current_user, policy=policy.password)
     changed = r.apply(
         "change-password-and-promote",
         change_password_and_promote,
@@ -139,7 +174,17 @@ def _single_user(r: Rotation, plan: PgPlan, policy: PgPolicy) -> float:
         ),
     )
     r.restart("restart")
-    r.verify("consumers-log-in", privileges_work, secret, r.id, policy.privilege_checks, plan.current_user, None)
+    r.verify(
+        "consumers-log-in",
+        privileges_work,
+        secret,
+        r.id,
+        policy.privilege_checks,
+        plan.current_user,
+        None,
+        policy.login_attempts,
+        policy.login_backoff_seconds,
+    )
     r.wait("grace", policy.grace_seconds, why="sessions opened with the old password end")
     r.retire(
         "end-old-sessions",
@@ -179,6 +224,7 @@ def rotate_postgres_credentials(
             policy.strategy,
             policy.clone_suffix,
             policy.owner_role,
+            r.versions_before,
         )
         if plan.repair:
             r.apply("repair-current-login", repair_current_login, secret, plan.current_version, plan.admin_secret)

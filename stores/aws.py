@@ -48,6 +48,7 @@ from stores.errors import (
 )
 from stores.uri import SecretURI
 
+_ARN = re.compile(r"arn:aws[a-z-]*:secretsmanager:(?P<region>[a-z0-9-]+):\d{12}:secret:.+")
 _LABELS = {Stage.CURRENT: "AWSCURRENT", Stage.PENDING: "AWSPENDING", Stage.PREVIOUS: "AWSPREVIOUS"}
 _STAGES = {label: stage for stage, label in _LABELS.items()}
 # An unreachable endpoint must fail in seconds, not after botocore's default 60 s timeouts and 5 attempts.
@@ -72,6 +73,16 @@ _ERRORS: dict[str, tuple[type[StoreError], str]] = {
               "label is taken from); nothing was changed by this call, retry"),
     "invalid": (InvalidRequest, "Secrets Manager refused the request as invalid"),
 }  # fmt: skip
+
+
+def sibling_uri(uri: SecretURI, arn: str) -> str:
+    """The store URI of the secret ``arn`` in the same Secrets Manager as ``uri``: the same endpoint (and so the
+    same credentials), in the ARN's own region."""
+    found = _ARN.fullmatch(arn)
+    if found is None:
+        raise InvalidStoreURI(f"{arn!r} is not the ARN of a Secrets Manager secret (arn:aws:secretsmanager:...)")
+    options = {**uri.options, "region": found["region"]}
+    return SecretURI(scheme="aws", location="", name=arn, options=options).display
 
 
 class AwsStore(SecretStore):

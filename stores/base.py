@@ -306,6 +306,26 @@ class SecretStore(abc.ABC):
                 )
             self._write_stages(snapshot, StageMap(current=version, previous=stages.current))
 
+    def prepare_promotion(self, rotation_id: str) -> Callable[[], None]:
+        """:meth:`promote` split in two, for a promotion that must follow another change as closely as possible (a
+        single user's new password): the stage map is read now, and the returned call makes only the write that
+        moves CURRENT (PENDING stays on the promoted version, as AWS's rotation functions leave it: a finished
+        rotation, see the module docstring). When there is nothing to prepare it is the ordinary, idempotent
+        :meth:`promote`; a write that finds the map changed since is :class:`StagingConflict`, nothing changed."""
+        self._check_rotation_id(rotation_id)
+        with self._session(write=False):
+            snapshot = self._fresh()
+        stages, version = snapshot.stages, snapshot.version_of(rotation_id)
+        if version is None or version != stages.pending or version == stages.current:
+            return lambda: self.promote(rotation_id)
+        promoted = StageMap(current=version, previous=stages.current, pending=version)
+
+        def write() -> None:
+            with self._session(write=True):
+                self._write_stages(snapshot, promoted)
+
+        return write
+
     def revert(self, rotation_id: str, previous_version: str | None) -> None:
         """Undo :meth:`promote` of ``rotation_id``; ``previous_version`` is the version that was PREVIOUS before it
         (recorded when the rotation was planned) and gets PREVIOUS back. See the module docstring."""

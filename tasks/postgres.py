@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import psycopg2
 from prefect import task
@@ -19,21 +19,31 @@ from psycopg2 import sql
 from pydantic import BaseModel
 
 from errors import CheckFailed
-from stores import Stage, open_store
+from stores import SecretURI, Stage, open_store
 from stores.errors import VersionNotFound
 from targets.postgres.credential import PgCredential, PgSecretInvalid, parse_credential
-from targets.postgres.login import PostgresRotationError, connection, login_works
+from targets.postgres.login import (
+    LoginRefused,
+    PostgresRotationError,
+    login_works,
+    open_connection,
+    patient_connection,
+)
 from targets.postgres.roles import (
     Connection,
     NotPermitted,
     UnknownUser,
     admin_may_manage_roles,
-    adopt_single_user,
+    adopt_user,
     create_login_user,
     drop_login_user,
     end_sessions,
+    hand_objects_to,
+    join_owner,
+    leave_owner,
     readable_tables,
     role_info,
+    sessions_of,
     set_password,
     undo_adoption,
     verifier,
@@ -62,10 +72,13 @@ class PgPlan(BaseModel):
     current_user: str
     target_user: str
     owner_role: str | None
-    adopt: bool  # alternating-users: the owner role does not exist yet; the current user is adopted
+    adopt: bool  # alternating-users: the owner role does not exist yet; the base user is adopted
+    base_user: str | None = None  # alternating-users: the user whose objects the owner role takes (``app``)
+    base_version: str | None = None  # the version that may hold the base user's password (if its user is the base)
+    join: list[str] = []  # existing logins (AWS's clone) that are made to act as the owner role
     create_target: bool
     target_could_login: bool
-    restore_version: str | None  # the version holding the target user's password before this rotation
+    restore_version: str | None  # the version that may hold the target user's password before this rotation
     repair: bool  # the CURRENT secret's password no longer logs in (changed by hand)
 
 
@@ -73,35 +86,81 @@ def _version(secret: str, version_id: str) -> PgCredential:
     return parse_credential(open_store(secret).read_version(version_id), f"version {version_id} of {secret}")
 
 
+def _password_of(secret: str, version_id: str | None, user: str) -> str | None:
+    """The password of ``user`` in version ``version_id``, if that version is ``user``'s."""
+    credential = _version(secret, version_id) if version_id else None
+    return credential.secret if credential is not None and credential.username == user else None
+
+
 def _admin_secret(credential: PgCredential, admin_secret: str | None, secret: str) -> str:
+    """The administrator secret's store URI: ``admin_secret``, else ``masterarn`` (a store URI, or an AWS ARN
+    found in the same AWS store as ``secret``, as AWS's rotation functions read it)."""
     resolved = admin_secret or credential.masterarn
     if not resolved:
         raise PgSecretInvalid(
-            f"{secret} names no administrator secret: set masterarn in it to the store URI of the admin secret, "
-            "or pass admin_secret"
+            f"{secret} names no administrator secret: set masterarn in it to the store URI (or, in AWS Secrets "
+            "Manager, the ARN) of the admin secret, or pass admin_secret"
         )
-    return resolved
+    if not resolved.startswith("arn:"):
+        return resolved
+    from stores.aws import sibling_uri  # only a secret in AWS holds an ARN; boto3 is imported for it alone
+
+    where = SecretURI.parse(secret)
+    if where.scheme != "aws":
+        raise PgSecretInvalid(
+            f"masterarn in {secret} is an AWS ARN, but the secret is not in AWS Secrets Manager: set masterarn to "
+            "the store URI of the admin secret, or pass admin_secret"
+        )
+    return sibling_uri(open_store(where).uri, resolved)
+
+
+# The administrator's CURRENT value last read in this process, by its secret's URI: each step of a rotation needs it,
+# and a read of a stage is a store call every time. A login it no longer passes reads it afresh.
+_admins: dict[str, str] = {}
+
+
+def _admin_login(credential: PgCredential, admin_secret: str) -> Connection:
+    def login(text: str) -> Connection:
+        admin = parse_credential(text, f"the administrator secret {admin_secret}")
+        return open_connection(credential, admin.username, admin.secret, "administrator")
+
+    known = _admins.pop(admin_secret, None)
+    if known is not None:
+        with suppress(LoginRefused):  # rotated meanwhile: read it again
+            conn = login(known)
+            _admins[admin_secret] = known
+            return conn
+    text = open_store(admin_secret).read(Stage.CURRENT)
+    conn = login(text)
+    _admins[admin_secret] = text
+    return conn
 
 
 @contextmanager
 def _admin(credential: PgCredential, admin_secret: str) -> Iterator[Connection]:
     """An administrator connection to the credential's server and database, with the credential's TLS settings."""
-    admin = parse_credential(open_store(admin_secret).read(Stage.CURRENT), f"the administrator secret {admin_secret}")
-    with connection(credential, admin.username, admin.secret, "administrator") as conn:
+    conn = _admin_login(credential, admin_secret)
+    try:
         yield conn
+    finally:
+        conn.close()
 
 
 @task(cache_policy=NO_CACHE, **_RETRY)
 def inspect_postgres_secret(
-    secret: str, admin_secret: str | None, strategy: str, clone_suffix: str, owner_role: str | None
+    secret: str,
+    admin_secret: str | None,
+    strategy: str,
+    clone_suffix: str,
+    owner_role: str | None,
+    versions: dict[str, str | None],
 ) -> PgPlan:
     """Before anything changes: the secret parses, the administrator logs in and may manage roles, the user exists.
 
+    ``versions``: the CURRENT and PREVIOUS version ids the rotation began from (the core has just read them).
     A refused login with the CURRENT secret is not an error: the rotation repairs it (``repair``).
     """
-    store = open_store(secret)
-    description = store.describe()
-    current_version = description.version_at(Stage.CURRENT)
+    current_version, previous_version = versions.get("current"), versions.get("previous")
     if current_version is None:
         raise VersionNotFound(f"{secret} has no CURRENT version; store the PostgreSQL credential first")
     current = _version(secret, current_version)
@@ -116,18 +175,31 @@ def inspect_postgres_secret(
                 f"{server} has no user {current.username!r} (named by {secret}); create it or fix the username"
             )
         base = current.username.removesuffix(clone_suffix)
+        join: list[str] = []
         if strategy == "single-user":
             target, owner, adopt = current.username, None, False
         else:
             target = base if current.username != base else base + clone_suffix
             owner = owner_role or f"{base}_owner"
             adopt = not role_info(conn, owner).exists
+            if adopt and not role_info(conn, base).exists:
+                raise UnknownUser(
+                    f"{server} has no user {base!r}, whose objects the owner role {owner!r} would take over; "
+                    "create it, or name the owner role of an existing layout (owner_role)"
+                )
+            for login in (current.username, target):
+                info = role_info(conn, login)
+                if (
+                    info.exists
+                    and (info.acts_as != owner or owner not in info.member_of)
+                    and not (adopt and login == base)
+                ):
+                    join.append(login)
         target_info = role_info(conn, target)
         conn.rollback()
-    restore_version = current_version if strategy == "single-user" else None
-    previous_version = description.version_at(Stage.PREVIOUS)
-    if restore_version is None and previous_version and _version(secret, previous_version).username == target:
-        restore_version = previous_version
+    # Where the passwords an undo or an adoption may need are, if the secret has them: read only when needed.
+    restore_version = current_version if strategy == "single-user" else previous_version
+    base_version = current_version if current.username == base else previous_version
     repair = not login_works(current, current.username, current.secret)
     if repair:
         run_logger(__name__).warning(
@@ -147,6 +219,9 @@ def inspect_postgres_secret(
         target_user=target,
         owner_role=owner,
         adopt=adopt,
+        base_user=None if strategy == "single-user" else base,
+        base_version=base_version,
+        join=join,
         create_target=not target_info.exists,
         target_could_login=target_info.can_login,
         restore_version=restore_version,
@@ -171,21 +246,31 @@ def repair_current_login(secret: str, version_id: str, admin_secret: str) -> boo
 
 @task(cache_policy=NO_CACHE, **_RETRY)
 def prepare_alternating_users(secret: str, version_id: str, admin_secret: str, plan: PgPlan) -> list[str]:
-    """Make the owner role and both login users exist (idempotent): adopt a single user, create the other one.
+    """Make the owner role and both login users exist and act as it (idempotent): adopt the base user, make an
+    existing login (AWS's clone) act as the owner, create the other one, and hand what the logins own to the owner.
 
-    Returns what was done (names only).
+    Returns what was done (names and counts only).
     """
     if not plan.owner_role:
         raise PostgresRotationError("the alternating-users strategy needs an owner role; the plan has none")
+    owner, base = plan.owner_role, plan.base_user or plan.current_user
     current = _version(secret, version_id)
     done: list[str] = []
     with _admin(current, admin_secret) as conn:
-        if not role_info(conn, plan.owner_role).exists:
-            adopt_single_user(conn, plan.current_user, plan.owner_role, current.secret)
-            done.append(f"adopted {plan.current_user} under owner role {plan.owner_role}")
+        if not role_info(conn, owner).exists:
+            adopt_user(conn, base, owner, lambda: _password_of(secret, plan.base_version, base))
+            done.append(f"adopted {base} under owner role {owner}")
+        for login in plan.join:
+            info = role_info(conn, login)
+            if info.exists and (info.acts_as != owner or owner not in info.member_of):
+                join_owner(conn, login, owner)
+                done.append(f"made {login} act as {owner}")
         if not role_info(conn, plan.target_user).exists:
-            create_login_user(conn, plan.target_user, plan.owner_role, role_info(conn, plan.current_user))
-            done.append(f"created {plan.target_user} as a member of {plan.owner_role}")
+            create_login_user(conn, plan.target_user, owner, role_info(conn, plan.current_user))
+            done.append(f"created {plan.target_user} as a member of {owner}")
+        moved = hand_objects_to(conn, [plan.current_user, plan.target_user], owner)
+        if moved:
+            done.append(f"handed {moved} object(s) owned by the logins to {owner}")
         conn.commit()
     for line in done:
         run_logger(__name__).info("%s", line)
@@ -194,9 +279,19 @@ def prepare_alternating_users(secret: str, version_id: str, admin_secret: str, p
 
 @task(cache_policy=NO_CACHE, **_RETRY)
 def unprepare_alternating_users(
-    secret: str, rotation_id: str, admin_secret: str, user: str, target: str, owner: str, adopted: bool, created: bool
+    secret: str,
+    rotation_id: str,
+    admin_secret: str,
+    user: str,
+    target: str,
+    owner: str,
+    adopted: bool,
+    created: bool,
+    joined: list[str] | None = None,
 ) -> list[str]:
-    """The undo of :func:`prepare_alternating_users`: drop the user it created, undo an adoption. Idempotent."""
+    """The undo of :func:`prepare_alternating_users`: drop the user it created, let the logins it made act as the
+    owner act as themselves again, undo an adoption of ``user``. Idempotent. Objects handed to the owner role stay
+    its (after an undone adoption, the base user's): both logins can still use them."""
     store = open_store(secret)
     if store.describe().version_at(Stage.CURRENT) == rotation_id:
         raise PostgresRotationError(f"rotation {rotation_id} is CURRENT in {secret}; revert the secret first")
@@ -211,6 +306,10 @@ def unprepare_alternating_users(
             conn.autocommit = False
             drop_login_user(conn, target, owner)
             done.append(f"dropped {target}")
+        for login in joined or []:
+            if role_info(conn, login).acts_as == owner:
+                leave_owner(conn, login)
+                done.append(f"{login} acts as itself again")
         owner_info = role_info(conn, owner)
         if adopted and owner_info.exists and role_info(conn, user).exists:
             undo_adoption(conn, user, owner)
@@ -252,7 +351,7 @@ def restore_login_password(
     if store.describe().version_at(Stage.CURRENT) == rotation_id:
         raise PostgresRotationError(f"rotation {rotation_id} is CURRENT in {secret}; revert the secret first")
     current = parse_credential(store.read(Stage.CURRENT), f"the CURRENT version of {secret}")
-    password = _version(secret, restore_version).secret if restore_version else None
+    password = _password_of(secret, restore_version, user)
     if password is not None and could_login and login_works(current, user, password):
         return "unchanged"  # its password was never changed, or was already put back
     with _admin(current, admin_secret) as conn:
@@ -270,8 +369,9 @@ def restore_login_password(
 def change_password_and_promote(secret: str, rotation_id: str, admin_secret: str) -> dict[str, str | float]:
     """Single user: set the new password and promote the secret at once; returns the change time and the window.
 
-    Everything is prepared before the change (connection, verifier, store), so the only work between the two is
-    one ALTER ROLE commit and one store promotion: that is the window in which a new login can fail.
+    Everything is prepared before the change (the connection, the SCRAM verifier, the store's client and its read
+    of the stage map), so the only work between the two is one ALTER ROLE commit and the one store write that moves
+    CURRENT: that is the window in which a new login can fail.
     """
     store = open_store(secret)
     new = _version(secret, rotation_id)
@@ -280,15 +380,21 @@ def change_password_and_promote(secret: str, rotation_id: str, admin_secret: str
         conn.autocommit = True
         statement = sql.SQL("ALTER ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(new.username))
         stored = verifier(conn, new.username, new.secret)
+        promote = store.prepare_promotion(rotation_id)  # the store's read, and its client, before the window
         with conn.cursor() as cur:
             started = time.perf_counter()
             cur.execute(statement, (stored,))
-            store.promote(rotation_id)
+            changed = time.perf_counter()
+            promote()
             window = time.perf_counter() - started
             cur.execute("SELECT clock_timestamp()::text")
             changed_at = cur.fetchone()[0]
     run_logger(__name__).info("Password of %r changed and promoted; window %.1f ms", new.username, window * 1000)
-    return {"changed_at": changed_at, "window_ms": round(window * 1000, 3)}
+    return {
+        "changed_at": changed_at,
+        "window_ms": round(window * 1000, 3),
+        "alter_ms": round((changed - started) * 1000, 3),  # of the window, the ALTER ROLE and its commit
+    }
 
 
 @task(cache_policy=NO_CACHE, **_RETRY)
@@ -332,15 +438,23 @@ def _checks(conn: Connection, checks: list[str], reference_user: str) -> list[sq
 
 @task(cache_policy=NO_CACHE, **_RETRY)
 def privileges_work(
-    secret: str, version_id: str, checks: list[str], reference_user: str, owner_role: str | None
+    secret: str,
+    version_id: str,
+    checks: list[str],
+    reference_user: str,
+    owner_role: str | None,
+    login_attempts: int = 1,
+    login_backoff_seconds: float = 0.2,
 ) -> list[str]:
     """Log in with version ``version_id`` and run the privilege checks (rolled back); returns what was checked.
 
+    A refused login is tried ``login_attempts`` times with backoff before it counts as failed (propagation lag).
     With alternating users the session must also act as the owner role, so that what it creates is shared.
     """
     credential = _version(secret, version_id)
     where = f"postgres://{credential.host}:{credential.port}/{credential.dbname}"
-    with connection(credential, credential.username, credential.secret, "application") as conn:
+    login = (credential, credential.username, credential.secret, "application")
+    with patient_connection(*login, login_attempts, login_backoff_seconds) as conn:
         statements = _checks(conn, checks, reference_user)
         done: list[str] = []
         with conn.cursor() as cur:
@@ -365,6 +479,52 @@ def privileges_work(
                 done.append(text)
         conn.rollback()
     return done
+
+
+class ConsumersStillOnOldUser(PostgresRotationError, CheckFailed):
+    """Consumers still hold sessions of the user about to be retired."""
+
+
+@task(cache_policy=NO_CACHE, **_RETRY)
+def consumers_reconnected(
+    secret: str,
+    rotation_id: str,
+    admin_secret: str,
+    old_user: str,
+    required: bool,
+    timeout_seconds: float,
+    adopted_as: str | None = None,
+) -> dict[str, int]:
+    """Before the previous user is retired: the sessions of the old and the new user, from ``pg_stat_activity``.
+
+    ``adopted_as``: the owner role the old user was renamed to by this rotation's adoption; sessions begun before
+    it show that name, and count as the old user's. ``required``: wait up to ``timeout_seconds`` for the old user's
+    sessions to end, then fail (a rollback: the old user still works). Otherwise one look, reported. Returns the
+    session counts by user.
+    """
+    new = _version(secret, rotation_id)
+    users = [old_user, new.username, *([adopted_as] if adopted_as else [])]
+    deadline = time.monotonic() + timeout_seconds
+
+    def look(conn: Connection) -> dict[str, int]:
+        found = sessions_of(conn, users)
+        return {old_user: found[old_user] + found.get(adopted_as or "", 0), new.username: found[new.username]}
+
+    with _admin(new, admin_secret) as conn:
+        conn.autocommit = True
+        counts = look(conn)
+        while required and counts[old_user] and time.monotonic() < deadline:
+            time.sleep(min(0.5, max(deadline - time.monotonic(), 0.0)))
+            counts = look(conn)
+    if counts[old_user]:
+        message = (
+            f"{counts[old_user]} session(s) of {old_user!r} still open on {new.host}:{new.port} "
+            f"({counts[new.username]} of {new.username!r}): those consumers have not reconnected with the new user"
+        )
+        if required:
+            raise ConsumersStillOnOldUser(f"{message} after {timeout_seconds:g} s; restart them and rotate again")
+        run_logger(__name__).warning("%s", message)
+    return counts
 
 
 @task(cache_policy=NO_CACHE, **_RETRY)

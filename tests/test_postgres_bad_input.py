@@ -11,7 +11,8 @@ import pytest
 from flows.postgres import PgPolicy, rotate_postgres_credentials
 from rotation.context import RotationOptions
 from stores import Stage
-from targets.postgres.credential import PgSecretInvalid, parse_credential
+from targets.passwords import PasswordPolicy
+from targets.postgres.credential import PgSecretInvalid, new_login_value, parse_credential
 from targets.postgres.login import HostUnreachable, LoginRefused
 from targets.postgres.roles import UnknownUser
 from tests.fixtures.ports import free_port
@@ -104,3 +105,43 @@ def test_tls_settings_are_passed_as_given() -> None:
         "host": "db", "port": 5432, "user": "u", "password": None, "dbname": "postgres", "sslmode": "verify-ca",
         "connect_timeout": 5, "application_name": "secret-rotation", "sslrootcert": "/ca.pem",
     }  # fmt: skip
+
+
+def test_a_staged_value_keeps_every_field_as_aws_wrote_it() -> None:
+    current = {"engine": "aurora-postgresql", "host": "db", "port": "5432", "username": "app", "password": "p",
+               "dbname": "orders", "ssl": "true", "masterarn": "arn:aws:secretsmanager:eu-west-1:123456789012:"
+               "secret:admin-AbCdEf", "proxy": {"endpoint": "p.example"}}  # fmt: skip
+    staged = json.loads(new_login_value(json.dumps(current), "app_clone"))
+    assert list(staged) == list(current)
+    assert {k: v for k, v in staged.items() if k not in ("username", "password")} == {
+        k: v for k, v in current.items() if k not in ("username", "password")
+    }
+    assert staged["username"] == "app_clone" and staged["password"] != "p"
+    assert parse_credential(json.dumps(current), "s").port == 5432
+
+
+def test_password_policy_follows_get_random_password_options() -> None:
+    policy = PasswordPolicy(length=40, exclude_characters="abc0", exclude_punctuation=True)
+    for _ in range(50):
+        password = policy.new_password()
+        assert len(password) == 40 and not set(password) & set("abc0")
+        assert any(c.islower() for c in password) and any(c.isupper() for c in password)
+        assert any(c.isdigit() for c in password) and password.isalnum()
+    default = PasswordPolicy().new_password()
+    assert not set(default) & set("\"'\\@/:?#%&=+ ") and any(not c.isalnum() for c in default)
+    with pytest.raises(ValueError, match="excludes every character"):
+        PasswordPolicy(exclude_lowercase=True, exclude_uppercase=True, exclude_numbers=True, exclude_punctuation=True)
+    with pytest.raises(ValueError, match="greater than or equal to 8"):
+        PasswordPolicy(length=4)
+
+
+def test_an_arn_in_masterarn_of_a_secret_outside_aws_is_named(
+    prefect_server: PrefectServer, pg_app: Callable[..., PgApp], tmp_path: Path
+) -> None:
+    app = pg_app()
+    _replace(app, masterarn="arn:aws:secretsmanager:us-east-1:123456789012:secret:admin-AbCdEf")
+    before, roles = app.secret.describe(), app.roles()
+    options = RotationOptions(approve_promote=False, journal=str(tmp_path / "journal.db"))
+    with pytest.raises(PgSecretInvalid, match=r"masterarn in local://.* is an AWS ARN, but the secret is not in AWS"):
+        rotate_postgres_credentials(app.uri, policy=PgPolicy(grace_seconds=0), options=options)
+    assert app.secret.describe() == before and app.roles() == roles

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,8 +14,10 @@ import pytest
 
 from flows.postgres import PgPolicy, rotate_postgres_credentials
 from rotation.context import RotationOptions, RotationRolledBack
+from rotation.journal import Journal
 from stores import Stage, open_store
-from targets.postgres.login import TlsFailed
+from targets.postgres.credential import parse_credential
+from targets.postgres.login import LoginRefused, TlsFailed, patient_connection
 from tests.fixtures.postgres import PgApp, PgCluster
 from tests.fixtures.prefect import PrefectServer, drain_prefect_workers
 from tests.tls import write_test_pki
@@ -226,3 +229,45 @@ def test_reconnecting_client_sees_no_failed_login_through_ten_rotations(
                 data = path.read_bytes()
                 found += [f"{path}" for p in passwords if p.encode() in data]
     assert found == []
+
+
+def test_sessions_of_the_previous_user_are_reported_or_hold_back_its_retirement(
+    prefect_server: PrefectServer, pg_app: Callable[..., PgApp], options: RotationOptions
+) -> None:
+    app = pg_app()
+    held = app.cluster.connect(app.dbname, app.user, app.password)  # a consumer that never reconnects
+    summary = rotate(app, options)  # the default: reported; it began before the adoption renamed its role
+    facts = Journal(options.journal).steps(summary["rotation_id"])["consumers-reconnected"].facts
+    assert facts == {app.user: 1, f"{app.user}_clone": 0}
+    held.close()
+    clone = app.current()
+    held = app.cluster.connect(app.dbname, clone["username"], clone["password"])
+    with pytest.raises(RotationRolledBack, match=rf"1 session\(s\) of '{clone['username']}' still open.*after 0.5 s"):
+        rotate(app, options, reconnect_check="require", reconnect_timeout_seconds=0.5, retire="disable")
+    assert app.current() == clone and app.can_login(clone["username"], clone["password"])
+    held.close()
+    summary = rotate(app, options, reconnect_check="require", retire="disable")
+    assert summary["state"] == "completed" and not app.can_login(clone["username"], clone["password"])
+
+
+def test_a_new_password_that_arrives_late_is_waited_for(pg_app: Callable[..., PgApp]) -> None:
+    """Propagation lag: the password reaches the server 1 s after verification starts."""
+    app = pg_app()
+    credential = parse_credential(json.dumps(app.current()), "test")
+    late = "canary-late-" + uuid.uuid4().hex
+    with app.cluster.connect() as conn:
+        stored = psycopg2.extensions.encrypt_password(late, app.user, conn, "scram-sha-256")
+    timer = threading.Timer(1.0, app.cluster.query, (f'ALTER ROLE "{app.user}" PASSWORD %s', (stored,)))
+    timer.start()
+    try:
+        with (
+            pytest.raises(LoginRefused),
+            patient_connection(credential, app.user, late, "application", attempts=1, first_delay=0.1),
+        ):
+            pass
+        started = time.monotonic()
+        with patient_connection(credential, app.user, late, "application", attempts=8, first_delay=0.1) as conn:
+            assert conn.closed == 0
+        assert 0.3 < time.monotonic() - started < 10
+    finally:
+        timer.join()

@@ -6,24 +6,31 @@ The value is AWS Secrets Manager's JSON for PostgreSQL, so applications and AWS'
      "dbname": "orders", "masterarn": "aws://prod/db-admin?region=eu-west-1",
      "sslmode": "verify-full", "sslrootcert": "/etc/ssl/db-ca.pem"}
 
-``masterarn`` names the administrator secret by its store URI. TLS: ``sslmode`` is passed to libpq as is; without
-it, AWS's ``ssl: false`` means ``disable`` and anything else ``verify-full``. ``allow`` and ``prefer`` are refused:
-they fall back to plain text silently, which this runbook never does.
+``masterarn`` names the administrator secret: by its store URI, or, for a secret in AWS Secrets Manager, by its ARN
+as AWS's rotation functions require (found in the same store: same endpoint, the ARN's region). ``engine`` may be
+``postgres``, ``postgresql`` or ``aurora-postgresql``. A staged value is the current JSON with only ``username`` and
+``password`` replaced: every other field keeps its type (a ``"port": "5432"`` string stays a string) and every key
+this project does not know stays as it was, so AWS's functions and the applications read it as before.
+
+TLS: ``sslmode`` is passed to libpq as is; without it, AWS's ``ssl: false`` means ``disable`` and anything else
+``verify-full``. ``allow`` and ``prefer`` are refused: they fall back to plain text silently, which this runbook
+never does.
 """
 
 from __future__ import annotations
 
 import json
-import secrets
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from errors import BadInput
 from redaction import register_secret
+from targets.passwords import PasswordPolicy
 from targets.secret_json import parse_json_credential
 
 SslMode = Literal["disable", "require", "verify-ca", "verify-full"]
+ENGINES = ("postgres", "postgresql", "aurora-postgresql")
 
 
 class PgSecretInvalid(BadInput, ValueError):
@@ -54,8 +61,8 @@ class PgCredential(BaseModel):
                 f"sslmode {data['sslmode']!r} falls back to plain text silently; use require, verify-ca or "
                 "verify-full (or disable, explicitly, for a server without TLS)"
             )
-        if isinstance(data, dict) and data.get("engine") not in (None, "postgres", "postgresql"):
-            raise ValueError(f"engine is {data['engine']!r}, not postgres")
+        if isinstance(data, dict) and data.get("engine") not in (None, *ENGINES):
+            raise ValueError(f"engine is {data['engine']!r}, not one of {', '.join(ENGINES)}")
         return data
 
     @property
@@ -84,12 +91,6 @@ class PgCredential(BaseModel):
             kwargs["sslrootcert"] = self.sslrootcert
         return kwargs
 
-    def with_login(self, username: str, password: str) -> str:
-        """This credential as JSON with another user and password (the staged value of a rotation)."""
-        data = self.model_dump(mode="json", exclude_none=True)
-        data.update(username=username, password=register_secret(password))
-        return json.dumps(data)
-
 
 def parse_credential(text: str, where: str) -> PgCredential:
     """Parse a secret's value; errors name ``where`` and the fields at fault, never the value."""
@@ -103,7 +104,14 @@ def parse_credential(text: str, where: str) -> PgCredential:
     )
 
 
-def new_login_value(current: str, username: str, length_bytes: int = 32) -> str:
+def with_login(current: str, username: str, password: str) -> str:
+    """The credential ``current`` (JSON) with another user and password, every other field exactly as it was."""
+    parse_credential(current, "the current PostgreSQL secret")
+    data = json.loads(current)
+    data.update(username=username, password=register_secret(password))
+    return json.dumps(data)
+
+
+def new_login_value(current: str, username: str, policy: PasswordPolicy | None = None) -> str:
     """The current credential with ``username`` and a new random password (given to ``Rotation.stage``)."""
-    credential = parse_credential(current, "the current PostgreSQL secret")
-    return credential.with_login(username, secrets.token_urlsafe(length_bytes))
+    return with_login(current, username, (policy or PasswordPolicy()).new_password())

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 import psycopg2
 import psycopg2.extensions
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from errors import CheckFailed, NotFound, PermissionDenied, RotationError, Unreachable
 from redaction import redact
@@ -91,3 +92,22 @@ def login_works(credential: PgCredential, username: str, password: str) -> bool:
     except LoginRefused:
         return False
     return True
+
+
+@contextmanager
+def patient_connection(
+    credential: PgCredential, username: str, password: str, role: str, attempts: int, first_delay: float
+) -> Iterator[psycopg2.extensions.connection]:
+    """``connection``, trying a refused login up to ``attempts`` times with exponential backoff from
+    ``first_delay`` seconds: a new password can take a moment to reach every server behind a proxy or a replica."""
+    retrying = Retrying(
+        stop=stop_after_attempt(max(attempts, 1)),
+        wait=wait_exponential(multiplier=first_delay, max=max(first_delay, 10.0)),
+        retry=retry_if_exception_type(LoginRefused),
+        reraise=True,
+    )
+    conn = retrying(open_connection, credential, username, password, role)
+    try:
+        yield conn
+    finally:
+        conn.close()

@@ -3,13 +3,17 @@
 The alternating-users layout: one NOLOGIN owner role owns the application's objects and holds its privileges; two
 login users (``app`` and ``app_clone``) are members of it and start every session as it
 (``ALTER ROLE ... SET role = owner``), so whatever either creates is owned by the owner role and stays usable by the
-other. An existing single login user is adopted in one transaction: it is renamed to the owner role (keeping its
-objects, grants, memberships and attributes) and a login user with its old name and its SCRAM verifier is created as
-a member, so no login fails and nothing changes owner.
+other. Adoption, in one transaction and without a gap for any login: the user that owns the objects (``app``, a
+single user or the base user of AWS's multi-user layout) is renamed to the owner role (keeping its objects, grants,
+memberships and attributes) and a login user with its old name and its SCRAM verifier is created as a member; an
+existing ``app_clone`` (a member of ``app``, as AWS's multi-user function creates it, so now of the owner role)
+gets the owner's attributes and starts its sessions as the owner; and what either login owns is handed to the owner
+role (the ownership repair), so nothing created by the clone is out of the other user's reach.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg2
@@ -49,6 +53,7 @@ class RoleInfo(BaseModel):
     attributes: list[str] = []
     connection_limit: int = -1
     settings: list[str] = []  # ALTER ROLE ... SET entries ("search_path=app"), without "role"
+    acts_as: str | None = None  # its ALTER ROLE ... SET role entry: the role its sessions start as
     member_of: list[str] = []
 
 
@@ -72,7 +77,9 @@ def role_info(conn: Connection, name: str) -> RoleInfo:
             "WHERE r.rolname = %s AND s.setdatabase = 0",
             (name,),
         )
-        settings = [s for (s,) in cur.fetchall() if not s.startswith("role=")]
+        entries = [s for (s,) in cur.fetchall()]
+        settings = [s for s in entries if not s.startswith("role=")]
+        acts_as = next((s.removeprefix("role=") for s in entries if s.startswith("role=")), None)
         cur.execute(
             "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
             "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s ORDER BY 1",
@@ -87,6 +94,7 @@ def role_info(conn: Connection, name: str) -> RoleInfo:
         attributes=attributes,
         connection_limit=row[5],
         settings=settings,
+        acts_as=acts_as,
         member_of=member_of,
     )
 
@@ -140,26 +148,73 @@ def scram_verifier_of(conn: Connection, name: str) -> str | None:
     return register_secret(stored) if stored and stored.startswith("SCRAM-SHA-256$") else None
 
 
-def adopt_single_user(conn: Connection, user: str, owner: str, fallback_password: str) -> None:
+def adopt_user(conn: Connection, user: str, owner: str, known_password: Callable[[], str | None]) -> None:
     """In the caller's transaction: rename ``user`` to ``owner`` (NOLOGIN) and recreate ``user`` as a login member
-    with the same SCRAM verifier (or ``fallback_password``'s), so its password keeps working without a gap."""
+    with the same SCRAM verifier (or ``known_password()``'s where the verifier cannot be read, as on a managed
+    server; else no password), so its password keeps working without a gap. A member of ``user`` (AWS's clone) is
+    now a member of ``owner``."""
     info = role_info(conn, user)
-    stored = scram_verifier_of(conn, user) or verifier(conn, user, fallback_password)
+    stored = scram_verifier_of(conn, user)
+    password = known_password() if stored is None else None
+    if password is not None:
+        stored = verifier(conn, user, password)
     with conn.cursor() as cur:
         cur.execute(sql.SQL("ALTER ROLE {} RENAME TO {}").format(sql.Identifier(user), sql.Identifier(owner)))
         cur.execute(sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(sql.Identifier(owner)))
     create_login_user(conn, user, owner, info.model_copy(update={"member_of": []}))
     with conn.cursor() as cur:
-        cur.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(user)), (stored,))
+        cur.execute(
+            sql.SQL("ALTER ROLE {} {} PASSWORD %s").format(
+                sql.Identifier(user), sql.SQL("LOGIN" if info.can_login else "NOLOGIN")
+            ),
+            (stored,),
+        )
 
 
 def undo_adoption(conn: Connection, user: str, owner: str) -> None:
-    """In the caller's transaction: the reverse of :func:`adopt_single_user` (the login's verifier moves back)."""
+    """In the caller's transaction: the reverse of :func:`adopt_user` (the login's verifier moves back)."""
     stored = scram_verifier_of(conn, user)
     with conn.cursor() as cur:
         cur.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(user)))
         cur.execute(sql.SQL("ALTER ROLE {} RENAME TO {}").format(sql.Identifier(owner), sql.Identifier(user)))
         cur.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(user)), (stored,))
+
+
+def join_owner(conn: Connection, login: str, owner: str) -> None:
+    """In the caller's transaction: make an existing login a member of ``owner`` that starts its sessions as it,
+    with the owner's attributes (AWS's clone has none of its original user's)."""
+    attributes = role_info(conn, owner).attributes
+    with conn.cursor() as cur:
+        if owner not in role_info(conn, login).member_of:
+            cur.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(owner), sql.Identifier(login)))
+        if attributes:
+            cur.execute(
+                sql.SQL("ALTER ROLE {} {}").format(
+                    sql.Identifier(login), sql.SQL(" ").join(sql.SQL(a) for a in attributes)
+                )
+            )
+        cur.execute(sql.SQL("ALTER ROLE {} SET role = %s").format(sql.Identifier(login)), (owner,))
+
+
+def leave_owner(conn: Connection, login: str) -> None:
+    """The undo of :func:`join_owner` as far as it matters: the login's sessions start as itself again."""
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("ALTER ROLE {} RESET role").format(sql.Identifier(login)))
+
+
+def hand_objects_to(conn: Connection, logins: list[str], owner: str) -> int:
+    """The ownership repair, in this database: what any of ``logins`` owns becomes ``owner``'s. Returns how many
+    objects changed owner."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner WHERE r.rolname = ANY(%s) "
+            "AND c.relnamespace NOT IN (SELECT oid FROM pg_namespace WHERE nspname LIKE 'pg\\_%%')",
+            (logins,),
+        )
+        moved = int(cur.fetchone()[0])
+        for login in logins:
+            cur.execute(sql.SQL("REASSIGN OWNED BY {} TO {}").format(sql.Identifier(login), sql.Identifier(owner)))
+    return moved
 
 
 def set_password(conn: Connection, name: str, password: str | None, login: bool = True) -> None:
@@ -186,6 +241,18 @@ def end_sessions(conn: Connection, name: str, started_before: str | None = None)
     with conn.cursor() as cur:
         cur.execute(query, params)
         return int(cur.fetchone()[0])
+
+
+def sessions_of(conn: Connection, users: list[str]) -> dict[str, int]:
+    """How many client sessions each of ``users`` has open (this project's own sessions left out)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT usename, count(*) FROM pg_stat_activity WHERE usename = ANY(%s) AND pid <> pg_backend_pid() "
+            "AND backend_type = 'client backend' AND application_name <> 'secret-rotation' GROUP BY usename",
+            (users,),
+        )
+        found = dict(cur.fetchall())
+    return {user: int(found.get(user, 0)) for user in users}
 
 
 def drop_login_user(conn: Connection, name: str, owner: str) -> None:
