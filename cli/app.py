@@ -443,3 +443,8 @@ def automations(
 
 app.command()(backup.backup)
 app.command()(backup.drill)
+
+
+from cli import smtp  # noqa: E402 - it uses the options defined above
+
+app.command()(smtp.smtp)

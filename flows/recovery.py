@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows import jwt, postgres, redis_password  # noqa: F401 - each registers its runbook, so a rotation can be found by id
+from flows import jwt, postgres, redis_password, smtp  # noqa: F401 - each registers its runbook, so a rotation can be found by id
 from rotation import runbooks
 from rotation.approval import Preapproval
 from rotation.compensation import roll_back_stopped

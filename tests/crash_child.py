@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from flows import fleet, jwt, postgres, redis_password  # noqa: F401 - registers every runbook
+from flows import fleet, jwt, postgres, redis_password, smtp  # noqa: F401 - registers every runbook
 from rotation import audit, journal, runbooks
 
 
