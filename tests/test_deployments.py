@@ -69,6 +69,7 @@ def test_prefect_yaml_deploys_every_runbook(worker) -> None:
         "resume-rotation",
         "secrets-backup-production",
         "restore-drill-production",
+        "smtp-ses-production",
     } <= names
 
 
