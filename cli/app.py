@@ -454,3 +454,8 @@ app.command()(posture.audit)
 from cli.saml import saml  # noqa: E402
 
 app.command()(saml)
+
+
+from cli import smtp  # noqa: E402 - it uses the options defined above
+
+app.command()(smtp.smtp)

@@ -25,6 +25,7 @@ from flows import (  # noqa: F401 - each registers its runbook, so a rotation ca
     redis_password,
     restore,
     saml,
+    smtp,
 )
 from rotation import audit, journal, runbooks
 
