@@ -23,10 +23,12 @@ from typing import Literal
 from uuid import UUID
 
 from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact
 from prefect.exceptions import FlowPauseTimeout, NotPausedError
 from prefect.flow_runs import pause_flow_run, resume_flow_run
 from prefect.input import RunInput, keyset_from_base_key
 from prefect.input.actions import read_flow_run_input
+from prefect.utilities.urls import url_for
 from pydantic import BaseModel, Field
 
 from errors import BadInput, Refused, Rejected
@@ -98,6 +100,11 @@ def watching(listener: Callable[[PendingApproval], None]) -> Iterator[None]:
             _listeners.remove(listener)
 
 
+def _code(text: str) -> str:
+    """``text`` as inline code in markdown (a name may hold any character)."""
+    return "`" + text.replace("`", "'").replace("|", "\\|") + "`"
+
+
 def same_person(a: str, b: str) -> bool:
     """The four-eyes comparison: names trimmed and case-folded."""
     return a.strip().casefold() == b.strip().casefold()
@@ -124,6 +131,10 @@ class ApprovalRequest:
     poll_seconds: int
     preapproved: Preapproval | None
     superseded_runs: tuple[str, ...] = ()
+    #: What the approver is shown beside the question (the pause's artifact).
+    runbook: str = ""
+    consumers: tuple[str, ...] = ()
+    changes: str = "the rotation goes on to its next step"
     #: For a pause in which a person acts (stages a value): why an "approve" cannot be accepted yet, or None.
     not_ready: Callable[[], str | None] | None = None
 
@@ -188,14 +199,14 @@ class ApprovalRequest:
             pause_key=key,
             question=question,
         )
-        who = "anyone" if self.allow_self_approval else f"anyone but {self.started_by}"
-        how = (
-            f"`rotate stage {self.rotation_id}`"
-            if self.not_ready
-            else f"the Prefect UI (Resume), `rotate approve {self.rotation_id} --approver NAME --reason TEXT`, or "
-            f"POST /api/flow_runs/{self.flow_run_id}/resume"
+        create_markdown_artifact(
+            key=f"rotation-{self.rotation_id}-approval",
+            markdown=self._artifact(question),
+            description=f"approval wanted: {question}"[:500],
         )
-        get_run_logger().info("Waiting at step %s: %r; %s may answer with %s", self.step, question, who, how)
+        get_run_logger().info(
+            "Waiting for approval at step %s: %s. %s may decide, with %s", self.step, question, self._who(), self._how()
+        )
         pending = PendingApproval(self.rotation_id, self.step, self.flow_run_id, question)
         with _listeners_lock:
             listeners = list(_listeners)
@@ -207,6 +218,50 @@ class ApprovalRequest:
             )
         except FlowPauseTimeout:
             raise ApprovalRejected(f"nobody approved {self.step!r} within {self.timeout_seconds:.0f} s") from None
+
+    def _who(self) -> str:
+        if self.allow_self_approval:
+            return "Anyone (self-approval is allowed)"
+        return f"Anyone but {self.started_by}, who started the run (four eyes)"
+
+    def _how(self) -> str:
+        if self.not_ready:
+            return f"`rotate stage {self.rotation_id}`"
+        page = url_for("flow-run", obj_id=self.flow_run_id)
+        return (
+            f"the Prefect UI ({page or 'the flow run'}: Resume), "
+            f"`rotate approve {self.rotation_id} --approver NAME --reason TEXT [--reject]`, or "
+            f'POST /api/flow_runs/{self.flow_run_id}/resume with {{"run_input": {{"decision": "approve" or "reject", '
+            f'"approver": ..., "reason": ..., "rotation_id": "{self.rotation_id}", "step": "{self.step}"}}}}'
+        )
+
+    def _artifact(self, question: str) -> str:
+        """What the approver reads on the paused run: names, ids and the rules; never a value."""
+        consumers = ", ".join(_code(c) for c in self.consumers) or "none"
+        if self.not_ready:
+            approve = f"once you have staged the value with `rotate stage {self.rotation_id}`, the rotation goes on"
+        else:
+            approve = f"{self.changes}"
+        rows = [
+            ("Runbook", _code(self.runbook)),
+            ("Secret", _code(self.secret)),
+            ("Step", _code(self.step)),
+            ("Rotation", _code(self.rotation_id)),
+            ("Consumers", consumers),
+            ("Started by", _code(self.started_by)),
+            ("Who may decide", self._who()),
+        ]
+        table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+        return (
+            f"## Approval wanted\n\n{question}\n\n| | |\n|---|---|\n{table}\n\n"
+            f"- **Approve**: {approve}.\n"
+            "- **Reject**: the rotation is rolled back to where it began: CURRENT points at the previous version "
+            "again, the staged value is discarded, what changed on the target is undone, and the consumers are "
+            "restarted. The run ends *Rejected*.\n"
+            "- Names are compared trimmed and case-folded; approver and reason must not be blank; a refused "
+            "decision is recorded and the run asks again, saying why.\n\n"
+            f"Decide with {self._how()}.\n"
+        )
 
     def _given_to(self, flow_run_id: str) -> ApprovalDecision | None:
         """A decision someone gave to a run that was killed while it waited, before this run took over."""
