@@ -276,9 +276,9 @@ def status(
     """List rotations, or the audit trail of one."""
     with clear_errors():
         book = Journal(journal, create=False)
+        record = book.get(rotation_id) if rotation_id else None  # an unknown id is one line, naming the journal
         console.print(f"journal: {escape(book.display)}")
-        if rotation_id:
-            record = book.get(rotation_id)
+        if record is not None:
             console.print(
                 f"rotation {record.id} of {escape(record.secret)} ({record.runbook}): "
                 f"[bold]{escape(_status(book, record))}[/bold]"
@@ -286,7 +286,7 @@ def status(
             if record.reason:
                 console.print(f"reason: {escape(record.reason)}")
             table = Table("at", "step", "status", "details")
-            for event in book.events(rotation_id):
+            for event in book.events(record.id):
                 table.add_row(
                     f"{event.at:%H:%M:%S}", escape(event.step), event.status, escape(json.dumps(event.details))
                 )

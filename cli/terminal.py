@@ -140,11 +140,13 @@ def _temporary_server() -> str:
 
 
 def _ask(waiting: PendingApproval, journal: Journal, console: Console) -> None:
-    approved = typer.confirm(waiting.question, default=False)
-    approver = typer.prompt("Your name")
-    reason = typer.prompt("Reason", default="approved at the terminal" if approved else "rejected at the terminal")
+    # No default: pressing Enter decides nothing, as in the UI's form.
+    console.print(escape(waiting.question))
+    choice = _answer("approve or reject", lambda text: text.strip().lower() in ("approve", "reject")).strip().lower()
+    approver = _answer("Your name", str.strip)
+    reason = _answer("Reason", str.strip)
     decision = ApprovalDecision(
-        decision="approve" if approved else "reject",
+        decision=choice,
         approver=approver,
         reason=reason,
         rotation_id=waiting.rotation_id,
@@ -156,6 +158,12 @@ def _ask(waiting: PendingApproval, journal: Journal, console: Console) -> None:
         console.print(escape(verdict(journal, decision, timeout=60)))
     except Refused as exc:  # the run asks again, saying why
         console.print(f"[red]refused:[/red] {escape(str(exc))}")
+
+
+def _answer(label: str, valid: Callable[[str], Any]) -> str:
+    while not valid(answer := typer.prompt(label)):
+        typer.echo(f"{label}: {answer.strip() or 'a blank answer'} will not do.")
+    return answer
 
 
 def _send(flow_run_id: str, decision: ApprovalDecision) -> None:

@@ -58,8 +58,15 @@ def ending_in_named_states(flow: Flow[..., Any]) -> Flow[..., Any]:
             return final_state(exc)
 
     # Prefect validates parameters against the function's annotations, which a runbook module may write as strings
-    # (``from __future__ import annotations``) naming its own classes: give the wrapper them resolved.
-    run.__signature__ = inspect.signature(body, eval_str=True)  # type: ignore[attr-defined]
-    run.__annotations__ = typing.get_type_hints(body, include_extras=True)
+    # (``from __future__ import annotations``) naming its own classes: give the wrapper them resolved, in the
+    # runbook module's namespace (the wrapper's is this one).
+    try:
+        run.__signature__ = inspect.signature(body, eval_str=True)  # type: ignore[attr-defined]
+        run.__annotations__ = typing.get_type_hints(body, include_extras=True)
+    except NameError as exc:
+        raise TypeError(
+            f"runbook {body.__qualname__}: the annotation {exc.name!r} of its parameters or result must be "
+            "importable when the runbook is defined (not only under TYPE_CHECKING)"
+        ) from exc
     flow.fn = run
     return flow
