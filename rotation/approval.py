@@ -238,10 +238,6 @@ class ApprovalRequest:
     def _artifact(self, question: str) -> str:
         """What the approver reads on the paused run: names, ids and the rules; never a value."""
         consumers = ", ".join(_code(c) for c in self.consumers) or "none"
-        if self.not_ready:
-            approve = f"once you have staged the value with `rotate stage {self.rotation_id}`, the rotation goes on"
-        else:
-            approve = f"{self.changes}"
         rows = [
             ("Runbook", _code(self.runbook)),
             ("Secret", _code(self.secret)),
@@ -254,7 +250,7 @@ class ApprovalRequest:
         table = "\n".join(f"| {k} | {v} |" for k, v in rows)
         return (
             f"## Approval wanted\n\n{question}\n\n| | |\n|---|---|\n{table}\n\n"
-            f"- **Approve**: {approve}.\n"
+            f"- **Approve**: {self.changes}.\n"
             "- **Reject**: the rotation is rolled back to where it began: CURRENT points at the previous version "
             "again, the staged value is discarded, what changed on the target is undone, and the consumers are "
             "restarted. The run ends *Rejected*.\n"

@@ -234,7 +234,8 @@ class Rotation:
                     allow_self_approval=True,
                     preapproved=None,
                     not_ready=not_staged,
-                    changes="the value you stage becomes PENDING, and the rotation goes on with it",
+                    changes=f"the value you staged with `rotate stage {self.id}` becomes PENDING, and the rotation "
+                    "goes on with it",
                 )
             return fingerprint(self.store.read_version(self.id))
 

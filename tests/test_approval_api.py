@@ -117,6 +117,15 @@ def store(local_store_factory) -> SecretStore:
     return made
 
 
+def _has_event(api: str, run_id: str, name: str) -> None:
+    """The run's state change emitted ``name``: what an automation matches."""
+    query = {"filter": {"any_resource": {"id": [f"prefect.flow-run.{run_id}"]}}, "limit": 50}
+    deadline = time.monotonic() + 30
+    while name not in [e["event"] for e in httpx.post(f"{api}/events/filter", json=query, timeout=10).json()["events"]]:
+        assert time.monotonic() < deadline, f"no {name} event for flow run {run_id}"
+        time.sleep(0.5)
+
+
 def _rejected_and_rolled_back(paused: Paused, reason: str) -> None:
     run = paused.finish()
     assert (run["state"]["type"], run["state"]["name"]) == ("CANCELLED", "Rejected")
@@ -127,6 +136,7 @@ def _rejected_and_rolled_back(paused: Paused, reason: str) -> None:
     assert Stage.PENDING not in {s for v in paused.store.describe().versions for s in v.stages}
     assert paused.journal.get(paused.record.id).state == "rolled-back"
     assert "Traceback" not in paused.logs()
+    _has_event(paused.api, paused.run_id, "prefect.flow-run.Rejected")
 
 
 def test_through_the_rest_api(prefect_server, store, tmp_path) -> None:
@@ -235,6 +245,7 @@ def test_a_failed_verification_ends_rolled_back_and_a_bug_failed(prefect_server,
     assert (state.type.value, state.name) == ("FAILED", "RolledBack")
     assert "\n" not in state.message and "was not accepted" in state.message and "rolled back" in state.message
     assert store.read() == "value-0123456789"
+    _has_event(prefect_server.api_url, str(state.state_details.flow_run_id), "prefect.flow-run.RolledBack")
     with pytest.raises(RotationRolledBack, match="was not accepted"):
         promote_with_approval(store.uri.display, options, "fail-check")
 
