@@ -153,7 +153,7 @@ def _ask(waiting: PendingApproval, journal: Journal, console: Console) -> None:
         step=waiting.step,
         decision_id=str(uuid.uuid4()),
     )
-    _send(waiting.flow_run_id, decision)
+    give_decision(waiting.flow_run_id, decision)
     try:
         console.print(escape(verdict(journal, decision, timeout=60)))
     except Refused as exc:  # the run asks again, saying why
@@ -164,17 +164,6 @@ def _answer(label: str, valid: Callable[[str], Any]) -> str:
     while not valid(answer := typer.prompt(label)):
         typer.echo(f"{label}: {answer.strip() or 'a blank answer'} will not do.")
     return answer
-
-
-def _send(flow_run_id: str, decision: ApprovalDecision) -> None:
-    # The journal says "waiting" a moment before the server has the run paused.
-    for _ in range(40):
-        try:
-            give_decision(flow_run_id, decision)
-            return
-        except Refused:
-            time.sleep(0.25)
-    give_decision(flow_run_id, decision)
 
 
 def verdict(journal: Journal, decision: ApprovalDecision, timeout: float) -> str:

@@ -22,12 +22,13 @@ from datetime import UTC, datetime
 from typing import Literal
 from uuid import UUID
 
-from prefect import get_run_logger
+from prefect import get_client, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.exceptions import FlowPauseTimeout, NotPausedError
 from prefect.flow_runs import pause_flow_run, resume_flow_run
 from prefect.input import RunInput, keyset_from_base_key
 from prefect.input.actions import read_flow_run_input
+from prefect.states import Running
 from prefect.utilities.urls import url_for
 from pydantic import BaseModel, Field
 
@@ -189,6 +190,11 @@ class ApprovalRequest:
         # Saved before the pause: Prefect saves it only after the run shows Paused, and refuses a decision sent in
         # between ("Run input schema not found").
         form.save(keyset_from_base_key(f"paused-{key}"))
+        create_markdown_artifact(
+            key=f"rotation-{self.rotation_id}-approval",
+            markdown=self._artifact(question),
+            description=f"approval wanted: {question}"[:500],
+        )
         audit.record(
             self.journal,
             self.rotation_id,
@@ -198,11 +204,6 @@ class ApprovalRequest:
             flow_run=self.flow_run_id,
             pause_key=key,
             question=question,
-        )
-        create_markdown_artifact(
-            key=f"rotation-{self.rotation_id}-approval",
-            markdown=self._artifact(question),
-            description=f"approval wanted: {question}"[:500],
         )
         get_run_logger().info(
             "Waiting for approval at step %s: %s. %s may decide, with %s", self.step, question, self._who(), self._how()
@@ -217,6 +218,10 @@ class ApprovalRequest:
                 wait_for_input=form, timeout=max(1, int(remaining)), poll_interval=self.poll_seconds, key=key
             )
         except FlowPauseTimeout:
+            # The server keeps a timed-out run Paused, and would then end it Failed whatever it proposes: it runs
+            # again (its rollback), and ends Rejected.
+            with get_client(sync_client=True) as client:
+                client.set_flow_run_state(UUID(self.flow_run_id), Running(), force=True)
             raise ApprovalRejected(f"nobody approved {self.step!r} within {self.timeout_seconds:.0f} s") from None
 
     def _who(self) -> str:
@@ -331,13 +336,22 @@ class NotWaitingForApproval(Refused):
     """The rotation or flow run named is not waiting for an approval."""
 
 
-def give_decision(flow_run_id: str, decision: ApprovalDecision) -> None:
-    """Answer a paused run's approval, as the UI's Resume button does; a refusal by the server is an error."""
-    try:
-        resume_flow_run(UUID(flow_run_id), run_input=decision.model_dump())
-    except NotPausedError:
-        raise NotWaitingForApproval(
-            f"flow run {flow_run_id} is not waiting for an approval; `rotate status` shows what is"
-        ) from None
-    except RuntimeError as exc:
-        raise BadInput(f"the Prefect server refused the decision for flow run {flow_run_id}: {exc}") from None
+def give_decision(flow_run_id: str, decision: ApprovalDecision, settle_seconds: float = 10) -> None:
+    """Answer a paused run's approval, as the UI's Resume button does; a refusal by the server is an error.
+
+    The journal says a run waits a moment before the server shows it paused (and between a refused decision and
+    the pause that asks again): a run that is not paused yet is given ``settle_seconds`` to get there.
+    """
+    deadline = time.monotonic() + settle_seconds
+    while True:
+        try:
+            resume_flow_run(UUID(flow_run_id), run_input=decision.model_dump())
+            return
+        except NotPausedError:
+            if time.monotonic() > deadline:
+                raise NotWaitingForApproval(
+                    f"flow run {flow_run_id} is not waiting for an approval; `rotate status` shows what is"
+                ) from None
+            time.sleep(0.25)
+        except RuntimeError as exc:
+            raise BadInput(f"the Prefect server refused the decision for flow run {flow_run_id}: {exc}") from None

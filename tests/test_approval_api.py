@@ -91,7 +91,12 @@ class Paused:
     def resume(self, **run_input: Any) -> str:
         """POST the decision as the UI's form does; returns the server's status (ACCEPT, REJECT)."""
         run_input = {"rotation_id": self.record.id, "step": "approve-promote", **run_input}
-        answer = httpx.post(f"{self.api}/flow_runs/{self.run_id}/resume", json={"run_input": run_input}, timeout=10)
+        for _ in range(20):  # the suite's SQLite-backed server answers 503 when writes collide
+            answer = httpx.post(f"{self.api}/flow_runs/{self.run_id}/resume", json={"run_input": run_input}, timeout=10)
+            if answer.status_code < 500:
+                break
+            time.sleep(0.5)
+        assert answer.status_code == 200, answer.text
         return answer.json()["status"]
 
     def artifact(self) -> str:
@@ -262,3 +267,11 @@ def test_a_failed_verification_ends_rolled_back_and_a_bug_failed(prefect_server,
     assert store.read() == "value-0123456789-next"
     (failed,) = [r for r in journal.list() if r.state == "failed"]
     assert failed.retired_at is not None
+
+
+def test_nobody_deciding_in_time_ends_rejected(prefect_server, store, tmp_path) -> None:
+    options = RotationOptions(started_by="alice", journal=str(tmp_path / "journal.db"), approval_timeout_seconds=2)
+    state = promote_with_approval(store.uri.display, options, return_state=True)
+    assert (state.type.value, state.name) == ("CANCELLED", "Rejected")
+    assert "nobody approved 'approve-promote' within 2 s" in state.message
+    assert store.read() == "value-0123456789"
