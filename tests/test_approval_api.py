@@ -96,7 +96,7 @@ class Paused:
             if answer.status_code < 500:
                 break
             time.sleep(0.5)
-        assert answer.status_code == 200, answer.text
+        assert answer.is_success, answer.text
         return answer.json()["status"]
 
     def artifact(self) -> str:
