@@ -20,10 +20,10 @@ from rich.table import Table
 
 from cli import backup
 from cli.output import clear_errors, console
-from cli.terminal import run_here, verdict
+from cli.terminal import prefect_reachable, run_here, verdict
 from errors import BadInput, Refused
 from rotation.approval import ApprovalDecision, Preapproval, give_decision, same_person, waiting_for
-from rotation.journal import Journal, RotationRecord
+from rotation.journal import Journal, RotationRecord, RotationState
 from rotation.options import RotationOptions
 from stores import open_store
 from targets.consumers import Consumer, HttpReload
@@ -211,6 +211,11 @@ def redis(
         )
 
 
+def _not_blank(option: str, value: str, what: str) -> None:
+    if not value.strip():
+        raise BadInput(f"{option} is blank: give {what}; it is recorded in the audit trail")
+
+
 def _rotation(book: Journal, rotation_or_run_id: str) -> RotationRecord:
     """The rotation named by its id, or by the id of a flow run that owns it."""
     for record in book.list():
@@ -243,6 +248,8 @@ def approve(
     import uuid
 
     with clear_errors():
+        _not_blank("--approver", approver, "your name")
+        _not_blank("--reason", reason, "why you decide so")
         book = Journal(journal, create=False)
         record = _rotation(book, rotation_id)
         waiting = waiting_for(book, record.id, record.flow_run_id) if record.lease_live() else None
@@ -256,6 +263,7 @@ def approve(
             step=waiting.step,
             decision_id=str(uuid.uuid4()),
         )
+        prefect_reachable(f"the run of rotation {record.id} waits on it")
         give_decision(waiting.flow_run_id, decision)
         console.print(escape(verdict(book, decision, timeout=120)))
 
@@ -268,9 +276,9 @@ def status(
     """List rotations, or the audit trail of one."""
     with clear_errors():
         book = Journal(journal, create=False)
+        record = book.get(rotation_id) if rotation_id else None  # an unknown id is one line, naming the journal
         console.print(f"journal: {escape(book.display)}")
-        if rotation_id:
-            record = book.get(rotation_id)
+        if record is not None:
             console.print(
                 f"rotation {record.id} of {escape(record.secret)} ({record.runbook}): "
                 f"[bold]{escape(_status(book, record))}[/bold]"
@@ -278,7 +286,7 @@ def status(
             if record.reason:
                 console.print(f"reason: {escape(record.reason)}")
             table = Table("at", "step", "status", "details")
-            for event in book.events(rotation_id):
+            for event in book.events(record.id):
                 table.add_row(
                     f"{event.at:%H:%M:%S}", escape(event.step), event.status, escape(json.dumps(event.details))
                 )
@@ -305,6 +313,11 @@ def _stopped(book: Journal, rotation_id: str, purpose: str) -> RotationRecord:
     if record.state.finished:
         advice = "start a new rotation instead" if purpose == "resume" else "there is nothing to undo"
         raise Refused(f"rotation {rotation_id} of {record.secret} is already {record.state}; {advice}")
+    if purpose == "resume" and record.state is RotationState.ROLLBACK_FAILED:
+        raise Refused(
+            f"rotation {rotation_id} of {record.secret} stopped half-way through its rollback; it cannot go forward: "
+            f"fix the cause ({record.reason}) and run `rotate rollback {rotation_id}` again"
+        )
     if purpose == "rollback" and record.retired_at is not None:
         raise Refused(
             f"rotation {rotation_id} of {record.secret} passed its point of no return (the old credential was "
@@ -409,7 +422,7 @@ def describe(secret: Annotated[str, typer.Argument(help="Store URI")]) -> None:
         description = open_store(secret).describe()
         table = Table("version", "stages", "created")
         for version in description.versions:
-            table.add_row(version.version_id, ", ".join(version.stages), str(version.created_at or ""))
+            table.add_row(escape(version.version_id), ", ".join(version.stages), str(version.created_at or ""))
         console.print(table)
 
 

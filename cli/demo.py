@@ -11,9 +11,11 @@ from pathlib import Path
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cli.terminal import run_here
+from errors import BadInput
 from flows.jwt import JwtPolicy, rotate_jwt_signing_key
 from rotation.approval import Preapproval
 from rotation.journal import Journal
@@ -59,7 +61,12 @@ def _accepted(base: str, token: str) -> str:
 
 def run_demo(folder: Path, *, yes: bool, wait_seconds: float, console: Console) -> None:
     """Create a local store with a keyset, start the service, rotate its key end to end, and show what changed."""
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (folder / ".write-check").touch()
+        (folder / ".write-check").unlink()
+    except OSError as exc:
+        raise BadInput(f"--dir {folder}: cannot write there ({exc.strerror}); give a folder you may write to") from None
     uri = f"local://{folder / 'store.db'}?secret=auth-jwt"
     journal = Journal(folder / "journal.db")
     store = open_store(uri)
@@ -67,10 +74,10 @@ def run_demo(folder: Path, *, yes: bool, wait_seconds: float, console: Console) 
         store.describe()
     except SecretNotFound:
         store.create(JwtKeyset(keys=[new_key("HS256", 512)]).to_secret())
-        console.print(f"created a JWT keyset in [bold]{uri}[/bold]")
+        console.print(f"created a JWT keyset in [bold]{escape(uri)}[/bold]")
     service, base = _start_service(uri, folder / "auth_service.log")
     try:
-        console.print(f"example auth service at {base} (log: {folder / 'auth_service.log'})")
+        console.print(f"example auth service at {base} (log: {escape(str(folder / 'auth_service.log'))})")
         old_token = httpx.post(f"{base}/token", json={"sub": "demo-user"}, timeout=5).json()["access_token"]
         before = httpx.get(f"{base}/health", timeout=5).json()
         options = RotationOptions(
@@ -100,7 +107,7 @@ def run_demo(folder: Path, *, yes: bool, wait_seconds: float, console: Console) 
         table.add_row("token issued before the rotation", "accepted", _accepted(base, old_token))
         table.add_row("token issued after the rotation", "", _accepted(base, new_token))
         console.print(table)
-        console.print(f"audit trail: rotate status {summary['rotation_id']} --journal {journal.location}")
+        console.print(f"audit trail: rotate status {summary['rotation_id']} --journal {escape(journal.location)}")
     finally:
         service.terminate()
         service.wait(timeout=10)

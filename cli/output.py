@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -12,8 +13,15 @@ from rich.markup import escape
 
 from errors import RotationError
 
-console = Console()
-err = Console(stderr=True)
+
+def _console(stderr: bool = False) -> Console:
+    # Output read by a program or kept in a log is not wrapped at 80 columns: a terminal's width, else none to speak of.
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 10_000)
+
+
+console = _console()
+err = _console(stderr=True)
 
 
 @contextmanager

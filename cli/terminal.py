@@ -8,26 +8,89 @@ here: it is a decision given in advance (``RotationOptions.preapproved``), so su
 from __future__ import annotations
 
 import queue
+import signal
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import typer
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from rich.console import Console
 from rich.markup import escape
 
-from errors import Refused
+from errors import PermissionDenied, Refused, Unreachable
 from rotation.approval import ApprovalDecision, PendingApproval, give_decision, watching
 from rotation.journal import Journal
+
+
+def prefect_reachable(waiting: str | None = None) -> None:
+    """Check the Prefect server the command will use, in one line if it cannot work, before anything starts.
+
+    Without ``PREFECT_API_URL`` a run gets a temporary server of this process (nothing to check), and nothing else
+    can reach it: ``waiting`` says what the command needs another process's server for.
+    """
+    from prefect import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        if waiting:
+            raise Refused(
+                f"PREFECT_API_URL is not set, so there is no Prefect server to reach, and {waiting}: set "
+                "PREFECT_API_URL to that server (a run started by `rotate` without one is answered at its terminal)"
+            )
+        return
+    try:
+        with get_client(sync_client=True) as client:
+            client.api_version()
+    except PrefectHTTPStatusError as exc:
+        if exc.response.status_code not in (401, 403):
+            raise Unreachable(f"the Prefect server at {url} answered {exc.response.status_code}") from None
+        given = "is not set" if not PREFECT_API_AUTH_STRING.value() else "does not match the server's"
+        raise PermissionDenied(
+            f"the Prefect server at {url} refused this command: PREFECT_API_AUTH_STRING {given}; set it to the "
+            "server's PREFECT_SERVER_API_AUTH_STRING"
+        ) from None
+    except httpx.HTTPError as exc:
+        raise Unreachable(
+            f"no Prefect server answers at PREFECT_API_URL={url} ({type(exc).__name__}): start it, or unset "
+            "PREFECT_API_URL to run with a temporary one"
+        ) from None
+
+
+@contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the command as Ctrl-C does, so that its temporary Prefect server is stopped too."""
+
+    def stop(signum: int, _: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
 
 
 def run_here(run: Callable[[], Any], journal: Journal, console: Console) -> Any:
     """Run ``run`` (a runbook flow call) in a thread; ask its approvals at the terminal when there is one, else say
     how to give them (the Prefect UI, ``rotate approve``, the API) and wait."""
+    prefect_reachable()
+    with _stopped_by_signals():
+        return _run(run, journal, console)
+
+
+def _run(run: Callable[[], Any], journal: Journal, console: Console) -> Any:
     interactive = sys.stdin is not None and sys.stdin.isatty()
     pending: queue.Queue[PendingApproval] = queue.Queue()
     outcome: dict[str, Any] = {}
@@ -55,8 +118,8 @@ def run_here(run: Callable[[], Any], journal: Journal, console: Console) -> Any:
             else:
                 console.print(
                     f"[cyan]waiting for approval[/cyan] {escape(waiting.question)}\n"
-                    f"  approve in the Prefect UI, or: rotate approve {waiting.rotation_id} --approver NAME "
-                    "--reason TEXT [--reject]"
+                    f"  approve in the Prefect UI, or: {_temporary_server()}rotate approve {waiting.rotation_id} "
+                    "--approver NAME --reason TEXT [--reject]"
                 )
         worker.join()
     if "error" in outcome:
@@ -64,34 +127,43 @@ def run_here(run: Callable[[], Any], journal: Journal, console: Console) -> Any:
     return outcome.get("result")
 
 
+def _temporary_server() -> str:
+    """``PREFECT_API_URL=... `` for another command to reach this command's temporary Prefect server, if it runs one."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return ""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the one instance a client without PREFECT_API_URL starts
+    return f"PREFECT_API_URL={server.api_url} " if server.running else ""
+
+
 def _ask(waiting: PendingApproval, journal: Journal, console: Console) -> None:
-    approved = typer.confirm(waiting.question, default=False)
-    approver = typer.prompt("Your name")
-    reason = typer.prompt("Reason", default="approved at the terminal" if approved else "rejected at the terminal")
+    # No default: pressing Enter decides nothing, as in the UI's form.
+    console.print(escape(waiting.question))
+    choice = _answer("approve or reject", lambda text: text.strip().lower() in ("approve", "reject")).strip().lower()
+    approver = _answer("Your name", str.strip)
+    reason = _answer("Reason", str.strip)
     decision = ApprovalDecision(
-        decision="approve" if approved else "reject",
+        decision=choice,
         approver=approver,
         reason=reason,
         rotation_id=waiting.rotation_id,
         step=waiting.step,
         decision_id=str(uuid.uuid4()),
     )
-    _send(waiting.flow_run_id, decision)
+    give_decision(waiting.flow_run_id, decision)
     try:
         console.print(escape(verdict(journal, decision, timeout=60)))
     except Refused as exc:  # the run asks again, saying why
         console.print(f"[red]refused:[/red] {escape(str(exc))}")
 
 
-def _send(flow_run_id: str, decision: ApprovalDecision) -> None:
-    # The journal says "waiting" a moment before the server has the run paused.
-    for _ in range(40):
-        try:
-            give_decision(flow_run_id, decision)
-            return
-        except Refused:
-            time.sleep(0.25)
-    give_decision(flow_run_id, decision)
+def _answer(label: str, valid: Callable[[str], Any]) -> str:
+    while not valid(answer := typer.prompt(label)):
+        typer.echo(f"{label}: {answer.strip() or 'a blank answer'} will not do.")
+    return answer
 
 
 def verdict(journal: Journal, decision: ApprovalDecision, timeout: float) -> str:

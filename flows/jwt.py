@@ -63,9 +63,7 @@ def rotate_jwt_signing_key(
         r.check("check-keyset", inspect_current_keyset, secret)
         r.stage("stage-keyset", next_keyset, **policy.model_dump(include={"algorithm", "key_bits", "publish_first"}))
         key = r.check("find-new-key", inspect_new_key, secret, r.id)
-        r.promote(
-            "promote", ask=f"Promote JWT key {_short(key.new)} for {secret}? Key {_short(key.old)} keeps verifying."
-        )
+        r.promote("promote", ask=f"Promote JWT key {_short(key.new)}? Key {_short(key.old)} keeps verifying.")
         r.restart("restart")
         r.verify("both-keys-accepted", check_tokens, secret, r.consumers, accepted=[key.new, key.old], rejected=[])
         if policy.publish_first:  # every consumer now knows the new key: it may start signing

@@ -1,7 +1,8 @@
 """Runbooks for a rotation whose run stopped: resume it forward, or roll it back to the previous working state.
 
 Both are refused while the rotation's own run is alive (its lease in the journal is live); once its lease has
-expired they take the rotation over and mark the stopped run Crashed.
+expired they take the rotation over and mark the stopped run Crashed. A resumed rotation's run ends as its runbook's
+would (Rejected, RolledBack, Failed: :mod:`rotation.outcomes`).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from rotation import runbooks
 from rotation.approval import Preapproval
 from rotation.compensation import roll_back_stopped
 from rotation.journal import Journal
+from rotation.outcomes import ending_in_named_states
 
 
+@ending_in_named_states
 @flow(name="roll-back-rotation", persist_result=False)
 def rollback_rotation(rotation_id: str, journal: str | None = None, reason: str = "rolled back by an operator") -> str:
     """Undo a rotation that has not passed its point of no return; safe to run again if it stops half-way."""
@@ -32,6 +35,7 @@ def rollback_rotation(rotation_id: str, journal: str | None = None, reason: str 
     return rotation_id
 
 
+@ending_in_named_states
 @flow(name="resume-rotation", persist_result=False)
 def resume_rotation(
     rotation_id: str, journal: str | None = None, preapproved: Preapproval | None = None

@@ -22,11 +22,14 @@ from datetime import UTC, datetime
 from typing import Literal
 from uuid import UUID
 
-from prefect import get_run_logger
+from prefect import get_client, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 from prefect.exceptions import FlowPauseTimeout, NotPausedError
 from prefect.flow_runs import pause_flow_run, resume_flow_run
 from prefect.input import RunInput, keyset_from_base_key
 from prefect.input.actions import read_flow_run_input
+from prefect.states import Running
+from prefect.utilities.urls import url_for
 from pydantic import BaseModel, Field
 
 from errors import BadInput, Refused, Rejected
@@ -98,6 +101,11 @@ def watching(listener: Callable[[PendingApproval], None]) -> Iterator[None]:
             _listeners.remove(listener)
 
 
+def _code(text: str) -> str:
+    """``text`` as inline code in markdown (a name may hold any character)."""
+    return "`" + text.replace("`", "'").replace("|", "\\|") + "`"
+
+
 def same_person(a: str, b: str) -> bool:
     """The four-eyes comparison: names trimmed and case-folded."""
     return a.strip().casefold() == b.strip().casefold()
@@ -124,6 +132,10 @@ class ApprovalRequest:
     poll_seconds: int
     preapproved: Preapproval | None
     superseded_runs: tuple[str, ...] = ()
+    #: What the approver is shown beside the question (the pause's artifact).
+    runbook: str = ""
+    consumers: tuple[str, ...] = ()
+    changes: str = "the rotation goes on to its next step"
     #: For a pause in which a person acts (stages a value): why an "approve" cannot be accepted yet, or None.
     not_ready: Callable[[], str | None] | None = None
 
@@ -178,6 +190,11 @@ class ApprovalRequest:
         # Saved before the pause: Prefect saves it only after the run shows Paused, and refuses a decision sent in
         # between ("Run input schema not found").
         form.save(keyset_from_base_key(f"paused-{key}"))
+        create_markdown_artifact(
+            key=f"rotation-{self.rotation_id}-approval",
+            markdown=self._artifact(question),
+            description=f"approval wanted: {question}"[:500],
+        )
         audit.record(
             self.journal,
             self.rotation_id,
@@ -188,14 +205,9 @@ class ApprovalRequest:
             pause_key=key,
             question=question,
         )
-        who = "anyone" if self.allow_self_approval else f"anyone but {self.started_by}"
-        how = (
-            f"`rotate stage {self.rotation_id}`"
-            if self.not_ready
-            else f"the Prefect UI (Resume), `rotate approve {self.rotation_id} --approver NAME --reason TEXT`, or "
-            f"POST /api/flow_runs/{self.flow_run_id}/resume"
+        get_run_logger().info(
+            "Waiting for approval at step %s: %s. %s may decide, with %s", self.step, question, self._who(), self._how()
         )
-        get_run_logger().info("Waiting at step %s: %r; %s may answer with %s", self.step, question, who, how)
         pending = PendingApproval(self.rotation_id, self.step, self.flow_run_id, question)
         with _listeners_lock:
             listeners = list(_listeners)
@@ -206,7 +218,51 @@ class ApprovalRequest:
                 wait_for_input=form, timeout=max(1, int(remaining)), poll_interval=self.poll_seconds, key=key
             )
         except FlowPauseTimeout:
+            # The server keeps a timed-out run Paused, and would then end it Failed whatever it proposes: it runs
+            # again (its rollback), and ends Rejected.
+            with get_client(sync_client=True) as client:
+                client.set_flow_run_state(UUID(self.flow_run_id), Running(), force=True)
             raise ApprovalRejected(f"nobody approved {self.step!r} within {self.timeout_seconds:.0f} s") from None
+
+    def _who(self) -> str:
+        if self.allow_self_approval:
+            return "Anyone (self-approval is allowed)"
+        return f"Anyone but {self.started_by}, who started the run (four eyes)"
+
+    def _how(self) -> str:
+        if self.not_ready:
+            return f"`rotate stage {self.rotation_id}`"
+        page = url_for("flow-run", obj_id=self.flow_run_id)
+        return (
+            f"the Prefect UI ({page or 'the flow run'}: Resume), "
+            f"`rotate approve {self.rotation_id} --approver NAME --reason TEXT [--reject]`, or "
+            f'POST /api/flow_runs/{self.flow_run_id}/resume with {{"run_input": {{"decision": "approve" or "reject", '
+            f'"approver": ..., "reason": ..., "rotation_id": "{self.rotation_id}", "step": "{self.step}"}}}}'
+        )
+
+    def _artifact(self, question: str) -> str:
+        """What the approver reads on the paused run: names, ids and the rules; never a value."""
+        consumers = ", ".join(_code(c) for c in self.consumers) or "none"
+        rows = [
+            ("Runbook", _code(self.runbook)),
+            ("Secret", _code(self.secret)),
+            ("Step", _code(self.step)),
+            ("Rotation", _code(self.rotation_id)),
+            ("Consumers", consumers),
+            ("Started by", _code(self.started_by)),
+            ("Who may decide", self._who()),
+        ]
+        table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+        return (
+            f"## Approval wanted\n\n{question}\n\n| | |\n|---|---|\n{table}\n\n"
+            f"- **Approve**: {self.changes}.\n"
+            "- **Reject**: the rotation is rolled back to where it began: CURRENT points at the previous version "
+            "again, the staged value is discarded, what changed on the target is undone, and the consumers are "
+            "restarted. The run ends *Rejected*.\n"
+            "- Names are compared trimmed and case-folded; approver and reason must not be blank; a refused "
+            "decision is recorded and the run asks again, saying why.\n\n"
+            f"Decide with {self._how()}.\n"
+        )
 
     def _given_to(self, flow_run_id: str) -> ApprovalDecision | None:
         """A decision someone gave to a run that was killed while it waited, before this run took over."""
@@ -280,13 +336,22 @@ class NotWaitingForApproval(Refused):
     """The rotation or flow run named is not waiting for an approval."""
 
 
-def give_decision(flow_run_id: str, decision: ApprovalDecision) -> None:
-    """Answer a paused run's approval, as the UI's Resume button does; a refusal by the server is an error."""
-    try:
-        resume_flow_run(UUID(flow_run_id), run_input=decision.model_dump())
-    except NotPausedError:
-        raise NotWaitingForApproval(
-            f"flow run {flow_run_id} is not waiting for an approval; `rotate status` shows what is"
-        ) from None
-    except RuntimeError as exc:
-        raise BadInput(f"the Prefect server refused the decision for flow run {flow_run_id}: {exc}") from None
+def give_decision(flow_run_id: str, decision: ApprovalDecision, settle_seconds: float = 10) -> None:
+    """Answer a paused run's approval, as the UI's Resume button does; a refusal by the server is an error.
+
+    The journal says a run waits a moment before the server shows it paused (and between a refused decision and
+    the pause that asks again): a run that is not paused yet is given ``settle_seconds`` to get there.
+    """
+    deadline = time.monotonic() + settle_seconds
+    while True:
+        try:
+            resume_flow_run(UUID(flow_run_id), run_input=decision.model_dump())
+            return
+        except NotPausedError:
+            if time.monotonic() > deadline:
+                raise NotWaitingForApproval(
+                    f"flow run {flow_run_id} is not waiting for an approval; `rotate status` shows what is"
+                ) from None
+            time.sleep(0.25)
+        except RuntimeError as exc:
+            raise BadInput(f"the Prefect server refused the decision for flow run {flow_run_id}: {exc}") from None

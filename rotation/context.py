@@ -27,7 +27,7 @@ from prefect.runtime import deployment, flow_run
 from pydantic import TypeAdapter
 from pydantic_core import to_jsonable_python
 
-from errors import Refused, RotationError
+from errors import Refused, Rejected, RotationError
 from redaction import fingerprint, redact
 from rotation import audit, flow_runs, runbooks
 from rotation.approval import ApprovalFacts, ApprovalRequest
@@ -36,6 +36,7 @@ from rotation.execution import call
 from rotation.journal import Journal, Lease, LeaseLost, RotationRecord, RotationState, StepRecord
 from rotation.lease import kept
 from rotation.options import RotationOptions
+from rotation.outcomes import RotationRolledBack
 from stores import SecretStore, Stage, open_store
 from stores.errors import VersionNotFound
 from targets.consumers import Consumer
@@ -45,9 +46,14 @@ from tasks.secrets import discard_secret, promote_secret, prune_secret, revert_s
 T = TypeVar("T")
 Gate = Literal["promote", "retire"]
 
-
-class RotationRolledBack(RotationError):
-    """A rotation failed before its point of no return and was rolled back to the previous working state."""
+#: What approving each gate lets happen, as the approver reads it.
+_CHANGES: dict[Gate | None, str] = {
+    "promote": "the staged value becomes CURRENT and the consumers are restarted to load it and verified; the "
+    "old value stays valid (PREVIOUS) until it is retired",
+    "retire": "the old credential is removed for good: the point of no return, after which the rotation can only "
+    "go forward",
+    None: "the rotation goes on to its next step",
+}
 
 
 class RunbookChanged(Refused):
@@ -197,7 +203,7 @@ class Rotation:
         def decide(_: StepRecord) -> ApprovalFacts:
             if not required:
                 return ApprovalFacts(decision="skipped", at=datetime.now(UTC), via=f"options.approve_{gate}=false")
-            return self._ask(name, question)
+            return self._ask(name, question, changes=_CHANGES[gate])
 
         return self._run(name, "approve", decide, ApprovalFacts, detail={"question": question})
 
@@ -222,7 +228,15 @@ class Rotation:
 
         def wait_for_person(_: StepRecord) -> str:
             if not_staged() is not None:  # staged already when a resumed run gets here: nothing to ask
-                self._ask(name, question, allow_self_approval=True, preapproved=None, not_ready=not_staged)
+                self._ask(
+                    name,
+                    question,
+                    allow_self_approval=True,
+                    preapproved=None,
+                    not_ready=not_staged,
+                    changes=f"the value you staged with `rotate stage {self.id}` becomes PENDING, and the rotation "
+                    "goes on with it",
+                )
             return fingerprint(self.store.read_version(self.id))
 
         detail = {"question": question, "build": build.__name__, "base": base}
@@ -239,7 +253,7 @@ class Rotation:
             rotation_id=self.id,
             secret=self.secret,
             step=name,
-            question=question,
+            question=f"{name} of {self.store.uri.name}: {question}",
             flow_run_id=str(flow_run.id),
             started_by=self.started_by,
             allow_self_approval=self.options.allow_self_approval,
@@ -247,6 +261,8 @@ class Rotation:
             poll_seconds=self.options.approval_poll_seconds,
             preapproved=self.options.preapproved,
             superseded_runs=self._superseded_runs(),
+            runbook=self.runbook.name,
+            consumers=tuple(f"{c.name} ({c.restart.kind} restart)" for c in self.consumers),
         )
         for key, value in overrides.items():
             setattr(request, key, value)
@@ -420,8 +436,11 @@ def rotation(
                 journal.end_run(lease, RotationState.FAILED, reason)
                 logger.error("Rotation %s failed after its point of no return; resume it: rotate resume %s", r.id, r.id)
                 raise
-            logger.error("Rotation %s: %s; rolling back", r.id, reason)
+            # An explained failure is its message; a bug also needs its traceback, for whoever fixes it.
+            logger.error("Rotation %s: %s; rolling back", r.id, reason, exc_info=not isinstance(exc, RotationError))
             roll_back(journal, lease, journal.get(r.id), reason, inline=r._inline)
+            if isinstance(exc, Rejected):
+                raise RotationRolledBack(f"rotation {r.id} of {r.secret} was rolled back: {exc}") from exc
             raise RotationRolledBack(f"rotation {r.id} of {r.secret} was rolled back: {reason}") from exc
         journal.end_run(lease, RotationState.COMPLETED)
         audit.emit(r.id, r.secret, "rotation", "completed")

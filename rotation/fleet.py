@@ -35,7 +35,7 @@ def rotate_member(runbook: str, secret: str, parameters: dict[str, Any]) -> str:
     """One member's whole rotation, its steps inline; returns its rotation id."""
     book = runbooks.named(runbook)
     with runbooks.running(book, parameters):
-        summary = book.flow.fn(**book.flow.validate_parameters(parameters))
+        summary = book.body(**book.flow.validate_parameters(parameters))
     return str(summary["rotation_id"])
 
 

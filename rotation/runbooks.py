@@ -17,6 +17,7 @@ from prefect import Flow, Task
 from prefect.context import FlowRunContext
 
 from errors import BadInput
+from rotation.outcomes import ending_in_named_states
 from tasks.consumers import restart_consumers
 from tasks.secrets import discard_secret, revert_secret
 
@@ -34,6 +35,8 @@ Build = Callable[[str, str], str]
 class Runbook:
     name: str
     flow: Flow[..., Any]
+    #: The runbook's own function, raising what it raises (a fleet runs it as one of its tasks).
+    body: Callable[..., Any]
     undos: dict[str, Task[..., Any]] = field(default_factory=dict)
     inputs: dict[str, Build] = field(default_factory=dict)
 
@@ -62,10 +65,15 @@ _by_flow: dict[str, Runbook] = {}
 
 def runbook(name: str, *, undos: Iterable[Task[..., Any]] = (), inputs: Iterable[Build] = ()) -> Callable[[F], F]:
     """Register a runbook flow under ``name`` with the undo tasks it may push (beyond the core's own) and the
-    functions that build its secret's next value from what a person enters (``Rotation.await_value``)."""
+    functions that build its secret's next value from what a person enters (``Rotation.await_value``).
+
+    The flow's run ends in a state named for its outcome (Rejected, RolledBack; see :mod:`rotation.outcomes`).
+    """
 
     def register(flow: F) -> F:
-        entry = Runbook(name, flow, {t.name: t for t in (*CORE_UNDOS, *undos)}, {b.__name__: b for b in inputs})
+        body = flow.fn
+        ending_in_named_states(flow)
+        entry = Runbook(name, flow, body, {t.name: t for t in (*CORE_UNDOS, *undos)}, {b.__name__: b for b in inputs})
         _by_name[name] = _by_flow[flow.name] = entry
         return flow
 
