@@ -443,3 +443,10 @@ def automations(
 
 app.command()(backup.backup)
 app.command()(backup.drill)
+
+# The local stack (`rotate stack up`), whose server every command uses while it runs, unless PREFECT_API_URL is set.
+from cli import stack  # noqa: E402
+from cli.terminal import use_local_stack  # noqa: E402
+
+app.add_typer(stack.app, name="stack")
+app.callback()(use_local_stack)

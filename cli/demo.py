@@ -24,7 +24,9 @@ from targets.consumers import Consumer, HttpReload
 from targets.jwt.keyset import JwtKeyset, new_key
 
 
-def _start_service(uri: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_service(uri: str, log: Path, detach: bool = False) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the example auth service on a free port of 127.0.0.1, using the keyset at ``uri``; ``detach`` lets it
+    outlive this command (the local stack)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -33,6 +35,7 @@ def _start_service(uri: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
             [sys.executable, "-m", "examples.auth_service", "--store", uri, "--host", "127.0.0.1", "--port", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=detach,
         )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -46,6 +49,16 @@ def _start_service(uri: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
             break
     process.kill()
     raise RuntimeError(f"the example auth service did not start; see {log}")
+
+
+def ensure_keyset(uri: str, console: Console) -> None:
+    """A JWT keyset at ``uri``: the one there, or a new one."""
+    store = open_store(uri)
+    try:
+        store.describe()
+    except SecretNotFound:
+        store.create(JwtKeyset(keys=[new_key("HS256", 512)]).to_secret())
+        console.print(f"created a JWT keyset in [bold]{uri}[/bold]")
 
 
 def _short(kid: str) -> str:
@@ -62,13 +75,8 @@ def run_demo(folder: Path, *, yes: bool, wait_seconds: float, console: Console) 
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     uri = f"local://{folder / 'store.db'}?secret=auth-jwt"
     journal = Journal(folder / "journal.db")
-    store = open_store(uri)
-    try:
-        store.describe()
-    except SecretNotFound:
-        store.create(JwtKeyset(keys=[new_key("HS256", 512)]).to_secret())
-        console.print(f"created a JWT keyset in [bold]{uri}[/bold]")
-    service, base = _start_service(uri, folder / "auth_service.log")
+    ensure_keyset(uri, console)
+    service, base = start_service(uri, folder / "auth_service.log")
     try:
         console.print(f"example auth service at {base} (log: {folder / 'auth_service.log'})")
         old_token = httpx.post(f"{base}/token", json={"sub": "demo-user"}, timeout=5).json()["access_token"]
