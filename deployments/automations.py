@@ -38,16 +38,19 @@ def _flow_run_in(*states: str, name: str = "*") -> EventTrigger:
     )
 
 
-_RUN = "Flow run {{ flow_run.name }} of {{ flow.name }}{% if deployment %} ({{ deployment.name }}){% endif %}"
-_LINK = " See it: {{ flow_run|ui_url }}"
+_RUN = (
+    "Flow run {{ flow_run.name }} ({{ flow_run.id }}) of {{ flow.name }}"
+    "{% if deployment %}, deployment {{ deployment.name }}{% endif %}"
+)
+_LINK = "{% if flow_run|ui_url %} See it: {{ flow_run|ui_url }}{% endif %}"  # PREFECT_UI_URL, when set
 
 #: (what happened, the trigger, the body): one notification automation each.
 NOTIFICATIONS = (
     (
         "a run waits for approval",
         _flow_run_in("Paused"),
-        _RUN + " waits for an approval: {{ flow_run.state.message }}. Approve or reject it in its Resume form, "
-        "with `rotate approve`, or through the API." + _LINK,
+        _RUN + " waits for an approval. Its Resume form says what is asked; approve or reject it there, with "
+        "`rotate approve`, or through the API." + _LINK,
     ),
     (
         "a rotation is rolled back",
