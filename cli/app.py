@@ -472,3 +472,10 @@ app.command()(saml)
 from cli import smtp  # noqa: E402 - it uses the options defined above
 
 app.command()(smtp.smtp)
+
+# The local stack (`rotate stack up`), whose server every command uses while it runs, unless PREFECT_API_URL is set.
+from cli import stack  # noqa: E402
+from cli.terminal import use_local_stack  # noqa: E402
+
+app.add_typer(stack.app, name="stack")
+app.callback()(use_local_stack)

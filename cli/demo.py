@@ -26,7 +26,9 @@ from targets.consumers import Consumer, HttpReload
 from targets.jwt.keyset import JwtKeyset, new_key
 
 
-def _start_service(uri: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_service(uri: str, log: Path, detach: bool = False) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the example auth service on a free port of 127.0.0.1, using the keyset at ``uri``; ``detach`` lets it
+    outlive this command (the local stack)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -35,6 +37,7 @@ def _start_service(uri: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
             [sys.executable, "-m", "examples.auth_service", "--store", uri, "--host", "127.0.0.1", "--port", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=detach,
         )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -48,6 +51,16 @@ def _start_service(uri: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
             break
     process.kill()
     raise RuntimeError(f"the example auth service did not start; see {log}")
+
+
+def ensure_keyset(uri: str, console: Console) -> None:
+    """A JWT keyset at ``uri``: the one there, or a new one."""
+    store = open_store(uri)
+    try:
+        store.describe()
+    except SecretNotFound:
+        store.create(JwtKeyset(keys=[new_key("HS256", 512)]).to_secret())
+        console.print(f"created a JWT keyset in [bold]{uri}[/bold]")
 
 
 def _short(kid: str) -> str:
@@ -69,13 +82,8 @@ def run_demo(folder: Path, *, yes: bool, wait_seconds: float, console: Console) 
         raise BadInput(f"--dir {folder}: cannot write there ({exc.strerror}); give a folder you may write to") from None
     uri = f"local://{folder / 'store.db'}?secret=auth-jwt"
     journal = Journal(folder / "journal.db")
-    store = open_store(uri)
-    try:
-        store.describe()
-    except SecretNotFound:
-        store.create(JwtKeyset(keys=[new_key("HS256", 512)]).to_secret())
-        console.print(f"created a JWT keyset in [bold]{escape(uri)}[/bold]")
-    service, base = _start_service(uri, folder / "auth_service.log")
+    ensure_keyset(uri, console)
+    service, base = start_service(uri, folder / "auth_service.log")
     try:
         console.print(f"example auth service at {base} (log: {escape(str(folder / 'auth_service.log'))})")
         old_token = httpx.post(f"{base}/token", json={"sub": "demo-user"}, timeout=5).json()["access_token"]

@@ -7,6 +7,7 @@ here: it is a decision given in advance (``RotationOptions.preapproved``), so su
 
 from __future__ import annotations
 
+import os
 import queue
 import signal
 import sys
@@ -19,7 +20,8 @@ from typing import Any
 
 import httpx
 import typer
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+from prefect.context import refresh_global_settings_context
+from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from rich.console import Console
 from rich.markup import escape
 
@@ -80,6 +82,19 @@ def _stopped_by_signals() -> Iterator[None]:
     finally:
         for signum, handler in saved.items():
             signal.signal(signum, handler)
+
+
+def use_local_stack() -> None:
+    """Where runs go: the Prefect server the environment or profile names (PREFECT_API_URL); without one, the local
+    stack's server when it answers (``rotate stack up``); else Prefect's temporary server, started per command."""
+    if PREFECT_API_URL.value():
+        return
+    from cli.stack import running_server
+
+    stack = running_server()
+    if stack is not None:
+        os.environ.update(PREFECT_API_URL=stack.api_url, PREFECT_API_AUTH_STRING=stack.auth_string)
+        refresh_global_settings_context()  # every thread (approvals are answered from one) reads the global settings
 
 
 def run_here(run: Callable[[], Any], journal: Journal, console: Console) -> Any:

@@ -10,6 +10,7 @@ command -v initdb >/dev/null 2>&1 || [ -x "$(pg_config --bindir 2>/dev/null)/ini
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v gpg >/dev/null 2>&1 || need+=(gnupg)
 command -v xmlsec1 >/dev/null 2>&1 || need+=(xmlsec1)
+[ -x /usr/bin/chromium ] || need+=(chromium)  # the browser test (tests/test_ui_browser.py)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing system packages: ${need[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
