@@ -135,6 +135,10 @@ def test_a_second_person_approves_in_the_ui_and_the_key_changes(page: Page, loca
     page.goto(f"{local_stack.state.ui_url}/v2/runs/flow-run/{flow_run_id}")
     expect(page.get_by_text("Paused", exact=True).first).to_be_visible()
     page.screenshot(path=ARTIFACTS / "paused-run.png")
+    with _api(local_stack) as api:  # the pause's artifact says what is approved, and by whom it may be
+        found = api.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}}).json()
+    approval = [a for a in found if (a.get("key") or "").endswith("-approval")]
+    assert approval and "Anyone but alice" in approval[0]["data"], found
 
     # A blank approver: the form refuses it, and the run stays paused.
     form = _decide(page, "approve", "   ", "change 1234")
@@ -184,8 +188,7 @@ def test_a_rejection_in_the_ui_rolls_back(page: Page, local_stack: LocalStack) -
     page.goto(f"{local_stack.state.ui_url}/v2/runs/flow-run/{flow_run_id}")
     _decide(page, "reject", "bob", "not during the release")
     run = _wait_for(page, local_stack, flow_run_id, lambda s: s["type"] not in ("PAUSED", "RUNNING", "PENDING"))
-    # The outcome states (a state named "Rejected") are not on this branch yet: a rejection ends the run Failed.
-    assert run["state"]["type"] in ("FAILED", "CANCELLED"), run["state"]
+    assert (run["state"]["type"], run["state"]["name"]) == ("CANCELLED", "Rejected"), run["state"]
     page.reload()
     expect(page.get_by_text(run["state"]["name"], exact=True).first).to_be_visible()
     assert _current_version(local_stack) == before
