@@ -41,7 +41,15 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from tenacity import retry, retry_if_exception, stop_after_delay, wait_random
+from tenacity import (
+    retry,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_fixed,
+    wait_random,
+)
 
 from stores.base import SecretStore, Snapshot, Staged, StageMap
 from stores.errors import (
@@ -87,6 +95,10 @@ def _is_schema_1(db: sqlite3.Connection) -> bool:
 
 class LocalKeyError(StorePermissionDenied):
     """The key file is missing, unsafe, malformed, or does not authenticate this store's contents."""
+
+
+class _NotMarked(Exception):
+    """The file's header does not carry the store's marker (yet: see ``_probe_header``)."""
 
 
 class NotAStoreFile(InvalidStoreURI):
@@ -270,6 +282,15 @@ class LocalStore(SecretStore):
                 return "empty"  # a store whose creation stopped before SQLite wrote to it
         except FileNotFoundError:
             return "absent"
+        try:
+            return self._probe_header()
+        except _NotMarked:
+            raise self._not_a_store() from None
+
+    # A probe without locks may read the file while another process checkpoints its WAL into it, and see a page
+    # half-written: a store is only called foreign when a few probes, a moment apart, agree.
+    @retry(retry=retry_if_exception_type(_NotMarked), wait=wait_fixed(0.05), stop=stop_after_attempt(4), reraise=True)
+    def _probe_header(self) -> Literal["store", "schema-1"]:
         probe = sqlite3.connect(f"file:{quote(str(self.path))}?mode=ro&immutable=1", uri=True)
         try:
             marker = probe.execute("PRAGMA application_id").fetchone()[0]
@@ -282,7 +303,7 @@ class LocalStore(SecretStore):
         finally:
             probe.close()
         if marker != _APPLICATION_ID:
-            raise self._not_a_store()
+            raise _NotMarked
         return "store"
 
     def _not_a_store(self) -> NotAStoreFile:
