@@ -9,98 +9,37 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network
 import getpass
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from pydantic import TypeAdapter, ValidationError
 from rich.markup import escape
 from rich.table import Table
 
-from cli import backup
+from cli import backup, posture, saml, smtp, stack
 from cli.output import clear_errors, console
-from cli.terminal import prefect_reachable, run_here, verdict
+from cli.rotating import (
+    Approver,
+    ApproveRetire,
+    Consumers,
+    Grace,
+    JournalOption,
+    NoApproval,
+    ReloadUrl,
+    SelfApproval,
+    Yes,
+    consumers_from,
+    launch,
+    preapproval,
+    rotation_options,
+)
+from cli.terminal import prefect_reachable, run_here, use_local_stack, verdict
 from errors import BadInput, Refused
-from rotation.approval import ApprovalDecision, Preapproval, give_decision, same_person, waiting_for
+from rotation.approval import ApprovalDecision, give_decision, waiting_for
 from rotation.journal import Journal, RotationRecord, RotationState
-from rotation.options import RotationOptions
 from stores import open_store
-from targets.consumers import Consumer, HttpReload
 
 app = typer.Typer(no_args_is_help=True, help="Secret-rotation runbooks on Prefect.", pretty_exceptions_enable=False)
-
-JournalOption = Annotated[
-    str | None,
-    typer.Option(
-        help="Rotation journal: a file, or a postgresql:// URL (default: $ROTATE_JOURNAL or ~/.local/state/...)"
-    ),
-]
-
-
-def _consumers(consumers_file: Path | None, reload_url: str | None, verify_url: str | None) -> list[Consumer]:
-    consumers: list[Consumer] = []
-    if consumers_file is not None:
-        try:
-            text = consumers_file.read_text()
-        except OSError as exc:
-            raise BadInput(f"--consumers {consumers_file}: cannot read it ({exc.strerror}); give a JSON file") from None
-        try:
-            consumers = TypeAdapter(list[Consumer]).validate_json(text)
-        except ValidationError as exc:
-            first = exc.errors(include_input=False)[0]
-            where = ".".join(map(str, first["loc"])) or "the document"
-            raise BadInput(
-                f"--consumers {consumers_file}: not a JSON list of consumers ({where}: {first['msg']}); see the "
-                "README's command-line section for the format"
-            ) from None
-    if reload_url or verify_url:
-        restart = HttpReload(url=reload_url) if reload_url else None
-        consumers.append(Consumer(name="service", verify_url=verify_url, **({"restart": restart} if restart else {})))
-    return consumers
-
-
-Consumers = Annotated[Path | None, typer.Option("--consumers", help="JSON list of consumers to restart and verify")]
-ReloadUrl = Annotated[str | None, typer.Option(help="Reload endpoint of a single consumer")]
-Yes = Annotated[bool, typer.Option("--yes", help="Approve every step in advance: the run never pauses")]
-NoApproval = Annotated[bool, typer.Option("--no-approval", help="Do not ask before promoting")]
-ApproveRetire = Annotated[bool, typer.Option(help="Ask before retiring the old credential")]
-SelfApproval = Annotated[bool, typer.Option(help="Let the person who starts the run approve it")]
-Approver = Annotated[str, typer.Option(help="Name recorded for --yes approvals (default: the OS user)")]
-Grace = Annotated[float, typer.Option(help="Grace period before the old credential is retired, seconds")]
-
-
-def _preapproval(yes: bool, approver: str, started_by: str, allow_self_approval: bool) -> Preapproval | None:
-    """``--yes`` as a decision given in advance; refused here, before anything starts, when four eyes forbid it."""
-    if not yes:
-        return None
-    name = approver or getpass.getuser()
-    if same_person(name, started_by) and not allow_self_approval:
-        raise BadInput(
-            f"--yes approves as {name}, who also starts this run, and approving needs a second person: pass "
-            "--allow-self-approval (if this deployment allows it), or leave out --yes and let someone else approve"
-        )
-    return Preapproval(approver=name)
-
-
-def _options(
-    no_approval: bool, approve_retire: bool, allow_self_approval: bool, journal: str | None, yes: bool, approver: str
-) -> RotationOptions:
-    started_by = getpass.getuser()
-    return RotationOptions(
-        started_by=started_by,
-        approve_promote=not no_approval,
-        approve_retire=approve_retire,
-        allow_self_approval=allow_self_approval,
-        journal=journal,
-        preapproved=_preapproval(yes, approver, started_by, allow_self_approval),
-    )
-
-
-def _launch(secret: str, runbook: Callable[[], dict[str, Any]], journal: str | None) -> None:
-    """Run ``runbook`` here, answering its approvals at the terminal, and print its summary (ids and states)."""
-    summary = run_here(runbook, Journal(journal), console)
-    console.print_json(json.dumps(summary, default=str))
 
 
 @app.command()
@@ -135,9 +74,9 @@ def jwt(
             publish_first=publish_first,
         )
         open_store(secret)  # a malformed store URI is one line here, before Prefect starts
-        consumers = _consumers(consumers_file, reload_url, verify_url)
-        options = _options(no_approval, approve_retire, allow_self_approval, journal, yes, approver)
-        _launch(
+        consumers = consumers_from(consumers_file, reload_url, verify_url)
+        options = rotation_options(no_approval, approve_retire, allow_self_approval, journal, yes, approver)
+        launch(
             secret,
             lambda: rotate_jwt_signing_key(secret, consumers=consumers, policy=policy, options=options),
             options.journal,
@@ -171,9 +110,9 @@ def postgres(
             strategy=strategy, retire=retire, grace_seconds=grace, **({"privilege_checks": check} if check else {})
         )
         open_store(secret)  # a malformed store URI is one line here, before Prefect starts
-        consumers = _consumers(consumers_file, reload_url, None)
-        options = _options(no_approval, approve_retire, allow_self_approval, journal, yes, approver)
-        _launch(
+        consumers = consumers_from(consumers_file, reload_url, None)
+        options = rotation_options(no_approval, approve_retire, allow_self_approval, journal, yes, approver)
+        launch(
             secret,
             lambda: rotate_postgres_credentials(
                 secret, admin_secret=admin_secret, consumers=consumers, policy=policy, options=options
@@ -202,9 +141,9 @@ def redis(
     with clear_errors():
         policy = RedisPolicy(grace_seconds=grace)
         open_store(secret)  # a malformed store URI is one line here, before Prefect starts
-        consumers = _consumers(consumers_file, reload_url, None)
-        options = _options(no_approval, approve_retire, allow_self_approval, journal, yes, approver)
-        _launch(
+        consumers = consumers_from(consumers_file, reload_url, None)
+        options = rotation_options(no_approval, approve_retire, allow_self_approval, journal, yes, approver)
+        launch(
             secret,
             lambda: rotate_redis_password(secret, admin_secret, consumers=consumers, policy=policy, options=options),
             options.journal,
@@ -359,7 +298,7 @@ def resume(
         book = Journal(journal, create=False)
         record = _stopped(book, rotation_id, "resume")
         allow_self = bool((record.parameters.get("options") or {}).get("allow_self_approval"))
-        preapproved = _preapproval(yes, approver, record.started_by, allow_self)
+        preapproved = preapproval(yes, approver, record.started_by, allow_self)
         from flows.recovery import resume_rotation
 
         summary = run_here(
@@ -457,25 +396,10 @@ def automations(
 app.command()(backup.backup)
 app.command()(backup.drill)
 app.command()(backup.restore)
-
-from cli import posture  # noqa: E402 - the posture report and the audit trail
-
 app.command()(posture.posture)
 app.command()(posture.audit)
-
-# The SAML runbook's command reuses the option types and helpers above, so it is imported after them.
-from cli.saml import saml  # noqa: E402
-
-app.command()(saml)
-
-
-from cli import smtp  # noqa: E402 - it uses the options defined above
-
+app.command()(saml.saml)
 app.command()(smtp.smtp)
-
-# The local stack (`rotate stack up`), whose server every command uses while it runs, unless PREFECT_API_URL is set.
-from cli import stack  # noqa: E402
-from cli.terminal import use_local_stack  # noqa: E402
-
 app.add_typer(stack.app, name="stack")
+# Where runs go: the server PREFECT_API_URL names, else the local stack's when it runs, else a temporary one.
 app.callback()(use_local_stack)

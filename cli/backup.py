@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.output import clear_errors, console
+from cli.rotating import preapproval
 from errors import BadInput
 
 if TYPE_CHECKING:
@@ -126,7 +127,6 @@ def restore(
     """Restore secrets from a backup: print the plan (no values), then restore after an approval, and check it."""
     import getpass
 
-    from cli.app import _preapproval
     from cli.terminal import run_here
     from flows.restore import restore_secrets
     from rotation.journal import Journal
@@ -153,7 +153,7 @@ def restore(
             started_by=started_by,
             allow_self_approval=allow_self_approval,
             journal=journal,
-            preapproved=_preapproval(yes, approver, started_by, allow_self_approval),
+            preapproved=preapproval(yes, approver, started_by, allow_self_approval),
         )
         summary = run_here(
             lambda: restore_secrets(reference, into, rotate_after=rotate_after, options=options),

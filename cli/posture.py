@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.output import clear_errors, console, err
+from cli.rotating import JournalOption
 from errors import BadInput
 
 if TYPE_CHECKING:
@@ -27,10 +28,6 @@ if TYPE_CHECKING:
 POLICY_BROKEN = 3
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)([dhm])$")
 _STATUS = {"ok": "[green]ok[/green]", "warn": "[yellow]warn[/yellow]", "fail": "[red]fail[/red]"}
-
-JournalOption = Annotated[
-    str | None, typer.Option(help="Rotation journal: a file or a postgresql:// URL (default: $ROTATE_JOURNAL)")
-]
 
 
 def _policy(path: Path | None) -> PosturePolicy:

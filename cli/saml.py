@@ -11,7 +11,8 @@ from typing import Annotated
 
 import typer
 
-from cli.app import (
+from cli.output import clear_errors
+from cli.rotating import (
     Approver,
     ApproveRetire,
     Consumers,
@@ -20,11 +21,10 @@ from cli.app import (
     ReloadUrl,
     SelfApproval,
     Yes,
-    _consumers,
-    _launch,
-    _options,
+    consumers_from,
+    launch,
+    rotation_options,
 )
-from cli.output import clear_errors
 from stores import open_store
 
 
@@ -73,9 +73,9 @@ def saml(
         )
         open_store(secret)  # a malformed store URI is one line here, before Prefect starts
         provider = ServiceProvider(name="service-provider", metadata_url=metadata_url, login_urls=login_url or [])
-        consumers = _consumers(consumers_file, reload_url, None)
-        options = _options(no_approval, approve_retire, allow_self_approval, journal, yes, approver)
-        _launch(
+        consumers = consumers_from(consumers_file, reload_url, None)
+        options = rotation_options(no_approval, approve_retire, allow_self_approval, journal, yes, approver)
+        launch(
             secret,
             lambda: rotate_saml_certificate(
                 secret, service_providers=[provider], policy=policy, consumers=consumers, options=options

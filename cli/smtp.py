@@ -12,7 +12,8 @@ from typing import Annotated
 
 import typer
 
-from cli.app import (
+from cli.output import clear_errors
+from cli.rotating import (
     Approver,
     ApproveRetire,
     Consumers,
@@ -22,11 +23,10 @@ from cli.app import (
     ReloadUrl,
     SelfApproval,
     Yes,
-    _consumers,
-    _launch,
-    _options,
+    consumers_from,
+    launch,
+    rotation_options,
 )
-from cli.output import clear_errors
 from stores import open_store
 
 
@@ -71,9 +71,9 @@ def smtp(
             test_sender=test_sender,
         )
         open_store(secret)  # a malformed store URI is one line here, before Prefect starts
-        consumers = _consumers(consumers_file, reload_url, None)
-        options = _options(no_approval, approve_retire, allow_self_approval, journal, yes, approver)
-        _launch(
+        consumers = consumers_from(consumers_file, reload_url, None)
+        options = rotation_options(no_approval, approve_retire, allow_self_approval, journal, yes, approver)
+        launch(
             secret,
             lambda: rotate_smtp_credentials(secret, consumers=consumers, policy=policy, options=options),
             options.journal,
