@@ -145,7 +145,7 @@ def test_a_full_rotation_with_a_client_that_never_sees_a_rejection(
     time.sleep(0.1)
     record_property("calls", client.calls)
     record_property("rejections", len(client.rejections))
-    assert client.calls > 50
+    assert client.calls > 20  # it called all along (every ~20 ms; how many depends on how fast the rotation ran)
     assert client.rejections == []
     assert approver.given == [BOB_APPROVES]
 
