@@ -108,6 +108,7 @@ class World:
         )  # fmt: skip
         wait_for_port(self.redis_port)
         self.moto_port = free_port()
+        os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})  # moto's dummy pair
         moto = stack.enter_context(
             _process([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(self.moto_port)],
                      base / "moto.log")
