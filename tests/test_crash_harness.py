@@ -195,6 +195,7 @@ class RestoreWorld:
         return all(open_store(uri).read() == value for uri, value in self.backed_up.items())
 
 
+@dataclass
 class SamlWorld:
     """The auth service as a SAML SP with its key set, and a pysaml2 IdP that reads the SP's metadata again at a
     sign-in once its copy is ``IDP_MAX_AGE`` old (shorter than the runbook's wait for IdPs)."""
@@ -251,6 +252,7 @@ class SamlWorld:
 IDP_MAX_AGE = 0.4
 
 
+@dataclass
 class SesWorld:
     account: SesAccount
     environ: dict[str, str]
