@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import uuid
 
-from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
-
 from errors import Refused
 from redaction import fingerprint, register_secret
 from rotation import runbooks
-from rotation.approval import ApprovalDecision, NotWaitingForApproval, give_decision, waiting_for
+from rotation.approval import ApprovalDecision, give_decision, waiting_for
 from rotation.journal import Journal
 from stores import Stage, open_store
 
@@ -55,13 +53,5 @@ def stage_value(journal: Journal, rotation_id: str, entered: str, person: str) -
         step=step.name,
         decision_id=str(uuid.uuid4()),
     )
-    _tell(waiting.flow_run_id, decision)
+    give_decision(waiting.flow_run_id, decision)  # waits for the server to show the run paused
     return staged, decision
-
-
-# The journal says "waiting" a moment before the server has the run paused: a decision sent in between is refused.
-@retry(
-    retry=retry_if_exception_type(NotWaitingForApproval), stop=stop_after_delay(15), wait=wait_fixed(0.25), reraise=True
-)
-def _tell(flow_run_id: str, decision: ApprovalDecision) -> None:
-    give_decision(flow_run_id, decision)
