@@ -72,6 +72,7 @@ def _summary(output: str) -> dict[str, Any]:
     return json.loads(output[output.index("{") : output.rindex("}") + 1])
 
 
+@pytest.mark.timeout(900)  # a `rotate smtp` process beside the suite's other workers, on two cores
 @pytest.mark.parametrize("tls", ["starttls", "implicit"])
 def test_a_password_set_by_hand_and_staged_on_standard_input(
     prefect_server, smtp_servers: Servers, local_store_factory, tmp_path: Path, tls: str, record_property
@@ -94,7 +95,7 @@ def test_a_password_set_by_hand_and_staged_on_standard_input(
     if not single:
         _step_started(journal, "old-password-revoked", run)  # asked (approved with --yes), the person revokes it
         server.remove_password("app", old)
-    output, _ = run.communicate(timeout=180)
+    output, _ = run.communicate(timeout=600)
     assert run.returncode == 0, output
 
     summary = _summary(output)
@@ -117,6 +118,7 @@ def test_a_password_set_by_hand_and_staged_on_standard_input(
     assert new not in journal.path.read_bytes().decode(errors="replace")
 
 
+@pytest.mark.timeout(900)
 def test_a_wrong_staged_password_rolls_back(
     prefect_server, smtp_servers: Servers, local_store_factory, tmp_path: Path
 ) -> None:
@@ -130,7 +132,7 @@ def test_a_wrong_staged_password_rolls_back(
     run = _start(journal, store.uri.display)
     rotation_id = _step_started(journal, "new-password", run)
     assert _stage(journal, rotation_id, typo).exit_code == 0
-    output, _ = run.communicate(timeout=180)
+    output, _ = run.communicate(timeout=600)
 
     assert run.returncode == 1, output
     assert "rolled back" in output and "refused the login" in output and typo not in output
