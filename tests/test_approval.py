@@ -6,11 +6,11 @@ from __future__ import annotations
 import threading
 import time
 
-import httpx
 from prefect import flow
 
 from rotation import RotationOptions, rotation, runbook
 from rotation.journal import Journal
+from tests.prefect_api import resume, run_state
 
 
 @runbook("approval-only")
@@ -22,7 +22,7 @@ def needs_approval(secret: str, options: RotationOptions) -> dict:
 
 
 def _paused(api: str, run_id: str) -> bool:
-    return httpx.get(f"{api}/flow_runs/{run_id}", timeout=5).json()["state"]["type"] == "PAUSED"
+    return run_state(api, run_id) == "PAUSED"
 
 
 def test_an_incomplete_blank_or_misaddressed_decision_is_refused_and_the_run_stays_paused(
@@ -34,10 +34,6 @@ def test_an_incomplete_blank_or_misaddressed_decision_is_refused_and_the_run_sta
     journal = Journal(tmp_path / "journal.db")
     options = RotationOptions(started_by="alice", journal=journal.location, approval_timeout_seconds=60)
     answers: list[tuple[str, str]] = []
-
-    def resume(run_id: str, run_input: dict) -> str:
-        answer = httpx.post(f"{api}/flow_runs/{run_id}/resume", json={"run_input": run_input}, timeout=10)
-        return answer.json()["status"]
 
     def approver() -> None:
         while not (active := journal.list(active_only=True)) or not _paused(api, active[0].flow_run_id or ""):
@@ -52,10 +48,10 @@ def test_an_incomplete_blank_or_misaddressed_decision_is_refused_and_the_run_sta
             ("a blank approver", {"decision": "approve", "approver": "   ", "reason": "ok", **address}),
             ("a blank reason", {"decision": "approve", "approver": "bob", "reason": " ", **address}),
         ]:
-            answers.append((label, resume(record.flow_run_id, run_input)))
+            answers.append((label, resume(api, record.flow_run_id, run_input)))
             assert _paused(api, record.flow_run_id), label
         full = {"decision": "approve", "approver": "bob", "reason": "change 42", **address}
-        answers.append(("complete", resume(record.flow_run_id, full)))
+        answers.append(("complete", resume(api, record.flow_run_id, full)))
 
     thread = threading.Thread(target=approver, daemon=True)
     thread.start()
@@ -90,12 +86,7 @@ def test_a_decision_for_another_step_or_the_starter_is_refused_and_recorded(
             {"decision": "approve", "approver": "bob", "reason": "ok", "rotation_id": record.id, "step": "go-ahead"},
         ):
             # Each refusal pauses the run again: send the next decision once that pause is there.
-            while (
-                httpx.post(
-                    f"{api}/flow_runs/{record.flow_run_id}/resume", json={"run_input": run_input}, timeout=10
-                ).json()["status"]
-                != "ACCEPT"
-            ):
+            while resume(api, record.flow_run_id, run_input) != "ACCEPT":
                 time.sleep(0.2)
 
     thread = threading.Thread(target=approver, daemon=True)

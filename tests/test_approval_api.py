@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
 from prefect import flow
 from typer.testing import CliRunner
@@ -20,6 +19,7 @@ from rotation import RotationOptions, RotationRolledBack, rotation, runbook
 from rotation.journal import Journal
 from stores import SecretStore, Stage
 from tests.fixtures.prefect import drain_prefect_workers
+from tests.prefect_api import call, resume
 
 
 def _next_value(current: str) -> str:
@@ -77,7 +77,7 @@ class Paused:
         return found
 
     def run(self) -> dict[str, Any]:
-        return httpx.get(f"{self.api}/flow_runs/{self.run_id}", timeout=10).json()
+        return call("GET", f"{self.api}/flow_runs/{self.run_id}")
 
     def waits(self) -> list[dict[str, Any]]:
         return [e.details for e in self.journal.events(self.record.id) if e.status == "waiting"]
@@ -91,23 +91,17 @@ class Paused:
     def resume(self, **run_input: Any) -> str:
         """POST the decision as the UI's form does; returns the server's status (ACCEPT, REJECT)."""
         run_input = {"rotation_id": self.record.id, "step": "approve-promote", **run_input}
-        for _ in range(20):  # the suite's SQLite-backed server answers 503 when writes collide
-            answer = httpx.post(f"{self.api}/flow_runs/{self.run_id}/resume", json={"run_input": run_input}, timeout=10)
-            if answer.status_code < 500:
-                break
-            time.sleep(0.5)
-        assert answer.is_success, answer.text
-        return answer.json()["status"]
+        return resume(self.api, self.run_id, run_input)
 
     def artifact(self) -> str:
         body = {"artifacts": {"key": {"any_": [f"rotation-{self.record.id}-approval"]}}, "sort": "CREATED_DESC"}
-        artifacts = httpx.post(f"{self.api}/artifacts/filter", json=body, timeout=10).json()
+        artifacts = call("POST", f"{self.api}/artifacts/filter", json=body)
         return artifacts[0]["data"] if artifacts else ""
 
     def logs(self) -> str:
         drain_prefect_workers()  # the run's log lines are sent in batches
         body = {"logs": {"flow_run_id": {"any_": [self.run_id]}}}
-        return "\n".join(line["message"] for line in httpx.post(f"{self.api}/logs/filter", json=body).json())
+        return "\n".join(line["message"] for line in call("POST", f"{self.api}/logs/filter", json=body))
 
     def finish(self) -> dict[str, Any]:
         self.thread.join(90)
@@ -126,7 +120,7 @@ def _has_event(api: str, run_id: str, name: str) -> None:
     """The run's state change emitted ``name``: what an automation matches."""
     query = {"filter": {"any_resource": {"id": [f"prefect.flow-run.{run_id}"]}}, "limit": 50}
     deadline = time.monotonic() + 30
-    while name not in [e["event"] for e in httpx.post(f"{api}/events/filter", json=query, timeout=10).json()["events"]]:
+    while name not in [e["event"] for e in call("POST", f"{api}/events/filter", json=query)["events"]]:
         assert time.monotonic() < deadline, f"no {name} event for flow run {run_id}"
         time.sleep(0.5)
 

@@ -13,13 +13,13 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
 from typer.testing import CliRunner
 
 from cli.app import app
 from rotation.journal import Journal, Lease, RotationState
 from tests.fixtures.ports import free_port
 from tests.fixtures.prefect import running_prefect_server
+from tests.prefect_api import resume
 
 ROTATE = str(Path(sys.executable).parent / "rotate")
 
@@ -184,8 +184,7 @@ def test_a_waiting_rotation_with_markup_in_its_name(prefect_server, tmp_path) ->
         for _ in range(100):
             decision = {"decision": "approve", "approver": "bob", "reason": "ok"}
             decision.update(rotation_id=active[0].id, step="approve-promote")
-            url = f"{prefect_server.api_url}/flow_runs/{active[0].flow_run_id}/resume"
-            if httpx.post(url, json={"run_input": decision}, timeout=10).json().get("status") == "ACCEPT":
+            if resume(prefect_server.api_url, active[0].flow_run_id, decision) == "ACCEPT":
                 return
             time.sleep(0.2)
 

@@ -7,7 +7,6 @@ import json
 import threading
 import time
 
-import httpx
 from prefect import flow
 from typer.testing import CliRunner
 
@@ -16,6 +15,7 @@ from rotation import RotationOptions, rotation, runbook
 from rotation.approval import waiting_for
 from rotation.journal import Journal, RotationState
 from stores import Stage
+from tests.prefect_api import resume, run_state
 
 
 def with_entered_password(current: str, entered: str) -> str:
@@ -49,13 +49,12 @@ def test_a_value_staged_on_standard_input_reaches_the_waiting_run(prefect_server
     while (rotation_id := _waiting(journal)) is None:
         time.sleep(0.2)
     record = journal.get(rotation_id)
-    run_url = f"{prefect_server.api_url}/flow_runs/{record.flow_run_id}"
-    while httpx.get(run_url, timeout=5).json()["state"]["type"] != "PAUSED":
+    while run_state(prefect_server.api_url, record.flow_run_id) != "PAUSED":
         time.sleep(0.2)
 
     # Approved in the UI before anything is staged: refused, and the run asks again.
     answer = {"decision": "approve", "approver": "alice", "reason": "done", "rotation_id": rotation_id}
-    httpx.post(f"{run_url}/resume", json={"run_input": {**answer, "step": "new-password"}}, timeout=10)
+    resume(prefect_server.api_url, record.flow_run_id, {**answer, "step": "new-password"})
     while not any(e.status == "refused" for e in journal.events(rotation_id)):
         time.sleep(0.2)
     assert (
