@@ -26,7 +26,7 @@ from errors import Refused
 from flows.jwt import JwtPolicy, rotate_jwt_signing_key
 from flows.recovery import resume_rotation, rollback_rotation
 from rotation import RotationOptions, rotation, runbook
-from rotation.approval import waiting_for
+from rotation.approval import ApprovalDecision, give_decision, waiting_for
 from rotation.context import RunbookChanged
 from rotation.journal import Journal, RotationInProgress, RotationState
 from stores import SecretStore, Stage
@@ -198,12 +198,13 @@ def test_two_workers_on_one_postgresql_journal_start_the_same_rotation_and_exact
     forkserver, short_leases, keyset, pg_database, tmp_path
 ) -> None:
     environ = {"ROTATE_JOURNAL": pg_database}
-    kwargs = {"secret": keyset.uri.display, "policy": {**POLICY, "grace_seconds": 4}}  # long enough to overlap
+    kwargs = {"secret": keyset.uri.display, "policy": POLICY}
     barrier = threading.Barrier(2)
 
     def worker(n: int) -> Any:
         barrier.wait()
-        return start_child(forkserver, "jwt-signing-key", kwargs, None, tmp_path / f"w{n}", environ=environ)
+        # Each waits for a person at its promotion, so the winner still owns the secret whenever the loser tries.
+        return start_child(forkserver, "jwt-signing-key", kwargs, None, tmp_path / f"w{n}", environ=environ, pause=True)
 
     workers = [threading.Thread(target=lambda n=n: children.append(worker(n))) for n in range(2)]
     children: list[Any] = []
@@ -211,10 +212,17 @@ def test_two_workers_on_one_postgresql_journal_start_the_same_rotation_and_exact
         thread.start()
     for thread in workers:
         thread.join()
-    for child in children:
-        child.join(120)
-    assert sorted(child.exitcode for child in children) == [0, 1]
+    wait_until(lambda: any(child.exitcode is not None for child in children), "one worker's refusal", timeout=120)
+    (loser,) = [child for child in children if child.exitcode is not None]
+    (winner,) = [child for child in children if child is not loser]
+    assert loser.exitcode == 1 and winner.is_alive()
     journal = Journal(pg_database)
+    (active,) = journal.list(active_only=True)
+    wait_until(lambda: waiting_for(journal, active.id, active.flow_run_id) is not None, "the winner's pause")
+    decision = {"decision": "approve", "approver": "bob", "reason": "r", "rotation_id": active.id}
+    give_decision(active.flow_run_id, ApprovalDecision(**decision, step="approve-promote"))
+    winner.join(120)
+    assert winner.exitcode == 0
     (record,) = journal.list()
     assert record.state is RotationState.COMPLETED and journal.list(active_only=True) == []
     assert keyset.describe().version_at(Stage.PREVIOUS) == record.id  # its keyset, then the one without the old key
