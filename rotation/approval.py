@@ -336,11 +336,12 @@ class NotWaitingForApproval(Refused):
     """The rotation or flow run named is not waiting for an approval."""
 
 
-def give_decision(flow_run_id: str, decision: ApprovalDecision, settle_seconds: float = 10) -> None:
+def give_decision(flow_run_id: str, decision: ApprovalDecision, settle_seconds: float = 60) -> None:
     """Answer a paused run's approval, as the UI's Resume button does; a refusal by the server is an error.
 
     The journal says a run waits a moment before the server shows it paused (and between a refused decision and
-    the pause that asks again): a run that is not paused yet is given ``settle_seconds`` to get there.
+    the pause that asks again): a run that is not paused yet is given ``settle_seconds`` to get there. A busy
+    Prefect server (SQLite, many runs at once) can take more than 10 s to record a pause.
     """
     deadline = time.monotonic() + settle_seconds
     while True:

@@ -13,7 +13,7 @@ import uuid
 from errors import Refused
 from redaction import fingerprint, register_secret
 from rotation import runbooks
-from rotation.approval import ApprovalDecision, give_decision, waiting_for
+from rotation.approval import ApprovalDecision, NotWaitingForApproval, give_decision, waiting_for
 from rotation.journal import Journal
 from stores import Stage, open_store
 
@@ -53,5 +53,11 @@ def stage_value(journal: Journal, rotation_id: str, entered: str, person: str) -
         step=step.name,
         decision_id=str(uuid.uuid4()),
     )
-    give_decision(waiting.flow_run_id, decision)  # waits for the server to show the run paused
+    try:
+        give_decision(waiting.flow_run_id, decision)  # waits for the server to show the run paused
+    except NotWaitingForApproval:
+        raise Refused(
+            f"staged {staged} for rotation {rotation_id}, but its run did not pause to take it; run this command "
+            "again with the same value once `rotate status` shows the rotation paused"
+        ) from None
     return staged, decision
