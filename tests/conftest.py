@@ -8,8 +8,10 @@ from pathlib import Path
 # Prefect reads its settings at import: keep it offline and quiet before anything imports it.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
-# A crashed run's rotation may be taken over once its lease expires: keep that wait short in tests.
-os.environ.setdefault("ROTATE_LEASE_SECONDS", "3")
+# A crashed run's rotation may be taken over once its lease expires: keep that wait shorter than the default 30 s,
+# yet long enough that a live run on the suite's loaded two cores renews in time (3 s lapsed now and then, and a
+# `rotate stage` then took the live run for a stopped one).
+os.environ.setdefault("ROTATE_LEASE_SECONDS", "10")
 # The suite runs hundreds of flow runs against one SQLite-backed server, which answers 503 ("database is locked")
 # when writes collide; the client retries with a growing back-off. More attempts than the default 5 ride out a burst.
 os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "8")

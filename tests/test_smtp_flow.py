@@ -92,6 +92,7 @@ def test_a_password_set_by_hand_and_staged_on_standard_input(
     staged = _stage(journal, rotation_id, new)
     assert staged.exit_code == 0, staged.output
     assert f"for rotation {rotation_id}" in staged.output and new not in staged.output
+    assert f"approved: new-password of rotation {rotation_id}, by carol" in staged.output, staged.output
     if not single:
         _step_started(journal, "old-password-revoked", run)  # asked (approved with --yes), the person revokes it
         server.remove_password("app", old)
