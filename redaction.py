@@ -15,6 +15,13 @@ import threading
 
 REDACTED = "***"
 _MIN_LENGTH = 6  # shorter values would redact ordinary words
+#: PEM blocks that are public by nature: a certificate is published and a signing request goes to a CA.
+_PUBLIC_PEM = re.compile(
+    r"-----BEGIN (CERTIFICATE|TRUSTED CERTIFICATE|CERTIFICATE REQUEST|NEW CERTIFICATE REQUEST|PUBLIC KEY|X509 CRL)-----"
+    r".*?-----END \1-----",
+    re.DOTALL,
+)
+_PEM_ARMOR = re.compile(r"-----(BEGIN|END) [A-Z0-9 ]+-----")
 _secrets: set[str] = set()
 _patterns: list[re.Pattern[str]] = []
 _lock = threading.Lock()
@@ -22,8 +29,13 @@ _installed = False
 
 
 def register_secret(value: str) -> str:
-    """Remember ``value`` (and each line of it) for redaction; returns ``value`` for chaining."""
-    parts = {value, *value.splitlines()}
+    """Remember ``value``, and each line of it, for redaction; returns ``value`` for chaining.
+
+    The lines of public PEM blocks in a value (a key pair's certificate) and PEM's armor lines are not secret: a
+    certificate is shown to the person who uploads it at an identity provider, and must not read as a leak.
+    """
+    private = _PUBLIC_PEM.sub("", value)
+    parts = {value, *(line for line in private.splitlines() if not _PEM_ARMOR.fullmatch(line.strip()))}
     with _lock:
         _secrets.update(p for p in parts if len(p) >= _MIN_LENGTH)
     return value
