@@ -346,12 +346,14 @@ def stage(
     with clear_errors():
         book = Journal(journal, create=False)
         book.get(rotation_id)  # an unknown rotation is said before anything is read
-        staged, decision = stage_value(book, rotation_id, _entered_value(from_file), person or getpass.getuser())
-        console.print(f"staged {staged} for rotation {rotation_id}")
-        if decision is None:
-            console.print(f"its run has stopped; carry it on with: rotate resume {rotation_id}")
+        staged = stage_value(book, rotation_id, _entered_value(from_file), person or getpass.getuser())
+        console.print(f"staged {staged.fingerprint} for rotation {rotation_id}")
+        if staged.decision is not None:
+            console.print(escape(verdict(book, staged.decision, timeout=120)))
+        elif staged.taken:
+            console.print("its run found the value staged and went on")
         else:
-            console.print(escape(verdict(book, decision, timeout=120)))
+            console.print(f"its run has stopped; carry it on with: rotate resume {rotation_id}")
 
 
 @app.command()

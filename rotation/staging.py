@@ -8,7 +8,9 @@ addressed to that step, as an approval is). A run that has stopped finds the val
 
 from __future__ import annotations
 
+import time
 import uuid
+from dataclasses import dataclass
 
 from errors import Refused
 from redaction import fingerprint, register_secret
@@ -18,9 +20,23 @@ from rotation.journal import Journal
 from stores import Stage, open_store
 
 
-def stage_value(journal: Journal, rotation_id: str, entered: str, person: str) -> tuple[str, ApprovalDecision | None]:
-    """Stage ``entered`` for the step rotation ``rotation_id`` waits at; returns the staged value's fingerprint and
-    the decision sent to its live run (None when the run has stopped: resume it)."""
+@dataclass(frozen=True)
+class Staged:
+    """What ``rotate stage`` did: the staged value's fingerprint, and how the rotation's run learnt of it."""
+
+    fingerprint: str
+    #: The decision sent to the live run that paused for the value; None when it did not need one.
+    decision: ApprovalDecision | None
+    #: The live run found the value staged before it paused, and went on without being told.
+    taken: bool = False
+
+
+def stage_value(journal: Journal, rotation_id: str, entered: str, person: str, settle_seconds: float = 60) -> Staged:
+    """Stage ``entered`` for the step rotation ``rotation_id`` waits at, and tell its live run.
+
+    A live run may not be paused yet (it records the step's start, then asks): it is given ``settle_seconds`` to
+    pause for the value or to find it staged and go on. A run that has stopped finds the value when it is resumed.
+    """
     record = journal.get(rotation_id)
     if record.state.finished:
         raise Refused(f"rotation {rotation_id} of {record.secret} is already {record.state}; it takes no value")
@@ -42,9 +58,19 @@ def stage_value(journal: Journal, rotation_id: str, entered: str, person: str) -
             f"rotation {rotation_id} already has a different value staged; roll it back (`rotate rollback "
             f"{rotation_id}`) to start again"
         )
-    waiting = waiting_for(journal, rotation_id, record.flow_run_id) if record.lease_live() else None
-    if waiting is None or waiting.step != step.name:
-        return staged, None
+    deadline = time.monotonic() + settle_seconds
+    while True:
+        record = journal.get(rotation_id)
+        if journal.steps(rotation_id)[step.name].completed:
+            return Staged(staged, None, taken=True)
+        if not record.lease_live():
+            return Staged(staged, None)
+        waiting = waiting_for(journal, rotation_id, record.flow_run_id)
+        if waiting is not None and waiting.step == step.name:
+            break
+        if time.monotonic() > deadline:
+            raise _not_taken(staged, rotation_id)
+        time.sleep(0.2)
     decision = ApprovalDecision(
         decision="approve",
         approver=person,
@@ -54,10 +80,14 @@ def stage_value(journal: Journal, rotation_id: str, entered: str, person: str) -
         decision_id=str(uuid.uuid4()),
     )
     try:
-        give_decision(waiting.flow_run_id, decision)  # waits for the server to show the run paused
+        give_decision(waiting.flow_run_id, decision, settle_seconds=max(1.0, deadline - time.monotonic()))
     except NotWaitingForApproval:
-        raise Refused(
-            f"staged {staged} for rotation {rotation_id}, but its run did not pause to take it; run this command "
-            "again with the same value once `rotate status` shows the rotation paused"
-        ) from None
-    return staged, decision
+        raise _not_taken(staged, rotation_id) from None
+    return Staged(staged, decision)
+
+
+def _not_taken(staged: str, rotation_id: str) -> Refused:
+    return Refused(
+        f"staged {staged} for rotation {rotation_id}, but its run did not pause to take it; run this command again "
+        "with the same value once `rotate status` shows the rotation paused"
+    )
