@@ -76,6 +76,7 @@ def _start_example(page: Page, stack: LocalStack, started_by: str) -> str:
     page.screenshot(path=ARTIFACTS / "custom-run-form.png", full_page=True)
     page.get_by_role("button", name="Submit").click()
     deadline = time.monotonic() + 180  # the form validates its parameters on the server first
+    resubmit_at = time.monotonic() + 60
     with _api(stack) as api:
         while True:
             page.wait_for_timeout(2000)
@@ -84,6 +85,12 @@ def _start_example(page: Page, stack: LocalStack, started_by: str) -> str:
                 (run,) = new
                 assert run["parameters"]["options"]["started_by"] == started_by
                 return run["id"]
+            if time.monotonic() > resubmit_at and page.get_by_role("button", name="Submit").is_visible():
+                # Still on the form a minute later: the UI's request did not go through (seen once on a loaded
+                # machine; the UI does not retry it), so the person presses Submit again, once.
+                page.screenshot(path=ARTIFACTS / "custom-run-resubmitted.png", full_page=True)
+                page.get_by_role("button", name="Submit").click()
+                resubmit_at = float("inf")
             if time.monotonic() > deadline:
                 page.screenshot(path=ARTIFACTS / "custom-run-not-started.png", full_page=True)
                 raise AssertionError("the Custom run form started no run (see custom-run-not-started.png)")
@@ -150,7 +157,7 @@ def test_a_second_person_approves_in_the_ui_and_the_key_changes(page: Page, loca
 
     # The person who started it (other spacing and case): the run refuses and asks again, saying why.
     _decide(page, "approve", " Alice ", "I started it")
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 240  # a worker's run on two loaded cores: resume, refuse, record, pause again
     while True:
         page.wait_for_timeout(2000)  # the run resumes, refuses, and pauses again: Resume is offered only then
         _wait_for(page, local_stack, flow_run_id, _paused)
