@@ -116,6 +116,7 @@ def rotate_smtp_credentials(
                     "approve-revoke-old-password",
                     f"Revoke the old password of {plan.username} at {plan.address}? Approve, then revoke it in the "
                     f"provider's console within {policy.revoke_wait_seconds:.0f} s.",
+                    person_retires=True,
                 )
             r.retire(
                 "old-password-revoked",

@@ -126,6 +126,7 @@ class Rotation:
         detail: dict[str, Any] | None = None,
         undo: Undo | None = None,
         retire: bool = False,
+        retire_when_done: bool = False,
     ) -> T:
         if name in self._visited:
             raise RuntimeError(f"runbook {self.runbook.name} names two steps {name!r}: step names must be unique")
@@ -149,7 +150,8 @@ class Rotation:
         # From the start of a retirement on, a failure is carried forward, never rolled back.
         self._retired = self._retired or retire
         result = act(started)
-        self.journal.complete_step(self.lease, name, to_jsonable_python(result))
+        self.journal.complete_step(self.lease, name, to_jsonable_python(result), retire=retire_when_done)
+        self._retired = self._retired or retire_when_done
         return result
 
     def _refuse_if_runbook_changed(self, name: str) -> None:
@@ -192,20 +194,27 @@ class Rotation:
             undo=Undo(discard_secret),
         )
 
-    def approve(self, name: str, question: str, gate: Gate | None = None) -> ApprovalFacts:
+    def approve(
+        self, name: str, question: str, gate: Gate | None = None, *, person_retires: bool = False
+    ) -> ApprovalFacts:
         """Wait for a human decision; a rejection or a timeout rolls the rotation back.
 
         ``gate`` says which of the options' approvals this is (``approve_promote``, ``approve_retire``): when the
-        options do not ask for it, the step records that none was needed.
+        options do not ask for it, the step records that none was needed. ``person_retires``: the approver removes
+        the old credential themselves once they approve (a password revoked in a provider's console), so the
+        approval given is the point of no return, as a retirement's start is: a rollback would restore a credential
+        that may be gone.
         """
         required = {"promote": self.options.approve_promote, "retire": self.options.approve_retire, None: True}[gate]
 
         def decide(_: StepRecord) -> ApprovalFacts:
             if not required:
                 return ApprovalFacts(decision="skipped", at=datetime.now(UTC), via=f"options.approve_{gate}=false")
-            return self._ask(name, question, changes=_CHANGES[gate])
+            return self._ask(name, question, changes=_CHANGES["retire" if person_retires else gate])
 
-        return self._run(name, "approve", decide, ApprovalFacts, detail={"question": question})
+        kind = "approve-retire" if person_retires else "approve"  # not only a look: the world changes after it
+        detail = {"question": question}
+        return self._run(name, kind, decide, ApprovalFacts, detail=detail, retire_when_done=person_retires)
 
     def await_value(self, name: str, question: str, build: Callable[[str, str], str], base: str | None = None) -> str:
         """Pause until a person stages the secret's next value with ``rotate stage ROTATION_ID``: the value they

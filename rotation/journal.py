@@ -603,13 +603,16 @@ class Journal:
             if undo is not None:
                 self._push_undo(conn, rid, name, *undo)
             if retire:
-                conn.execute(
-                    sa.update(_rotations)
-                    .where(_rotations.c.id == rid, _rotations.c.retired_at.is_(None))
-                    .values(retired_at=now)
-                )
+                self._mark_retired(conn, rid, now)
             self._event(conn, rid, name, "started", **(audit or {}))
         return record
+
+    def _mark_retired(self, conn: Connection, rotation_id: str, now: datetime) -> None:
+        conn.execute(
+            sa.update(_rotations)
+            .where(_rotations.c.id == rotation_id, _rotations.c.retired_at.is_(None))
+            .values(retired_at=now)
+        )
 
     def _push_undo(self, conn: Connection, rid: str, step: str, task: str, kwargs: dict[str, Any], deferred: bool):
         exists = conn.execute(
@@ -631,15 +634,21 @@ class Journal:
             self._owned(conn, lease)
             self._push_undo(conn, lease.rotation_id, step, task, kwargs, deferred)
 
-    def complete_step(self, lease: Lease, name: str, facts: Any, audit: dict[str, Any] | None = None) -> None:
-        """Record that step ``name`` completed and what it returned (facts, never values)."""
+    def complete_step(
+        self, lease: Lease, name: str, facts: Any, audit: dict[str, Any] | None = None, *, retire: bool = False
+    ) -> None:
+        """Record that step ``name`` completed and what it returned (facts, never values); ``retire`` makes its
+        completion the point of no return (an approval on which a person removes the old credential)."""
+        now = _now()
         with self._write() as conn:
             self._owned(conn, lease)
             conn.execute(
                 sa.update(_steps)
                 .where(_steps.c.rotation_id == lease.rotation_id, _steps.c.name == name)
-                .values(completed_at=_now(), facts=facts)
+                .values(completed_at=now, facts=facts)
             )
+            if retire:
+                self._mark_retired(conn, lease.rotation_id, now)
             self._event(conn, lease.rotation_id, name, "completed", **(audit or {}))
 
     def undos(self, rotation_id: str) -> list[UndoRecord]:

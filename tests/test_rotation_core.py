@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from prefect import flow, task
 
+from errors import Refused
+from flows.recovery import rollback_rotation
 from rotation import RotationOptions, RotationRolledBack, Undo, rotation, runbook
 from rotation.journal import Journal, RotationState
 from stores import Stage, open_store
@@ -161,3 +163,29 @@ def test_a_failure_during_retirement_is_carried_forward_not_rolled_back(prefect_
     (record,) = Journal(tmp_path / "j.db").list()
     assert record.state is RotationState.FAILED and record.retired_at is not None
     assert open_store(secret).read(Stage.CURRENT) == "value-one-0123456789-next"  # not reverted
+
+
+@runbook("toy-person-revokes")
+@flow(persist_result=False)
+def toy_person_revokes(secret: str, options: RotationOptions) -> dict:
+    with rotation(secret, options) as r:
+        r.stage("stage", _next)
+        r.promote("promote")
+        r.approve("approve-revoke", "Approve, then revoke the old password at the provider", person_retires=True)
+        r.verify("check", failing_check)  # the old password is still accepted: the person has not revoked it yet
+    return r.summary()
+
+
+def test_an_approval_on_which_a_person_revokes_the_old_credential_is_the_point_of_no_return(
+    prefect_server, secret, tmp_path
+) -> None:
+    journal = Journal(tmp_path / "j.db")
+    options = RotationOptions(journal=journal.location, preapproved={"approver": "bob"}, approve_promote=False)
+    with pytest.raises(RuntimeError, match="the new credential was refused"):
+        toy_person_revokes(secret, options)
+    (record,) = journal.list()
+    # Not rolled back to a password the person may have revoked already: carried forward, and refused a rollback.
+    assert record.state is RotationState.FAILED and record.retired_at is not None
+    assert open_store(secret).read(Stage.CURRENT) == "value-one-0123456789-next"
+    with pytest.raises(Refused, match="point of no return"):
+        rollback_rotation(record.id, journal=journal.location)
