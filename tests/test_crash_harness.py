@@ -23,10 +23,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,8 +38,9 @@ import pytest
 
 from errors import Refused
 from flows.recovery import resume_rotation, rollback_rotation
-from rotation.approval import Preapproval
+from rotation.approval import Preapproval, waiting_for
 from rotation.journal import Journal, RotationState
+from rotation.staging import stage_value
 from stores import SecretStore, Stage, open_store
 from stores.errors import SecretNotFound
 from targets.backup.archive import new_id
@@ -50,6 +53,8 @@ from tasks.backup import BackupRef, write_backup
 from tests.fixtures.crash import APPROVER, run_child
 from tests.fixtures.postgres import PgApp
 from tests.fixtures.ses import SesAccount
+from tests.fixtures.smtp_server import SmtpServer
+from tests.leaks import canary
 
 
 class World(Protocol):
@@ -276,6 +281,74 @@ class SesWorld:
         return on_time and self.account.keys() == {current: "Active"} and self.works()
 
 
+@dataclass
+class HandSetSmtpWorld:
+    """A mail provider that keeps the old password valid until a person revokes it, and that person: when the run
+    asks, they set a new password in the provider's console and stage it (``rotate stage``); once they have
+    approved the revocation, they revoke the old password, as the question tells them."""
+
+    server: SmtpServer
+    store: SecretStore
+    old: str
+    runbook: str = "smtp-credentials"
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return {"secret": self.store.uri.display, "policy": {"grace_seconds": 0.5, "revoke_wait_seconds": 60}}
+
+    def _current(self) -> dict[str, Any]:
+        return json.loads(self.store.read(Stage.CURRENT))
+
+    def works(self) -> bool:
+        current = self._current()
+        return self.server.accepts(current["username"], current["password"])
+
+    def snapshot(self) -> Any:
+        return _stages(self.store), self.server.accepts(SMTP_USER, self.old)
+
+    def rotated(self, rotation_id: str) -> bool:
+        on_time = self.store.describe().version_at(Stage.CURRENT) == rotation_id
+        return on_time and self.works() and not self.server.accepts(SMTP_USER, self.old)
+
+    @contextmanager
+    def attend(self, journal: Journal) -> Iterator[None]:
+        """The person, at work while the runbook runs (killed, resumed or rolled back) with this journal."""
+        stop = threading.Event()
+        answered: set[tuple[str, str | None, str]] = set()  # one answer per pause (a resumed run pauses anew)
+        passwords: dict[str, str] = {}  # one new password per rotation, entered again until a run takes it
+
+        def look_and_act() -> None:
+            for record in journal.list(active_only=True) if journal.path.exists() else []:
+                waiting = waiting_for(journal, record.id, record.flow_run_id)
+                pause = (record.id, record.flow_run_id, waiting.question if waiting else "")
+                if waiting is not None and waiting.step == "new-password" and pause not in answered:
+                    if record.id not in passwords:
+                        passwords[record.id] = canary()
+                        self.server.add_password(SMTP_USER, passwords[record.id])
+                    stage_value(journal, record.id, passwords[record.id], "person")
+                    answered.add(pause)
+                revoke = journal.steps(record.id).get("approve-revoke-old-password")
+                if revoke is not None and revoke.completed:
+                    self.server.remove_password(SMTP_USER, self.old)
+
+        def person() -> None:
+            while not stop.wait(0.1):
+                # Not taken (a busy server, a run that stopped while it asked): the person tries again.
+                with suppress(Exception):
+                    look_and_act()
+
+        thread = threading.Thread(target=person, name="person", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+
+SMTP_USER = "app"
+
+
 Fixtures = Callable[[str], Any]  # a fixture's value by name, resolved once, before trials run in threads
 
 
@@ -348,9 +421,16 @@ def _ses(fixture: Fixtures) -> World:
     return SesWorld(fixture("ses_accounts")(), fixture("ses_environment"))
 
 
+def _smtp_hand_set(fixture: Fixtures) -> World:
+    server, store, old = fixture("smtp_servers")("implicit"), fixture("local_store_factory")(), canary()
+    server.set_password(SMTP_USER, old)
+    store.create(server.secret(SMTP_USER, old))
+    return HandSetSmtpWorld(server, store, old)
+
+
 #: Every runbook of flows/ that rotates a secret, in each of its variants: jwt (both orders), postgres (both
-#: strategies), redis_password, saml (the rollover), smtp (Amazon SES; the path set by hand needs a person at the
-#: provider, not yet in the harness); and the restore of a backup. Recovery runs through flows/recovery.py.
+#: strategies), redis_password, saml (the rollover), smtp (Amazon SES, and set by hand with a person at the provider);
+#: and the restore of a backup. Recovery runs through flows/recovery.py.
 CASES = [
     CrashCase("jwt", ("local_store_factory", "auth_service"), _jwt(publish_first=False)),
     CrashCase("jwt-publish-first", ("local_store_factory", "auth_service"), _jwt(publish_first=True)),
@@ -365,6 +445,7 @@ CASES = [
         timeout_seconds=1800,
     ),
     CrashCase("smtp-ses", ("ses_accounts", "ses_environment"), _ses, timeout_seconds=1500),
+    CrashCase("smtp-hand-set", ("smtp_servers", "local_store_factory"), _smtp_hand_set, timeout_seconds=1500),
 ]
 #: Trials run this many at a time: most of a trial is waiting (for a lease to expire, for Prefect).
 CONCURRENT_TRIALS = 4
@@ -411,10 +492,23 @@ def _environ(world: World) -> dict[str, str] | None:
     return getattr(world, "environ", None)
 
 
+def _attended(world: World, journal: Journal) -> AbstractContextManager[None]:
+    """The person a world's runbook waits for (a world's ``attend``), at work while the block runs."""
+    attend = getattr(world, "attend", None)
+    return attend(journal) if attend else nullcontext()
+
+
 def trial(forkserver: Any, world: World, folder: Path, kill: tuple[str, str], pause: bool, recovery: str) -> Outcome:
     """Kill the runbook at ``kill``, check the credential, then recover as ``recovery`` and check the end state."""
-    outcome = Outcome()
     journal = Journal(folder / "journal.db")
+    with _attended(world, journal):
+        return _trial(forkserver, world, journal, folder, kill, pause, recovery)
+
+
+def _trial(
+    forkserver: Any, world: World, journal: Journal, folder: Path, kill: tuple[str, str], pause: bool, recovery: str
+) -> Outcome:
+    outcome = Outcome()
     before = world.snapshot()
     code = run_child(forkserver, world.runbook, world.kwargs, journal, folder / "trace", kill, pause, _environ(world))
     if code != -9:
@@ -466,13 +560,16 @@ def test_every_kill_point_can_be_resumed_and_rolled_back(
     # One run to learn the boundaries, its approvals given in advance; the approval pause is one more.
     world, journal = case.make(fixture), Journal(tmp_path / "discover.db")
     trace = tmp_path / "discover.trace"
-    assert run_child(forkserver, world.runbook, world.kwargs, journal, trace, None, False, _environ(world)) == 0
+    with _attended(world, journal):
+        assert run_child(forkserver, world.runbook, world.kwargs, journal, trace, None, False, _environ(world)) == 0
     (first,) = journal.list()
     assert first.state is RotationState.COMPLETED and world.rotated(first.id)
     boundaries = _boundaries(tmp_path / "discover.trace", changes_only=os.environ.get("CRASH_ALL_POINTS") != "1")
     traced = [json.loads(line) for line in (tmp_path / "discover.trace").read_text().splitlines()]
-    pause_step = next(step for step, phase, kind in traced if kind == "approve" and phase == "started")
-    points = [(point, False) for point in boundaries] + [((pause_step, "paused"), True)]
+    # Paused: at the first approval, and wherever the run waits for a person to stage a value.
+    pauses = [step for step, phase, kind in traced if kind in ("approve", "await") and phase == "started"]
+    pause_steps = dict.fromkeys([pauses[0], *(s for s, _, k in traced if k == "await")])
+    points = [(point, False) for point in boundaries] + [((step, "paused"), True) for step in pause_steps]
 
     def one(number: int, kill: tuple[str, str], pause: bool, recovery: str) -> tuple[str, Outcome]:
         folder = tmp_path / f"trial-{number}-{recovery}"
