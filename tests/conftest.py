@@ -30,3 +30,12 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.section("measured")
         for report in rows:
             terminalreporter.line(f"{report.nodeid}: " + ", ".join(f"{k}={v}" for k, v in report.user_properties))
+
+
+#: Tests that take minutes each: they are handed out first, so that the workers' short tests fill in around them
+#: instead of one long test starting last and running alone at the end.
+_LONG_FIRST = ("tests/test_crash_harness.py::test_every_kill_point", "tests/test_ui_browser.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    items.sort(key=lambda item: not item.nodeid.startswith(_LONG_FIRST))  # stable: each keeps its order

@@ -431,19 +431,19 @@ def _smtp_hand_set(fixture: Fixtures) -> World:
 #: Every runbook of flows/ that rotates a secret, in each of its variants: jwt (both orders), postgres (both
 #: strategies), redis_password, saml (the rollover), smtp (Amazon SES, and set by hand with a person at the provider);
 #: and the restore of a backup. Recovery runs through flows/recovery.py.
-CASES = [
-    CrashCase("jwt", ("local_store_factory", "auth_service"), _jwt(publish_first=False)),
-    CrashCase("jwt-publish-first", ("local_store_factory", "auth_service"), _jwt(publish_first=True)),
-    CrashCase("postgres-alternating-users", ("pg_app",), _postgres("alternating-users")),
-    CrashCase("postgres-single-user", ("pg_app",), _postgres("single-user")),
-    CrashCase("redis-password", ("redis_servers", "local_store_factory"), _redis),
-    CrashCase("restore", ("gpg_keys", "tmp_path_factory"), _restore),
+CASES = [  # the longest first: xdist hands them out first
     CrashCase(
         "saml-certificate",
         ("local_store_factory", "saml_idp_factory", "auth_service"),
         _saml,
         timeout_seconds=1800,
     ),
+    CrashCase("jwt-publish-first", ("local_store_factory", "auth_service"), _jwt(publish_first=True)),
+    CrashCase("jwt", ("local_store_factory", "auth_service"), _jwt(publish_first=False)),
+    CrashCase("postgres-alternating-users", ("pg_app",), _postgres("alternating-users")),
+    CrashCase("postgres-single-user", ("pg_app",), _postgres("single-user")),
+    CrashCase("redis-password", ("redis_servers", "local_store_factory"), _redis),
+    CrashCase("restore", ("gpg_keys", "tmp_path_factory"), _restore),
     CrashCase("smtp-ses", ("ses_accounts", "ses_environment"), _ses, timeout_seconds=1500),
     CrashCase("smtp-hand-set", ("smtp_servers", "local_store_factory"), _smtp_hand_set, timeout_seconds=1500),
 ]
