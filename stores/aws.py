@@ -5,8 +5,9 @@ chain; the region from the URI, else from boto3's chain. The labels are used exa
 use them: the rotation id is the ClientRequestToken and so the new version's id, staging puts the value under
 AWSPENDING, promotion moves AWSCURRENT (AWS itself then moves AWSPREVIOUS to the old current) and removes AWSPENDING.
 A version whose labels are all gone is what AWS calls deprecated: Secrets Manager cannot delete one version, and
-removes deprecated versions itself, so discarding and pruning remove labels and :meth:`describe` lists only labelled
-versions, as ``describe_secret`` does (without dates: Secrets Manager reports none per version there).
+removes deprecated versions itself, so discarding removes labels, pruning has nothing left to do (no call), and
+:meth:`describe` lists only labelled versions, as ``describe_secret`` does (without dates: Secrets Manager reports
+none per version there).
 
 Secrets Manager has no conditional writes: a label move names the version it takes the label
 from, which AWS checks; a put of AWSPENDING does not. Every multi-call step finishes correctly when run again after
@@ -89,6 +90,7 @@ class AwsStore(SecretStore):
     """One secret in AWS Secrets Manager (or anything answering its API, such as moto_server)."""
 
     OPTIONS: ClassVar[dict[str, str]] = {"region": "region=REGION", "endpoint_url": "endpoint_url=URL"}
+    REMOVES_UNSTAGED_VERSIONS: ClassVar[bool] = True  # deprecated versions, see the module docstring
     ROTATION_ID = re.compile(".{32,64}", re.S)
     ROTATION_ID_RULE = "an AWS version id is a string of 32 to 64 characters, for example str(uuid.uuid4())"
     ERRORS = _ERRORS

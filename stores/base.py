@@ -210,6 +210,9 @@ class SecretStore(abc.ABC):
     #: Whether this process keeps the values it read (remote stores: a call saved; a local file is as cheap to read
     #: again, and re-reading it checks its authentication every time).
     CACHE_VALUES: ClassVar[bool] = True
+    #: Whether the service itself removes a version once no stage points to it (Secrets Manager does): then
+    #: :meth:`prune` has nothing to find, and saves the call that would look.
+    REMOVES_UNSTAGED_VERSIONS: ClassVar[bool] = False
 
     def __init__(self, uri: SecretURI) -> None:
         unknown = set(uri.options) - set(self.OPTIONS)
@@ -373,6 +376,8 @@ class SecretStore(abc.ABC):
         """
         if not isinstance(keep, int) or keep < 0:
             raise InvalidRequest(f"keep={keep!r} for {self.uri.display}: give how many old versions to keep, 0 or more")
+        if self.REMOVES_UNSTAGED_VERSIONS:
+            return []
         with self._session(write=True):
             snapshot = self._fresh()
             unstaged = [v for v, _ in self._describe(snapshot) if not snapshot.stages.stages_of(v)]
