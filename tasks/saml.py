@@ -337,10 +337,20 @@ def report_certificate_expiry(secret: str, renew_before_days: float | None = Non
 
 
 @task(cache_policy=NO_CACHE, **_RETRY)
-def start_saml_rotation(deployment: str, secret: str) -> str:
+def start_saml_rotation(deployment: str, secret: str, certificate: str) -> str:
     """Start a run of the rotation deployment ``deployment`` (``flow-name/deployment-name``) with its own
-    parameters; returns the flow run's id. It runs on its own, with its approvals and waits."""
-    started = run_deployment(name=deployment, timeout=0, as_subflow=False, flow_run_name=f"renew-{secret[-40:]}")
+    parameters, to replace the signing certificate whose fingerprint is ``certificate``; returns the flow run's id.
+    It runs on its own, with its approvals and waits.
+
+    Once per certificate: a check run again (the next day's, or one killed after this call) before the rotation
+    has staged its new pair gets the run already started, not a second one (Prefect's idempotency key)."""
+    started = run_deployment(
+        name=deployment,
+        timeout=0,
+        as_subflow=False,
+        flow_run_name=f"renew-{secret[-40:]}",
+        idempotency_key=f"renew-saml-certificate-{certificate}",
+    )
     return str(started.id)
 
 

@@ -441,6 +441,9 @@ def test_the_daily_check_starts_a_rotation_once_two_thirds_of_the_validity_have_
     with get_client(sync_client=True) as client:
         started = client.read_flow_run(uuid.UUID(due["rotation_flow_run"]))
     assert started.deployment_id == deployment_id
+    # Run again before the rotation has staged its pair (the next day, or after being killed): the same run.
+    again = check_saml_certificate_expiry(aged.uri.display, deployment)
+    assert again["rotation_flow_run"] == due["rotation_flow_run"]
 
     not_yet = check_saml_certificate_expiry(fresh.uri.display, deployment)
     assert not not_yet["certificates"][0]["due"] and not_yet["rotation_flow_run"] is None
