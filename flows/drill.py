@@ -2,14 +2,14 @@
 
 1. Find the newest backup at the destination.  2. Verify it (signature, SHA-256, decryption, every checksum).
 3. Plan and run its restore into a scratch local store in a temporary folder, with the same tasks a real restore
-uses.  4. Check every restored value against its keyed checksum.  5. Destroy the scratch store.  6. Record the
+uses.  4. Check every restored value against its keyed checksum.  5. Destroy the scratch store (a drill killed
+before it could is cleaned up by the next one, see targets/backup/scratch.py).  6. Record the
 result beside the backups (``drills/<drill id>.json``: date, backup id, secrets and versions checked, result, and
 why it failed), where the posture report reads it. A failed drill is recorded, then ends the run as Failed.
 """
 
 from __future__ import annotations
 
-import tempfile
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +21,7 @@ from errors import CheckFailed, RotationError
 from redaction import redact
 from targets.backup.archive import new_id
 from targets.backup.drills import DrillRecord
+from targets.backup.scratch import scratch_folder
 from tasks.backup import (
     BackupRef,
     RestoreAction,
@@ -51,7 +52,7 @@ def restore_drill(destination: str, signer: str | None = None, gnupg_home: str |
         record["backup_id"] = find_latest_backup(destination)
         backup = BackupRef(destination=destination, backup_id=record["backup_id"], gnupg_home=gnupg_home, signer=signer)
         verify_backup(backup)
-        with tempfile.TemporaryDirectory(prefix="rotate-drill-") as scratch:
+        with scratch_folder() as scratch:
             plan = plan_restore(backup, f"local://{scratch}/scratch.db?secret=*")
             blocked = [s.name for s in plan.secrets if s.action == RestoreAction.BLOCKED]
             if blocked:
