@@ -4,7 +4,7 @@ Started from a forkserver that has imported the runbooks already, so a trial doe
 start-up. The kill comes from inside, right after the journal write that marks the boundary, so it lands exactly
 there: after a step's start is recorded (its undo with it) and before it acts, or after its completion is recorded.
 ``paused`` kills once the flow run is Paused on the server, waiting for an approval; ``sleeping`` kills in the middle
-of a grace wait.
+of a grace wait. :func:`run_check` runs a flow that holds no rotation and dies after its n-th task call.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -19,12 +20,15 @@ from typing import Any
 from uuid import UUID
 
 from flows import (  # noqa: F401 - each registers its runbook, so a rotation can be found by id
+    drill,
     fleet,
     jwt,
     postgres,
+    posture,
     redis_password,
     restore,
     saml,
+    saml_expiry,
     smtp,
 )
 from rotation import audit, journal, runbooks
@@ -86,3 +90,37 @@ def run(spec: dict[str, Any]) -> None:
     audit.record = recorded
     flow = fleet.rotate_fleet if spec["runbook"] == "fleet" else None
     (flow or runbooks.named(spec["runbook"]).flow)(**spec["kwargs"])
+
+
+#: The flows that change no secret and hold no rotation: they are killed after their n-th task call instead.
+CHECKS = {
+    "restore-drill": drill.restore_drill,
+    "secret-posture": posture.secret_posture,
+    "saml-expiry": saml_expiry.check_saml_certificate_expiry,
+}
+
+
+def run_check(spec: dict[str, Any]) -> None:
+    """Run the flow ``CHECKS[spec["check"]]`` with ``spec["kwargs"]``; die right after its ``spec["kill_after"]``-th
+    task call returns (0: never), and append the number of task calls made to ``spec["trace"]``."""
+    from prefect.tasks import Task
+
+    os.environ.update(spec.get("environ", {}))
+    tempfile.tempdir = None  # the forkserver's, cached: read $TMPDIR again
+    trace, calls = Path(spec["trace"]), 0
+    with open(f"{trace}.log", "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    call = Task.__call__
+
+    def counted(self: Task, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        result = call(self, *args, **kwargs)
+        calls += 1
+        trace.write_text(str(calls))
+        if calls == spec["kill_after"]:
+            _die()
+        return result
+
+    Task.__call__ = counted
+    CHECKS[spec["check"]](**spec["kwargs"])

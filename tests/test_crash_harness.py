@@ -14,6 +14,9 @@ an approval given in advance, the start or end of a wait) leaves the world as th
 differs from it only by a journal row without an undo. ``CRASH_ALL_POINTS=1`` kills at every boundary, the
 looking steps' too (about twice the trials).
 
+The flows that change no secret (drill, posture, SAML expiry) are killed after each task call and run again
+(``CHECK_CASES``, at the end of this module).
+
 A later runbook joins by adding one entry to ``CASES``: a ``World`` factory that makes a fresh secret and target,
 and says how the target is checked. The totals show in the "measured" section of pytest's summary.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import tempfile
 import threading
 import time
 import uuid
@@ -30,11 +34,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
 
 from errors import Refused
 from flows.recovery import resume_rotation, rollback_rotation
@@ -43,6 +50,7 @@ from rotation.journal import Journal, RotationState
 from rotation.staging import stage_value
 from stores import SecretStore, Stage, open_store
 from stores.errors import SecretNotFound
+from targets.backup import scratch
 from targets.backup.archive import new_id
 from targets.jwt.keyset import JwtKeyset, new_key, verify_token
 from targets.saml.certificates import CertificateProfile
@@ -50,6 +58,7 @@ from targets.saml.keyset import SamlKeyset, new_pair
 from targets.saml.metadata import parse_metadata
 from targets.saml.sign_in import sign_in
 from tasks.backup import BackupRef, write_backup
+from tests.crash_child import CHECKS
 from tests.fixtures.crash import APPROVER, run_child
 from tests.fixtures.postgres import PgApp
 from tests.fixtures.ses import SesAccount
@@ -626,3 +635,138 @@ def test_a_fleet_killed_mid_way_leaves_each_member_resumable(
         current = app.current()
         assert current["username"] == f"{app.user}_clone" and app.can_login(current["username"], current["password"])
     record_property("fleet_members_resumed", len(started))
+
+
+# -- Flows that change no secret ----------------------------------------------------------------------------------
+# The restore drill, the posture report and the SAML expiry check hold no rotation, so there is nothing to resume or
+# roll back: each is killed right after each of its task calls, then simply run again. Killed, it must leave nothing
+# behind (the drill's scratch copy of every restored secret included); run again, it must do its work once (one
+# rotation started for a due certificate, not two).
+
+
+@dataclass
+class DrillWorld:
+    backup: BackupRef
+    scratch_root: Path  # the drill's temporary folder (TMPDIR), this world's alone
+    check: str = "restore-drill"
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return {"destination": self.backup.destination, "gnupg_home": self.backup.gnupg_home}
+
+    def done(self, result: dict[str, Any]) -> bool:
+        left = list(self.scratch_root.glob(f"{scratch.PREFIX}*"))  # a killed drill's scratch store, values and key
+        return result["result"] == "passed" and result["secrets_checked"] == 2 and left == []
+
+
+@dataclass
+class PostureWorld:
+    store: SecretStore
+    journal: Path
+    check: str = "secret-posture"
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return {"stores": [self.store.uri.display], "journal": str(self.journal)}
+
+    def done(self, result: dict[str, Any]) -> bool:
+        return result["counts"]["secrets"] == 1 and self.store.read() == POSTURE_VALUE
+
+
+@dataclass
+class ExpiryWorld:
+    store: SecretStore
+    deployment_id: uuid.UUID
+    deployment: str
+    check: str = "saml-expiry"
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return {"secret": self.store.uri.display, "rotation_deployment": self.deployment}
+
+    def done(self, result: dict[str, Any]) -> bool:
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[self.deployment_id]))
+            )
+        return [str(r.id) for r in runs] == [result["rotation_flow_run"]]  # one rotation, however often checked
+
+
+POSTURE_VALUE = "canary-posture-value-" + secrets.token_urlsafe(12)
+
+
+def _drill(fixture: Fixtures) -> DrillWorld:
+    keys, folder = fixture("gpg_keys"), fixture("tmp_path_factory").mktemp("drill-world")
+    for name in ("one", "two"):
+        open_store(f"local://{folder / 'source.db'}?secret={name}").create(canary())
+    backup = BackupRef(destination=str(folder / "backups"), backup_id=new_id(), gnupg_home=str(keys.home))
+    write_backup.fn(f"local://{folder / 'source.db'}?secret=*", backup.destination, [keys.admin], "all",
+                    backup.backup_id, None, backup.gnupg_home)  # fmt: skip
+    (folder / "tmp").mkdir()
+    return DrillWorld(backup, folder / "tmp")
+
+
+def _posture(fixture: Fixtures) -> PostureWorld:
+    store, folder = fixture("local_store_factory")(), fixture("tmp_path_factory").mktemp("posture-world")
+    store.create(POSTURE_VALUE)
+    return PostureWorld(store, folder / "journal.db")
+
+
+def _expiry(fixture: Fixtures) -> ExpiryWorld:
+    from flows.saml import rotate_saml_certificate
+    from tests.test_saml_rollover import _pem
+
+    store = fixture("local_store_factory")()
+    profile = {"subject": "CN=auth.example.com,O=Example", "rsa_bits": 2048, "validity_days": 90}
+    store.create(json.dumps({"keys": [_pem(profile, now=datetime.now(UTC) - timedelta(days=61))]}))  # due
+    name = f"expiry-{uuid.uuid4().hex[:8]}"
+    with get_client(sync_client=True) as client:
+        deployment_id = client.create_deployment(flow_id=client.create_flow(rotate_saml_certificate), name=name)
+    return ExpiryWorld(store, deployment_id, f"rotate-saml-certificate/{name}")
+
+
+CHECK_CASES = [
+    ("restore-drill", ("gpg_keys", "tmp_path_factory"), _drill),
+    ("secret-posture", ("local_store_factory", "tmp_path_factory"), _posture),
+    ("saml-expiry", ("local_store_factory",), _expiry),
+]
+
+
+def _run_check(forkserver: Any, world: Any, trace: Path, kill_after: int) -> int | None:
+    from tests.crash_child import run_check
+
+    environ = {"TMPDIR": str(world.scratch_root)} if isinstance(world, DrillWorld) else {}
+    spec = {"check": world.check, "kwargs": world.kwargs, "kill_after": kill_after, "trace": str(trace)}
+    child = forkserver.Process(target=run_check, args=({**spec, "environ": environ},))
+    child.start()
+    child.join(180)
+    return child.exitcode
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c[0]) for c in CHECK_CASES])
+def test_a_flow_that_changes_no_secret_killed_after_any_task_leaves_nothing_and_runs_again(
+    case: tuple[str, tuple[str, ...], Callable[[Fixtures], Any]],
+    request: pytest.FixtureRequest,
+    forkserver,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    record_property,
+) -> None:
+    _, fixtures, make = case
+    factories = {name: request.getfixturevalue(name) for name in fixtures}
+    assert _run_check(forkserver, make(factories.__getitem__), tmp_path / "discover", 0) == 0
+    calls = int((tmp_path / "discover").read_text())
+    problems = []
+    for kill_after in range(1, calls + 1):
+        world, trace = make(factories.__getitem__), tmp_path / f"trial-{kill_after}"
+        code = _run_check(forkserver, world, trace, kill_after)
+        if code != -9:
+            problems.append(f"after task call {kill_after}: not killed (exit code {code})")
+            continue
+        if isinstance(world, DrillWorld):
+            monkeypatch.setattr(tempfile, "tempdir", str(world.scratch_root))
+        result = CHECKS[world.check](**world.kwargs)
+        if not world.done(result):
+            problems.append(f"killed after task call {kill_after}, then run again: {result}")
+    record_property("kill_points", calls)
+    assert problems == [], "\n".join(problems)
