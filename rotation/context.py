@@ -33,7 +33,7 @@ from rotation import audit, flow_runs, runbooks
 from rotation.approval import ApprovalFacts, ApprovalRequest
 from rotation.compensation import Undo, roll_back
 from rotation.execution import call
-from rotation.journal import Journal, Lease, LeaseLost, RotationRecord, RotationState, StepRecord
+from rotation.journal import Journal, Lease, LeaseLost, RotationRecord, RotationState, StepRecord, UndoEntry
 from rotation.lease import kept
 from rotation.options import RotationOptions
 from rotation.outcomes import RotationRolledBack
@@ -54,6 +54,10 @@ _CHANGES: dict[Gate | None, str] = {
     "go forward",
     None: "the rotation goes on to its next step",
 }
+
+
+#: Steps that change nothing before they are done: their start is written with their completion (see the journal).
+_LOOKS = frozenset({"check", "verify", "approve", "approve-retire"})
 
 
 class RunbookChanged(Refused):
@@ -112,6 +116,7 @@ class Rotation:
         self._visited: set[str] = set()
         self._retired = record.retired_at is not None
         self._only_checks = not options.resume  # nothing but checks so far: a failure is bad input, not a rollback
+        self.state = record.state
         self._inline = not options.steps_as_tasks
 
     # -- the mechanism every step goes through --------------------------------------------------------------------
@@ -124,7 +129,7 @@ class Rotation:
         returns: Any = None,
         *,
         detail: dict[str, Any] | None = None,
-        undo: Undo | None = None,
+        undo: UndoEntry | None = None,
         retire: bool = False,
         retire_when_done: bool = False,
     ) -> T:
@@ -137,15 +142,14 @@ class Rotation:
             return _restored(known.facts, returns)  # done before: never applied twice
         self._refuse_if_runbook_changed(name)
         self._only_checks = self._only_checks and kind == "check"
-        if undo is not None and undo.task.name not in self.runbook.undos:
-            raise RuntimeError(f"runbook {self.runbook.name} pushes undo {undo.task.name!r} it did not declare")
         started = self.journal.start_step(
             self.lease,
             name,
             kind,
             detail or {},
-            undo=(undo.task.name, undo.kwargs, False) if undo else None,
+            undo=undo,
             retire=retire,
+            write_ahead=kind not in _LOOKS or undo is not None or retire,
         )
         # From the start of a retirement on, a failure is carried forward, never rolled back.
         self._retired = self._retired or retire
@@ -164,6 +168,11 @@ class Rotation:
                 f"be resumed safely; undo it with `rotate rollback {self.id}`"
             )
 
+    def _undo(self, undo: Undo, *, deferred: bool = False, key: str | None = None) -> UndoEntry:
+        if undo.task.name not in self.runbook.undos:
+            raise RuntimeError(f"runbook {self.runbook.name} pushes undo {undo.task.name!r} it did not declare")
+        return UndoEntry(undo.task.name, undo.kwargs, deferred, key)
+
     def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return call(fn, *args, inline=self._inline, **kwargs)
 
@@ -179,7 +188,8 @@ class Rotation:
 
     def apply(self, name: str, fn: Callable[..., T], *args: Any, undo: Undo | None = None, **kwargs: Any) -> T:
         """Change the target (a database, a cache...); ``undo`` is recorded first and must be idempotent."""
-        return self._run(name, "apply", lambda _: self._call(fn, *args, **kwargs), _returns(fn), undo=undo)
+        entry = self._undo(undo) if undo is not None else None
+        return self._run(name, "apply", lambda _: self._call(fn, *args, **kwargs), _returns(fn), undo=entry)
 
     def stage(self, name: str, build: Callable[..., str], **kwargs: Any) -> str:
         """Stage ``build(current value, **kwargs)`` as PENDING under the rotation id; returns its fingerprint.
@@ -191,7 +201,7 @@ class Rotation:
             "stage",
             lambda _: self._call(stage_secret, self.secret, self.id, partial(build, **kwargs)),
             str,
-            undo=Undo(discard_secret),
+            undo=self._undo(Undo(discard_secret)),
         )
 
     def approve(
@@ -249,7 +259,7 @@ class Rotation:
             return fingerprint(self.store.read_version(self.id))
 
         detail = {"question": question, "build": build.__name__, "base": base}
-        return self._run(name, "await", wait_for_person, str, detail=detail, undo=Undo(discard_secret))
+        return self._run(name, "await", wait_for_person, str, detail=detail, undo=self._undo(Undo(discard_secret)))
 
     def _ask(self, name: str, question: str, **overrides: Any) -> ApprovalFacts:
         if self._inline and (overrides.get("preapproved", self.options.preapproved) is None):
@@ -288,7 +298,7 @@ class Rotation:
             name,
             "promote",
             lambda _: self._call(promote_secret, self.secret, self.id),
-            undo=Undo(revert_secret, previous_version=self.versions_before.get("previous")),
+            undo=self._undo(Undo(revert_secret, previous_version=self.versions_before.get("previous"))),
         )
 
     def restart(self, name: str) -> list[str]:
@@ -296,10 +306,14 @@ class Rotation:
         if not self.consumers:
             return []
         dumped = [c.model_dump(mode="json") for c in self.consumers]
-        if not self._retired:
-            self.journal.push_undo(self.lease, "restart-consumers", restart_consumers.name, {"consumers": dumped}, True)
+        # Pushed once per rotation, to run after every other undo: the consumers load the reverted secret.
+        undo = (
+            None
+            if self._retired
+            else self._undo(Undo(restart_consumers, consumers=dumped), deferred=True, key="restart-consumers")
+        )
         restart = partial(self._call, restart_consumers, self.secret, self.id, dumped)
-        return self._run(name, "restart", lambda _: restart(), list[str])
+        return self._run(name, "restart", lambda _: restart(), list[str], undo=undo)
 
     def wait(self, name: str, seconds: float, why: str = "grace period") -> None:
         """Wait out a grace period. Its due time is fixed when the step first starts: a resumed run only waits for
@@ -350,8 +364,7 @@ class Rotation:
 
     def summary(self) -> dict[str, Any]:
         """What a caller may show: ids and states, never values."""
-        record = self.journal.get(self.id)
-        return {"rotation_id": self.id, "secret": self.secret, "state": record.state}
+        return {"rotation_id": self.id, "secret": self.secret, "state": self.state}
 
     def _superseded_runs(self) -> tuple[str, ...]:
         runs = [e.details.get("flow_run") for e in reversed(self.journal.events(self.id)) if e.step == "rotation"]
@@ -431,6 +444,7 @@ def rotation(
                 r._run("prune-versions", "prune", lambda _: prune(), list[str])
         except _Deferred as deferred:
             journal.end_run(lease, RotationState.WAITING, str(deferred))
+            r.state = RotationState.WAITING
             logger.info("Rotation %s is %s", r.id, deferred)
             return
         except (LeaseLost, RunbookChanged):
@@ -452,5 +466,6 @@ def rotation(
                 raise RotationRolledBack(f"rotation {r.id} of {r.secret} was rolled back: {exc}") from exc
             raise RotationRolledBack(f"rotation {r.id} of {r.secret} was rolled back: {reason}") from exc
         journal.end_run(lease, RotationState.COMPLETED)
+        r.state = RotationState.COMPLETED
         audit.emit(r.id, r.secret, "rotation", "completed")
         logger.info("Rotation %s of %s completed", r.id, r.secret)

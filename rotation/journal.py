@@ -7,8 +7,16 @@ per secret identity keeps a second rotation of the same secret out. Nothing here
 
 One SQLAlchemy Core schema, two backends: an SQLite file (the default; WAL, ``BEGIN IMMEDIATE`` for writes, so
 processes on one machine serialise) or PostgreSQL (``ROTATE_JOURNAL=postgresql://...``) for workers on several
-machines, where the lock row's primary key and the lease's compare-and-set keep two workers apart. Every call is one
-transaction over a pooled connection: a step's start (with its undo and audit record) is one, its completion another.
+machines, where the lock row's primary key and the lease's compare-and-set keep two workers apart.
+
+A step costs one transaction. A step that changes something writes its start (with its undo, the point of no return
+and its audit record) before it acts: that is what lets a resumed run, or a rollback, know what may have been done.
+What needs no such write-ahead (a step's completion, and the whole record of a step that only looked: a check, a
+verification, an approval) is kept in memory and written in the next transaction of the same rotation: the next
+step's start, an audit record, the end of the run, or the lease's renewal (so nothing waits longer than a third of
+a lease). A run killed before then has lost only records of steps a resumed run can safely do again, and does: steps
+are idempotent, and every change was preceded by the durable record of what came before it. A point of no return
+(a completion with ``retire``) is written at once.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -224,6 +232,18 @@ class Lease:
 
 
 @dataclass(frozen=True)
+class UndoEntry:
+    """An undo recorded with the start of the step it undoes: a task's name and its arguments. ``deferred`` undos run
+    after the stack (the consumers' restart, once the secret is reverted); ``key`` names an undo several steps share
+    (default: the step's name), recorded once."""
+
+    task: str
+    kwargs: dict[str, Any]
+    deferred: bool = False
+    key: str | None = None
+
+
+@dataclass(frozen=True)
 class TakeOver:
     """A stopped rotation now owned by a new run; ``superseded`` is the flow run that owned it before."""
 
@@ -353,6 +373,11 @@ class Journal:
         raw = str(location) if location else settings().journal
         self.location = raw if _is_url(raw) else str(Path(raw).expanduser().absolute())
         self._engine = _engine(self.location, create)
+        # Writes kept for the next transaction of the rotation this process owns, with the lease that owns it.
+        self._deferred: dict[str, tuple[Lease, list[Callable[[Connection], None]]]] = {}
+        self._ended: set[str] = set()  # leases whose run has ended: nothing is left to release
+        # The lease's renewal thread writes too: a rotation's transactions (and its deferred writes) keep their order.
+        self._writing = threading.RLock()
 
     @property
     def path(self) -> Path | None:
@@ -365,9 +390,33 @@ class Journal:
         return _display(self.location)
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        with self._engine.begin() as conn:
+    def _write(self, rotation_id: str | None = None, lease: Lease | None = None) -> Iterator[Connection]:
+        """A write transaction. For a rotation (``rotation_id``, or ``lease``'s) it first checks ``lease`` is still
+        this run's and writes what was deferred, all in the same transaction."""
+        rid = lease.rotation_id if lease is not None else rotation_id
+        with self._writing, self._engine.begin() as conn:
+            if lease is not None:
+                self._owned(conn, lease)
+            deferred = self._deferred.get(rid) if rid is not None else None
+            if deferred is not None:
+                owner, writes = deferred
+                if lease is None:
+                    self._owned(conn, owner)
+                for write in writes:
+                    write(conn)
             yield conn
+            if deferred is not None:
+                del self._deferred[rid]
+
+    def _defer(self, lease: Lease, write: Callable[[Connection], None]) -> None:
+        with self._writing:
+            self._deferred.setdefault(lease.rotation_id, (lease, []))[1].append(write)
+
+    def _flush(self, rotation_id: str) -> None:
+        """Write what this process deferred for ``rotation_id``, so that reading it here sees its own steps."""
+        if rotation_id in self._deferred:
+            with self._write(rotation_id):
+                pass
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -416,12 +465,12 @@ class Journal:
                     )
                 )
                 self._event(conn, lease.rotation_id, "rotation", "started", runbook=runbook, flow_run=lease.flow_run_id)
+                return self._get(conn, lease.rotation_id)
         except IntegrityError:
             # Another worker inserted the lock row between our read and our insert (PostgreSQL).
             with self._read() as conn:
                 held = conn.execute(sa.select(_locks.c.rotation_id).where(_locks.c.secret == secret)).scalar()
                 raise RotationInProgress(self._in_progress_message(conn, secret, held or "?")) from None
-        return self.get(lease.rotation_id)
 
     def _in_progress_message(self, conn: Connection, secret: str, rotation_id: str) -> str:
         row = conn.execute(sa.select(_rotations).where(_rotations.c.id == rotation_id)).mappings().first()
@@ -481,12 +530,15 @@ class Journal:
             self._event(
                 conn, rotation_id, "rotation", f"{purpose}-claimed", flow_run=lease.flow_run_id, superseded=superseded
             )
-        return TakeOver(self.get(rotation_id), superseded)
+            return TakeOver(self._get(conn, rotation_id), superseded)
 
     def renew(self, lease: Lease) -> bool:
-        """Extend ``lease``; False if another run has taken the rotation over."""
-        with self._write() as conn:
-            return self._renew(conn, lease)
+        """Extend ``lease`` (writing what was deferred); False if another run has taken the rotation over."""
+        try:
+            with self._write(lease=lease):
+                return True
+        except LeaseLost:
+            return False
 
     def _renew(self, conn: Connection, lease: Lease) -> bool:
         result = conn.execute(
@@ -504,19 +556,20 @@ class Journal:
             )
 
     def release(self, lease: Lease) -> None:
-        """Give up ``lease`` (the run ends, or hands the rotation to a scheduled follow-up run)."""
-        with self._write() as conn:
+        """Give up ``lease`` (the run stops without ending the rotation), writing what was deferred."""
+        if lease.token in self._ended:
+            return
+        with contextlib.suppress(LeaseLost), self._write(lease=lease) as conn:
             conn.execute(
                 sa.update(_rotations)
-                .where(_rotations.c.id == lease.rotation_id, _rotations.c.lease_token == lease.token)
+                .where(_rotations.c.id == lease.rotation_id)
                 .values(lease_token=None, lease_expires_at=None)
             )
 
     def end_run(self, lease: Lease, state: RotationState, reason: str = "") -> None:
         """This run ends, leaving the rotation in ``state``: the lease is given up, and a finished rotation releases its
         secret's lock."""
-        with self._write() as conn:
-            self._owned(conn, lease)
+        with self._write(lease=lease) as conn:
             conn.execute(
                 sa.update(_rotations)
                 .where(_rotations.c.id == lease.rotation_id)
@@ -525,15 +578,16 @@ class Journal:
             if state.finished:
                 conn.execute(sa.delete(_locks).where(_locks.c.rotation_id == lease.rotation_id))
             self._event(conn, lease.rotation_id, "rotation", str(state), **({"reason": reason} if reason else {}))
+        self._ended.add(lease.token)
 
     def forget(self, lease: Lease) -> None:
         """Remove a new rotation that changed nothing (its checks refused the input): as if it never began."""
-        with self._write() as conn:
-            self._owned(conn, lease)
+        with self._write(lease=lease) as conn:
             for table in (_events, _steps, _undos):
                 conn.execute(sa.delete(table).where(table.c.rotation_id == lease.rotation_id))
             conn.execute(sa.delete(_locks).where(_locks.c.rotation_id == lease.rotation_id))
             conn.execute(sa.delete(_rotations).where(_rotations.c.id == lease.rotation_id))
+        self._ended.add(lease.token)
 
     def get(self, rotation_id: str) -> RotationRecord:
         with self._read() as conn:
@@ -559,6 +613,7 @@ class Journal:
 
     def steps(self, rotation_id: str) -> dict[str, StepRecord]:
         """The steps recorded for a rotation, by name, in the order they first started."""
+        self._flush(rotation_id)
         with self._read() as conn:
             rows = conn.execute(
                 sa.select(_steps).where(_steps.c.rotation_id == rotation_id).order_by(_steps.c.seq)
@@ -572,16 +627,19 @@ class Journal:
         kind: str,
         detail: dict[str, Any],
         *,
-        undo: tuple[str, dict[str, Any], bool] | None = None,
+        undo: UndoEntry | None = None,
         retire: bool = False,
-        audit: dict[str, Any] | None = None,
+        write_ahead: bool = True,
     ) -> StepRecord:
-        """Record that step ``name`` starts, in one transaction with its undo (task name, arguments, deferred) and
-        the point of no return for a retirement. A step started before keeps its first ``detail`` (a wait's due
-        time, say) and its undo, so a resumed run picks them up."""
+        """Record that step ``name`` starts, in one transaction with its undo and the point of no return for a
+        retirement. A step started before keeps its first ``detail`` (a wait's due time, say) and its undo, so a
+        resumed run picks them up.
+
+        ``write_ahead=False`` for a step that only looks (nothing to undo, nothing to retire): its start is written
+        with its completion, and the record returned is the one given."""
         now = _now()
-        with self._write() as conn:
-            self._owned(conn, lease)
+
+        def start(conn: Connection) -> StepRecord:
             rid = lease.rotation_id
             row = (
                 conn.execute(sa.select(_steps).where(_steps.c.rotation_id == rid, _steps.c.name == name))
@@ -601,11 +659,19 @@ class Journal:
             else:
                 record = StepRecord.model_validate(dict(row))
             if undo is not None:
-                self._push_undo(conn, rid, name, *undo)
+                self._push_undo(conn, rid, undo.key or name, undo)
             if retire:
                 self._mark_retired(conn, rid, now)
-            self._event(conn, rid, name, "started", **(audit or {}))
-        return record
+            self._event(conn, rid, name, "started", at=now)
+            return record
+
+        if not write_ahead:
+            if undo is not None or retire:
+                raise ValueError(f"step {name!r} changes something: its start must be written before it acts")
+            self._defer(lease, start)
+            return StepRecord(name=name, seq=0, kind=kind, started_at=now, detail=detail)
+        with self._write(lease=lease) as conn:
+            return start(conn)
 
     def _mark_retired(self, conn: Connection, rotation_id: str, now: datetime) -> None:
         conn.execute(
@@ -614,34 +680,25 @@ class Journal:
             .values(retired_at=now)
         )
 
-    def _push_undo(self, conn: Connection, rid: str, step: str, task: str, kwargs: dict[str, Any], deferred: bool):
-        exists = conn.execute(
-            sa.select(_undos.c.step).where(_undos.c.rotation_id == rid, _undos.c.step == step)
-        ).first()
+    def _push_undo(self, conn: Connection, rid: str, key: str, undo: UndoEntry) -> None:
+        exists = conn.execute(sa.select(_undos.c.step).where(_undos.c.rotation_id == rid, _undos.c.step == key)).first()
         if exists is None:
             seq = conn.execute(
                 sa.select(sa.func.coalesce(sa.func.max(_undos.c.seq), 0) + 1).where(_undos.c.rotation_id == rid)
             ).scalar_one()
             conn.execute(
                 sa.insert(_undos).values(
-                    rotation_id=rid, step=step, seq=seq, task=task, kwargs=kwargs, deferred=deferred
+                    rotation_id=rid, step=key, seq=seq, task=undo.task, kwargs=undo.kwargs, deferred=undo.deferred
                 )
             )
 
-    def push_undo(self, lease: Lease, step: str, task: str, kwargs: dict[str, Any], deferred: bool) -> None:
-        """Add an undo outside a step's start (the consumers' restart, pushed once per rotation)."""
-        with self._write() as conn:
-            self._owned(conn, lease)
-            self._push_undo(conn, lease.rotation_id, step, task, kwargs, deferred)
-
-    def complete_step(
-        self, lease: Lease, name: str, facts: Any, audit: dict[str, Any] | None = None, *, retire: bool = False
-    ) -> None:
-        """Record that step ``name`` completed and what it returned (facts, never values); ``retire`` makes its
-        completion the point of no return (an approval on which a person removes the old credential)."""
+    def complete_step(self, lease: Lease, name: str, facts: Any, *, retire: bool = False) -> None:
+        """Record that step ``name`` completed and what it returned (facts, never values), with the rotation's next
+        transaction. ``retire`` makes its completion the point of no return (an approval on which a person removes
+        the old credential): that is written at once."""
         now = _now()
-        with self._write() as conn:
-            self._owned(conn, lease)
+
+        def complete(conn: Connection) -> None:
             conn.execute(
                 sa.update(_steps)
                 .where(_steps.c.rotation_id == lease.rotation_id, _steps.c.name == name)
@@ -649,7 +706,12 @@ class Journal:
             )
             if retire:
                 self._mark_retired(conn, lease.rotation_id, now)
-            self._event(conn, lease.rotation_id, name, "completed", **(audit or {}))
+            self._event(conn, lease.rotation_id, name, "completed", at=now)
+
+        self._defer(lease, complete)
+        if retire:
+            with self._write(lease=lease):
+                pass
 
     def undos(self, rotation_id: str) -> list[UndoRecord]:
         """Undo steps in the order they must run: the stack from the top, then the deferred ones."""
@@ -668,8 +730,7 @@ class Journal:
             ]
 
     def mark_undone(self, lease: Lease, step: str) -> None:
-        with self._write() as conn:
-            self._owned(conn, lease)
+        with self._write(lease=lease) as conn:
             conn.execute(
                 sa.update(_undos)
                 .where(_undos.c.rotation_id == lease.rotation_id, _undos.c.step == step)
@@ -680,16 +741,22 @@ class Journal:
     # -- the audit trail ------------------------------------------------------------------------------------------
 
     def record(self, rotation_id: str, step: str, status: str, **details: Any) -> None:
-        """An audit record of its own (an approval refused, a run waiting): ids and names only, never values."""
-        with self._write() as conn:
+        """An audit record of its own (an approval refused, a run waiting), written at once, after what the rotation
+        deferred: ids and names only, never values."""
+        with self._write(rotation_id) as conn:
             self._event(conn, rotation_id, step, status, **details)
 
-    def _event(self, conn: Connection, rotation_id: str, step: str, status: str, **details: Any) -> None:
+    def _event(
+        self, conn: Connection, rotation_id: str, step: str, status: str, at: datetime | None = None, **details: Any
+    ) -> None:
         conn.execute(
-            sa.insert(_events).values(rotation_id=rotation_id, at=_now(), step=step, status=status, details=details)
+            sa.insert(_events).values(
+                rotation_id=rotation_id, at=at or _now(), step=step, status=status, details=details
+            )
         )
 
     def events(self, rotation_id: str) -> list[AuditEvent]:
+        self._flush(rotation_id)
         with self._read() as conn:
             rows = conn.execute(
                 sa.select(_events).where(_events.c.rotation_id == rotation_id).order_by(_events.c.id)

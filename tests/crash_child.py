@@ -1,8 +1,9 @@
 """The process the crash harness kills: it runs one runbook and SIGKILLs itself at the chosen step boundary.
 
 Started from a forkserver that has imported the runbooks already, so a trial does not pay Python's and Prefect's
-start-up. The kill comes from inside, right after the journal write that marks the boundary, so it lands exactly
-there: after a step's start is recorded (its undo with it) and before it acts, or after its completion is recorded.
+start-up. The kill comes from inside, right after the journal call that marks the boundary, so it lands exactly
+there: after a step's start is recorded (its undo with it) and before it acts, or after its completion is handed to
+the journal (which writes it with the rotation's next transaction: killed there, it is lost, as in a real crash).
 ``paused`` kills once the flow run is Paused on the server, waiting for an approval; ``sleeping`` kills in the middle
 of a grace wait. :func:`run_check` runs a flow that holds no rotation and dies after its n-th task call.
 """

@@ -11,8 +11,10 @@ after retirement a rollback is refused and a resume finishes it) and that no loc
 The suite kills at the boundaries of the steps that change something (stage, apply, promote, restart, retire, an
 awaited value, prune) and in every approval pause and grace wait: a step that only looks (a check, a verification,
 an approval given in advance, the start or end of a wait) leaves the world as the neighbouring boundary does, and
-differs from it only by a journal row without an undo. ``CRASH_ALL_POINTS=1`` kills at every boundary, the
-looking steps' too (about twice the trials).
+differs from it only by journal records without an undo (which the journal writes with the next change anyway).
+A kill right after a step's completion finds that completion still in the dead run's memory (the journal defers
+it to the next transaction): the resumed run does that step again, and a rollback undoes it.
+``CRASH_ALL_POINTS=1`` kills at every boundary, the looking steps' too (about twice the trials).
 
 The flows that change no secret (drill, posture, SAML expiry) are killed after each task call and run again
 (``CHECK_CASES``, at the end of this module).
@@ -366,7 +368,7 @@ class CrashCase:
     name: str
     fixtures: tuple[str, ...]  # the factories its worlds are made with
     make: Callable[[Fixtures], World]
-    timeout_seconds: int = 300  # pytest-timeout's limit for all its trials (a long runbook has more kill points)
+    timeout_seconds: int = 900  # pytest-timeout's limit for all its trials (a long runbook has more kill points)
 
 
 def _jwt(publish_first: bool) -> Callable[[Fixtures], World]:

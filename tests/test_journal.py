@@ -6,9 +6,12 @@ from __future__ import annotations
 import sqlite3
 import stat
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import make_url
 
 from errors import NotFound, Refused
@@ -20,6 +23,7 @@ from rotation.journal import (
     RotationInProgress,
     RotationNotFound,
     RotationState,
+    UndoEntry,
 )
 
 
@@ -94,12 +98,95 @@ def test_a_step_keeps_its_first_detail_and_records_its_facts(journal: Journal) -
     assert steps["grace"].facts == {"due": "first"} and not steps["check"].completed
 
 
+@contextmanager
+def transactions(journal: Journal) -> Iterator[list[int]]:
+    """The transactions the block commits on the journal's database (both instances share one engine: read only
+    through the journal under test inside the block)."""
+    commits: list[int] = []
+
+    def count(_conn: object) -> None:
+        commits.append(1)
+
+    sa.event.listen(journal._engine, "commit", count)
+    try:
+        yield commits
+    finally:
+        sa.event.remove(journal._engine, "commit", count)
+
+
+def test_a_step_costs_one_transaction_and_a_look_is_written_with_the_next_change(journal: Journal) -> None:
+    """What another process (a resumed run, ``rotate status``) sees of a run's steps, and what it costs the run."""
+    lease = begin(journal)
+    other = Journal(journal.location)  # another process's view: nothing of this instance's memory
+    with transactions(journal) as commits:
+        journal.start_step(lease, "check", "check", {}, write_ahead=False)
+        journal.complete_step(lease, "check", {"version": "v1"})
+        journal.start_step(lease, "stage", "stage", {}, undo=UndoEntry("discard_secret", {}))
+    assert len(commits) == 1  # two steps: the look is written with the change's start
+    seen = other.steps(lease.rotation_id)
+    assert list(seen) == ["check", "stage"] and seen["check"].facts == {"version": "v1"}
+    assert not seen["stage"].completed and [u.step for u in other.undos(lease.rotation_id)] == ["stage"]
+    with transactions(journal) as commits:
+        journal.complete_step(lease, "stage", "fingerprint")
+        journal.start_step(lease, "verify", "verify", {}, write_ahead=False)
+        journal.complete_step(lease, "verify", None)
+    assert commits == [] and not other.steps(lease.rotation_id)["stage"].completed
+    with transactions(journal) as commits:
+        journal.end_run(lease, RotationState.COMPLETED)
+    assert len(commits) == 1
+    seen = other.steps(lease.rotation_id)
+    assert seen["stage"].completed and seen["verify"].completed
+    statuses = [(e.step, e.status) for e in other.events(lease.rotation_id)]
+    assert statuses == [("rotation", "started"), ("check", "started"), ("check", "completed"),
+                        ("stage", "started"), ("stage", "completed"), ("verify", "started"),
+                        ("verify", "completed"), ("rotation", "completed")]  # fmt: skip
+
+
+def test_what_was_deferred_is_written_by_the_lease_renewal_and_by_an_audit_record(journal: Journal) -> None:
+    lease = begin(journal)
+    journal.start_step(lease, "promote", "promote", {}, undo=UndoEntry("revert_secret", {}))
+    journal.complete_step(lease, "promote", None)
+    assert journal.renew(lease)
+    journal.start_step(lease, "approve", "approve", {}, write_ahead=False)
+    journal.record(lease.rotation_id, "approve", "waiting", flow_run="run-1")
+    fresh = Journal(journal.location)
+    assert fresh.steps(lease.rotation_id)["promote"].completed
+    assert [e.status for e in fresh.events(lease.rotation_id)][-2:] == ["started", "waiting"]
+
+
+def test_a_point_of_no_return_is_written_at_once(journal: Journal) -> None:
+    lease = begin(journal)
+    journal.start_step(lease, "approve-revoke", "approve-retire", {}, write_ahead=False)
+    journal.complete_step(lease, "approve-revoke", {"decision": "approve"}, retire=True)
+    fresh = Journal(journal.location)
+    assert fresh.get(lease.rotation_id).retired_at is not None
+    assert fresh.steps(lease.rotation_id)["approve-revoke"].completed
+    with pytest.raises(ValueError, match="must be written before it acts"):
+        journal.start_step(lease, "drop", "retire", {}, retire=True, write_ahead=False)
+
+
+def test_a_run_that_lost_its_lease_never_writes_what_it_deferred(journal: Journal) -> None:
+    owner = begin(journal, seconds=1)
+    journal.start_step(owner, "check", "check", {}, write_ahead=False)
+    journal.complete_step(owner, "check", {"stale": True})
+    time.sleep(1.2)
+    rescuer = Journal(journal.location)  # another process
+    rescuer.take_over(owner.rotation_id, Lease.new(owner.rotation_id, "run-2"), "rollback")
+    assert not journal.renew(owner)
+    with pytest.raises(LeaseLost):
+        journal.record(owner.rotation_id, "check", "waiting")
+    assert rescuer.steps(owner.rotation_id) == {}
+    assert "waiting" not in [e.status for e in rescuer.events(owner.rotation_id)]
+
+
 def test_undos_run_newest_first_deferred_last_and_are_recorded_once(journal: Journal) -> None:
     lease = begin(journal)
-    journal.start_step(lease, "stage", "stage", {}, undo=("discard_secret", {"n": 1}, False))
-    journal.push_undo(lease, "restart-consumers", "restart_consumers", {"n": 2}, True)
-    journal.start_step(lease, "promote", "promote", {}, undo=("revert_secret", {"n": 3}, False))
-    journal.start_step(lease, "stage", "stage", {}, undo=("discard_secret", {"n": 99}, False))  # resumed
+    journal.start_step(lease, "stage", "stage", {}, undo=UndoEntry("discard_secret", {"n": 1}))
+    restart = UndoEntry("restart_consumers", {"n": 2}, deferred=True, key="restart-consumers")
+    journal.start_step(lease, "restart", "restart", {}, undo=restart)
+    journal.start_step(lease, "promote", "promote", {}, undo=UndoEntry("revert_secret", {"n": 3}))
+    journal.start_step(lease, "restart-again", "restart", {}, undo=restart)  # shared: recorded once
+    journal.start_step(lease, "stage", "stage", {}, undo=UndoEntry("discard_secret", {"n": 99}))  # resumed
     undos = journal.undos(lease.rotation_id)
     assert [u.step for u in undos] == ["promote", "stage", "restart-consumers"]
     assert undos[1].kwargs == {"n": 1}
