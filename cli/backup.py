@@ -19,6 +19,7 @@ from rich.table import Table
 
 from cli.output import clear_errors, console
 from cli.rotating import preapproval
+from cli.terminal import prefect_reachable, run_here
 from errors import BadInput
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ def backup(
         )
         # Listing proves the store answers and something matches, before a flow run starts.
         check_backup_request(source, destination, recipient, signing_key, home).selection.names()
+        prefect_reachable()
         summary = backup_secrets(
             source, destination, recipient, policy=policy, signing_key=signing_key, gnupg_home=home
         )
@@ -80,6 +82,7 @@ def drill(
         Keyring(home)
         if signer:
             normalise_fingerprint(signer)
+        prefect_reachable()
         summary = restore_drill(destination, signer=signer, gnupg_home=home)
         console.print_json(json.dumps(summary, default=str))
 
@@ -127,7 +130,6 @@ def restore(
     """Restore secrets from a backup: print the plan (no values), then restore after an approval, and check it."""
     import getpass
 
-    from cli.terminal import run_here
     from flows.restore import restore_secrets
     from rotation.journal import Journal
     from rotation.options import RotationOptions

@@ -17,8 +17,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from cli import temporary_server
 from cli.output import clear_errors, console, err
 from cli.rotating import JournalOption
+from cli.terminal import prefect_reachable
 from errors import BadInput
 
 if TYPE_CHECKING:
@@ -62,8 +64,6 @@ def posture(
     journal: JournalOption = None,
 ) -> None:
     """Is every secret rotated in time, strong, unique per environment, backed up? Exit status 3 if not."""
-    from prefect.settings import PREFECT_API_URL
-
     from flows.posture import secret_posture
     from targets.backup.destination import open_destination
     from tasks.backup import Selection
@@ -74,7 +74,8 @@ def posture(
             Selection.parse(store).names()  # a bad URI, an unreachable store or no match: one line, before a run
         for destination in backups or []:
             open_destination(destination).backups()
-        if not PREFECT_API_URL.value():
+        prefect_reachable()
+        if temporary_server.api_url() is not None:
             err.print(
                 "note: PREFECT_API_URL is not set, so the report runs on a temporary local Prefect server, which "
                 "has none of your deployments: every schedule will show as missing"

@@ -25,6 +25,7 @@ from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
 from rich.console import Console
 from rich.markup import escape
 
+from cli import temporary_server
 from errors import PermissionDenied, Refused, Unreachable
 from rotation.approval import ApprovalDecision, PendingApproval, give_decision, watching
 from rotation.journal import Journal
@@ -33,13 +34,15 @@ from rotation.journal import Journal
 def prefect_reachable(waiting: str | None = None) -> None:
     """Check the Prefect server the command will use, in one line if it cannot work, before anything starts.
 
-    Without ``PREFECT_API_URL`` a run gets a temporary server of this process (nothing to check), and nothing else
-    can reach it: ``waiting`` says what the command needs another process's server for.
+    A command that runs a flow here with no server to use has started its temporary one: this waits until it
+    answers. Any other command without ``PREFECT_API_URL`` has no server to reach: ``waiting`` says what the command
+    needs another process's server for.
     """
     from prefect import get_client
     from prefect.exceptions import PrefectHTTPStatusError
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
 
+    temporary_server.wait()
     url = PREFECT_API_URL.value()
     if not url:
         if waiting:
@@ -84,9 +87,16 @@ def _stopped_by_signals() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def use_local_stack() -> None:
+#: The commands that run a flow in this process: without a server to use, each starts its temporary one at once.
+RUNS_FLOWS_HERE = frozenset(
+    {"demo", "jwt", "postgres", "redis", "saml", "smtp", "resume", "rollback", "backup", "drill", "restore", "posture"}
+)
+
+
+def use_local_stack(ctx: typer.Context) -> None:
     """Where runs go: the Prefect server the environment or profile names (PREFECT_API_URL); without one, the local
-    stack's server when it answers (``rotate stack up``); else Prefect's temporary server, started per command."""
+    stack's server when it answers (``rotate stack up``); else a temporary server of this command, started now for
+    the commands that run a flow (see :mod:`cli.temporary_server`)."""
     if PREFECT_API_URL.value():
         return
     from cli.stack import running_server
@@ -95,6 +105,8 @@ def use_local_stack() -> None:
     if stack is not None:
         os.environ.update(PREFECT_API_URL=stack.api_url, PREFECT_API_AUTH_STRING=stack.auth_string)
         refresh_global_settings_context()  # every thread (approvals are answered from one) reads the global settings
+    elif ctx.invoked_subcommand in RUNS_FLOWS_HERE:
+        temporary_server.start()
 
 
 def run_here(run: Callable[[], Any], journal: Journal, console: Console) -> Any:
@@ -144,14 +156,8 @@ def _run(run: Callable[[], Any], journal: Journal, console: Console) -> Any:
 
 def _temporary_server() -> str:
     """``PREFECT_API_URL=... `` for another command to reach this command's temporary Prefect server, if it runs one."""
-    from prefect.settings import PREFECT_API_URL
-
-    if PREFECT_API_URL.value():
-        return ""
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()  # the one instance a client without PREFECT_API_URL starts
-    return f"PREFECT_API_URL={server.api_url} " if server.running else ""
+    url = temporary_server.api_url()
+    return f"PREFECT_API_URL={url} " if url else ""
 
 
 def _ask(waiting: PendingApproval, journal: Journal, console: Console) -> None:

@@ -208,6 +208,11 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+def _is_prefect_server(cmdline: str) -> bool:
+    argv = cmdline.split("\0")
+    return argv[2:5] == ["prefect", "server", "start"]
+
+
 def test_no_temporary_server_outlives_the_command(tmp_path) -> None:
     """``rotate`` without a Prefect server runs a temporary one; stopped with SIGTERM while it waits for an
     approval (a cron job's timeout, a closed session), it takes that server with it."""
@@ -234,7 +239,9 @@ def test_no_temporary_server_outlives_the_command(tmp_path) -> None:
             assert command.poll() is None and time.monotonic() < deadline, "the rotation did not start waiting"
             time.sleep(0.5)
         time.sleep(1)  # the command prints how to approve as the run pauses
-        servers = {pid for pid in _children(command.pid) if "uvicorn" in Path(f"/proc/{pid}/cmdline").read_text()}
+        servers = {
+            pid for pid in _children(command.pid) if _is_prefect_server(Path(f"/proc/{pid}/cmdline").read_text())
+        }
         assert servers, "no temporary server was started"
         command.send_signal(signal.SIGTERM)
         command.wait(timeout=60)

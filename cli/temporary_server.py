@@ -1,0 +1,110 @@
+"""The temporary Prefect server of a ``rotate`` command that runs a flow here with no server to use.
+
+Left to itself, Prefect starts its temporary server at the command's first API call: it first imports its whole
+server application into the command (seconds), then starts the server in a subprocess that imports it again and
+migrates the database (seconds more), one after the other. Started here instead, at the very beginning of the
+command, the server boots in its own process while the command imports the runbook, checks its input and starts
+what it needs, and the command never imports the server. It is the same server (``prefect server start``: the API
+only, no UI, no background services, the database in ``PREFECT_HOME``), bound to 127.0.0.1, and it stops when the
+command ends.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import IO
+
+import httpx
+
+from errors import Unreachable
+
+#: At least this long, or Prefect's own limit for its temporary server when that is longer
+#: (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, 20 s by default): a first start on a new PREFECT_HOME migrates
+#: the database, on cores shared with the command itself.
+MIN_STARTUP_TIMEOUT_SECONDS = 90
+
+_server: subprocess.Popen[bytes] | None = None
+_log: IO[bytes] | None = None
+_api_url: str | None = None
+_up = False
+
+
+def start() -> None:
+    """Start the server and point this process's Prefect client at it; :func:`wait` before the first API call."""
+    global _server, _log, _api_url
+    if _server is not None:
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    _log = tempfile.TemporaryFile()  # noqa: SIM115 - open while the server runs: its last line explains a failure
+    _server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
+         "--no-ui", "--no-services"],
+        stdout=_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+    )  # fmt: skip
+    atexit.register(stop)
+    from prefect.context import refresh_global_settings_context  # after the start: the server boots meanwhile
+
+    _api_url = f"http://127.0.0.1:{port}/api"
+    os.environ["PREFECT_API_URL"] = _api_url
+    refresh_global_settings_context()  # every thread (approvals are answered from one) reads the global settings
+
+
+def wait() -> None:
+    """Return once the server answers (at once if this command started none)."""
+    global _up
+    if _server is None or _up:
+        return
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    limit = max(MIN_STARTUP_TIMEOUT_SECONDS, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+    deadline = time.monotonic() + limit
+    with httpx.Client(timeout=2) as client:
+        while time.monotonic() < deadline:
+            if _server.poll() is not None:
+                raise Unreachable(f"the temporary Prefect server stopped at once: {_last_line()}")
+            try:
+                if client.get(f"{_api_url}/health").is_success:
+                    _up = True
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+    raise Unreachable(
+        f"the temporary Prefect server did not answer within {limit} s ({_last_line()}): start "
+        "one with `rotate stack up` or `prefect server start`, and set PREFECT_API_URL to it"
+    )
+
+
+def api_url() -> str | None:
+    """Where this command's temporary server answers, for another process (None: this command started none)."""
+    return _api_url
+
+
+def stop() -> None:
+    global _server
+    if _server is None:
+        return
+    _server.terminate()
+    try:
+        _server.wait(10)
+    except subprocess.TimeoutExpired:
+        _server.kill()
+        _server.wait()
+    _server = None
+
+
+def _last_line() -> str:
+    if _log is None:
+        return "no output"
+    _log.seek(0)
+    lines = [line for line in _log.read().decode(errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "no output"
