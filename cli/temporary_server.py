@@ -90,7 +90,7 @@ def api_url() -> str | None:
 
 
 def stop() -> None:
-    global _server
+    global _server, _log
     if _server is None:
         return
     _server.terminate()
@@ -100,6 +100,9 @@ def stop() -> None:
         _server.kill()
         _server.wait()
     _server = None
+    if _log is not None:
+        _log.close()
+        _log = None
 
 
 def _last_line() -> str:

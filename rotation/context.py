@@ -149,7 +149,7 @@ class Rotation:
             detail or {},
             undo=undo,
             retire=retire,
-            write_ahead=kind not in _LOOKS or undo is not None or retire,
+            write_ahead=kind not in _LOOKS,
         )
         # From the start of a retirement on, a failure is carried forward, never rolled back.
         self._retired = self._retired or retire

@@ -710,8 +710,7 @@ class Journal:
 
         self._defer(lease, complete)
         if retire:
-            with self._write(lease=lease):
-                pass
+            self._flush(lease.rotation_id)
 
     def undos(self, rotation_id: str) -> list[UndoRecord]:
         """Undo steps in the order they must run: the stack from the top, then the deferred ones."""
