@@ -183,6 +183,13 @@ class RotationRecord(BaseModel):
             and self.lease_expires_at > (now or _now())
         )
 
+    def run_gone(self, grace_seconds: float, now: datetime | None = None) -> bool:
+        """Whether its run has stopped for good: it released its lease, or has not renewed it for ``grace_seconds``
+        past its expiry. A run on a loaded machine renews late, and goes on if nobody took the rotation over."""
+        if self.lease_token is None or self.lease_expires_at is None:
+            return True
+        return self.lease_expires_at + timedelta(seconds=grace_seconds) <= (now or _now())
+
 
 class StepRecord(BaseModel):
     name: str

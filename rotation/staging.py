@@ -17,6 +17,7 @@ from redaction import fingerprint, register_secret
 from rotation import runbooks
 from rotation.approval import ApprovalDecision, NotWaitingForApproval, give_decision, waiting_for
 from rotation.journal import Journal
+from rotation.settings import settings
 from stores import Stage, open_store
 
 
@@ -63,12 +64,15 @@ def stage_value(journal: Journal, rotation_id: str, entered: str, person: str, s
         record = journal.get(rotation_id)
         if journal.steps(rotation_id)[step.name].completed:
             return Staged(staged, None, taken=True)
-        if not record.lease_live():
+        late = time.monotonic() > deadline
+        # An expired lease alone does not tell a stopped run from one renewing late: told "stopped", a person
+        # would leave a run that goes on waiting for them until it times out and rolls back.
+        if not record.lease_live() and (late or record.run_gone(settings().lease_seconds)):
             return Staged(staged, None)
         waiting = waiting_for(journal, rotation_id, record.flow_run_id)
         if waiting is not None and waiting.step == step.name:
             break
-        if time.monotonic() > deadline:
+        if late:
             raise _not_taken(staged, rotation_id)
         time.sleep(0.2)
     decision = ApprovalDecision(

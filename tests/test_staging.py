@@ -4,6 +4,7 @@ flow parameter; an approval without a staged value is refused."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 
@@ -14,6 +15,7 @@ from cli.app import app
 from rotation import RotationOptions, rotation, runbook
 from rotation.approval import waiting_for
 from rotation.journal import Journal, RotationState
+from rotation.staging import stage_value
 from stores import Stage
 from tests.prefect_api import resume, run_state
 
@@ -72,6 +74,38 @@ def test_a_value_staged_on_standard_input_reaches_the_waiting_run(prefect_server
     assert json.loads(store.read(Stage.CURRENT)) == {"username": "mailer", "password": "new-password-4567"}
     parameters = json.dumps(journal.get(rotation_id).parameters)
     assert "new-password-4567" not in parameters
+
+
+def test_a_run_that_renews_its_lease_late_is_still_told(prefect_server, local_store_factory, tmp_path, monkeypatch):
+    """A loaded machine renews a lease late: the run goes on, so the value staged meanwhile must reach it, not be
+    left for a resume that the live run refuses."""
+    monkeypatch.setenv("ROTATE_LEASE_SECONDS", "6")
+    store = local_store_factory()
+    store.create(json.dumps({"username": "mailer", "password": "old-password-0123"}))
+    journal = Journal(tmp_path / "journal.db")
+    options = RotationOptions(started_by="alice", journal=journal.location, approve_promote=False)
+    result: dict = {}
+    run = threading.Thread(target=lambda: result.update(set_by_hand(store.uri.display, options)), daemon=True)
+    run.start()
+    while (rotation_id := _waiting(journal)) is None:
+        time.sleep(0.2)
+    while run_state(prefect_server.api_url, journal.get(rotation_id).flow_run_id) != "PAUSED":
+        time.sleep(0.2)
+
+    # The journal held by another writer: the run's renewals wait, and its lease expires while it lives.
+    holder = sqlite3.connect(journal.path, isolation_level=None, timeout=30)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        while journal.get(rotation_id).lease_live():
+            time.sleep(0.1)
+        staged = stage_value(journal, rotation_id, "new-password-4567", "alice")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert staged.decision is not None, "the live run was taken for stopped and not told"
+    run.join(180)
+    assert result["state"] == RotationState.COMPLETED
+    assert json.loads(store.read(Stage.CURRENT)) == {"username": "mailer", "password": "new-password-4567"}
 
 
 def test_a_value_staged_while_the_run_is_stopped_is_taken_by_the_resumed_run(
