@@ -7,6 +7,7 @@ import json
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 
 from prefect import flow
 from typer.testing import CliRunner
@@ -16,7 +17,7 @@ from rotation import RotationOptions, rotation, runbook
 from rotation.approval import waiting_for
 from rotation.journal import Journal, RotationState
 from rotation.staging import stage_value
-from stores import Stage
+from stores import SecretStore, Stage
 from tests.prefect_api import resume, run_state
 
 
@@ -40,19 +41,38 @@ def _waiting(journal: Journal) -> str | None:
     return None
 
 
-def test_a_value_staged_on_standard_input_reaches_the_waiting_run(prefect_server, local_store_factory, tmp_path):
-    store = local_store_factory()
+@dataclass
+class PausedRun:
+    store: SecretStore
+    rotation_id: str
+    thread: threading.Thread
+    result: dict
+
+
+def _paused_run(api_url: str, store: SecretStore, journal: Journal) -> PausedRun:
+    """A hand-set rotation of ``store``'s secret run in a thread, once Prefect shows it paused for the value."""
     store.create(json.dumps({"username": "mailer", "password": "old-password-0123"}))
-    journal = Journal(tmp_path / "journal.db")
     options = RotationOptions(started_by="alice", journal=journal.location, approve_promote=False)
     result: dict = {}
     run = threading.Thread(target=lambda: result.update(set_by_hand(store.uri.display, options)), daemon=True)
     run.start()
     while (rotation_id := _waiting(journal)) is None:
         time.sleep(0.2)
-    record = journal.get(rotation_id)
-    while run_state(prefect_server.api_url, record.flow_run_id) != "PAUSED":
+    while run_state(api_url, journal.get(rotation_id).flow_run_id) != "PAUSED":
         time.sleep(0.2)
+    return PausedRun(store, rotation_id, run, result)
+
+
+def _rotated_to(run: PausedRun, password: str) -> bool:
+    run.thread.join(180)
+    rotated = json.loads(run.store.read(Stage.CURRENT)) == {"username": "mailer", "password": password}
+    return run.result.get("state") == RotationState.COMPLETED and rotated
+
+
+def test_a_value_staged_on_standard_input_reaches_the_waiting_run(prefect_server, local_store_factory, tmp_path):
+    journal = Journal(tmp_path / "journal.db")
+    paused = _paused_run(prefect_server.api_url, local_store_factory(), journal)
+    rotation_id, record = paused.rotation_id, journal.get(paused.rotation_id)
 
     # Approved in the UI before anything is staged: refused, and the run asks again.
     answer = {"decision": "approve", "approver": "alice", "reason": "done", "rotation_id": rotation_id}
@@ -69,9 +89,7 @@ def test_a_value_staged_on_standard_input_reaches_the_waiting_run(prefect_server
     )
     assert staged.exit_code == 0, staged.output
     assert "new-password-4567" not in staged.output
-    run.join(180)
-    assert result["state"] == RotationState.COMPLETED
-    assert json.loads(store.read(Stage.CURRENT)) == {"username": "mailer", "password": "new-password-4567"}
+    assert _rotated_to(paused, "new-password-4567")
     parameters = json.dumps(journal.get(rotation_id).parameters)
     assert "new-password-4567" not in parameters
 
@@ -80,17 +98,9 @@ def test_a_run_that_renews_its_lease_late_is_still_told(prefect_server, local_st
     """A loaded machine renews a lease late: the run goes on, so the value staged meanwhile must reach it, not be
     left for a resume that the live run refuses."""
     monkeypatch.setenv("ROTATE_LEASE_SECONDS", "6")
-    store = local_store_factory()
-    store.create(json.dumps({"username": "mailer", "password": "old-password-0123"}))
     journal = Journal(tmp_path / "journal.db")
-    options = RotationOptions(started_by="alice", journal=journal.location, approve_promote=False)
-    result: dict = {}
-    run = threading.Thread(target=lambda: result.update(set_by_hand(store.uri.display, options)), daemon=True)
-    run.start()
-    while (rotation_id := _waiting(journal)) is None:
-        time.sleep(0.2)
-    while run_state(prefect_server.api_url, journal.get(rotation_id).flow_run_id) != "PAUSED":
-        time.sleep(0.2)
+    paused = _paused_run(prefect_server.api_url, local_store_factory(), journal)
+    rotation_id = paused.rotation_id
 
     # The journal held by another writer: the run's renewals wait, and its lease expires while it lives.
     holder = sqlite3.connect(journal.path, isolation_level=None, timeout=30)
@@ -103,9 +113,7 @@ def test_a_run_that_renews_its_lease_late_is_still_told(prefect_server, local_st
         holder.execute("ROLLBACK")
         holder.close()
     assert staged.decision is not None, "the live run was taken for stopped and not told"
-    run.join(180)
-    assert result["state"] == RotationState.COMPLETED
-    assert json.loads(store.read(Stage.CURRENT)) == {"username": "mailer", "password": "new-password-4567"}
+    assert _rotated_to(paused, "new-password-4567")
 
 
 def test_a_value_staged_while_the_run_is_stopped_is_taken_by_the_resumed_run(
