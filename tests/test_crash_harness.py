@@ -326,18 +326,23 @@ class HandSetSmtpWorld:
         """The person, at work while the runbook runs (killed, resumed or rolled back) with this journal."""
         stop = threading.Event()
         answered: set[tuple[str, str | None, str]] = set()  # one answer per pause (a resumed run pauses anew)
+        tried: dict[tuple[str, str | None, str], float] = {}  # a pause whose run seemed stopped, and when
         passwords: dict[str, str] = {}  # one new password per rotation, entered again until a run takes it
 
         def look_and_act() -> None:
             for record in journal.list(active_only=True) if journal.path.exists() else []:
                 waiting = waiting_for(journal, record.id, record.flow_run_id)
                 pause = (record.id, record.flow_run_id, waiting.question if waiting else "")
-                if waiting is not None and waiting.step == "new-password" and pause not in answered:
+                due = tried.get(pause, 0) + 1 <= time.monotonic()
+                if waiting is not None and waiting.step == "new-password" and pause not in answered and due:
                     if record.id not in passwords:
                         passwords[record.id] = canary()
                         self.server.add_password(SMTP_USER, passwords[record.id])
-                    stage_value(journal, record.id, passwords[record.id], "person")
-                    answered.add(pause)
+                    staged = stage_value(journal, record.id, passwords[record.id], "person")
+                    if staged.decision is not None or staged.taken:
+                        answered.add(pause)
+                    else:  # "its run has stopped": a live run that was late to renew goes on waiting, so ask again
+                        tried[pause] = time.monotonic()
                 revoke = journal.steps(record.id).get("approve-revoke-old-password")
                 if revoke is not None and revoke.completed:
                     self.server.remove_password(SMTP_USER, self.old)
