@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import getpass
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -14,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cli.servers import answered, free_port, healthy
 from cli.terminal import run_here
 from errors import BadInput
 from flows.jwt import JwtPolicy, rotate_jwt_signing_key
@@ -29,9 +28,7 @@ from targets.jwt.keyset import JwtKeyset, new_key
 def start_service(uri: str, log: Path, detach: bool = False) -> tuple[subprocess.Popen[bytes], str]:
     """Start the example auth service on a free port of 127.0.0.1, using the keyset at ``uri``; ``detach`` lets it
     outlive this command (the local stack)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     with log.open("ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "examples.auth_service", "--store", uri, "--host", "127.0.0.1", "--port", str(port)],
@@ -40,17 +37,10 @@ def start_service(uri: str, log: Path, detach: bool = False) -> tuple[subprocess
             start_new_session=detach,
         )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).is_success:
-                return process, base
-        except httpx.HTTPError:
-            time.sleep(0.2)
-        if process.poll() is not None:
-            break
-    process.kill()
-    raise RuntimeError(f"the example auth service did not start; see {log}")
+    if not answered(lambda: healthy(f"{base}/health", timeout=1), lambda: process.poll() is None, timeout=30):
+        process.kill()
+        raise RuntimeError(f"the example auth service did not start; see {log}")
+    return process, base
 
 
 def ensure_keyset(uri: str, console: Console) -> None:

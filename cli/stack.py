@@ -28,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 from rich.markup import escape
 
 from cli.output import clear_errors, console
+from cli.servers import answered
 from errors import BadInput
 
 app = typer.Typer(no_args_is_help=True, help="The local stack: a Prefect server with its UI, a worker, the examples.")
@@ -149,11 +150,8 @@ def _spawn(name: str, argv: list[str], env: dict[str, str], folder: Path) -> Pro
 
 
 def _wait_for_server(state: StackState, server: Process, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not answers(state):
-        if not server.alive() or time.monotonic() > deadline:
-            raise BadInput(f"the Prefect server did not start; see {log}")
-        time.sleep(0.3)
+    if not answered(lambda: answers(state), server.alive, timeout, every=0.3):
+        raise BadInput(f"the Prefect server did not start; see {log}")
 
 
 def _stop(process: Process) -> None:

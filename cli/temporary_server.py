@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import atexit
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from typing import IO
 
-import httpx
-
+from cli.servers import answered, free_port, healthy
 from errors import Unreachable
 
 #: At least this long, or Prefect's own limit for its temporary server when that is longer
@@ -40,9 +37,7 @@ def start() -> None:
     global _server, _log, _api_url
     if _server is not None:
         return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     _log = tempfile.TemporaryFile()  # noqa: SIM115 - open while the server runs: its last line explains a failure
     _server = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
@@ -66,18 +61,12 @@ def wait() -> None:
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
     limit = max(MIN_STARTUP_TIMEOUT_SECONDS, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
-    deadline = time.monotonic() + limit
-    with httpx.Client(timeout=2) as client:
-        while time.monotonic() < deadline:
-            if _server.poll() is not None:
-                raise Unreachable(f"the temporary Prefect server stopped at once: {_last_line()}")
-            try:
-                if client.get(f"{_api_url}/health").is_success:
-                    _up = True
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+    server = _server
+    if answered(lambda: healthy(f"{_api_url}/health"), lambda: server.poll() is None, limit, every=0.1):
+        _up = True
+        return
+    if server.poll() is not None:
+        raise Unreachable(f"the temporary Prefect server stopped at once: {_last_line()}")
     raise Unreachable(
         f"the temporary Prefect server did not answer within {limit} s ({_last_line()}): start "
         "one with `rotate stack up` or `prefect server start`, and set PREFECT_API_URL to it"
