@@ -22,17 +22,19 @@ from datetime import UTC, datetime
 from typing import Literal
 from uuid import UUID
 
+import httpx
 from prefect import get_client, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.exceptions import FlowPauseTimeout, NotPausedError
 from prefect.flow_runs import pause_flow_run, resume_flow_run
 from prefect.input import RunInput, keyset_from_base_key
 from prefect.input.actions import read_flow_run_input
+from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 from prefect.states import Running
 from prefect.utilities.urls import url_for
 from pydantic import BaseModel, Field
 
-from errors import BadInput, Refused, Rejected
+from errors import BadInput, Refused, Rejected, Unreachable
 from rotation import audit
 from rotation.journal import Journal
 
@@ -341,18 +343,40 @@ def give_decision(flow_run_id: str, decision: ApprovalDecision, settle_seconds: 
 
     The journal says a run waits a moment before the server shows it paused (and between a refused decision and
     the pause that asks again): a run that is not paused yet is given ``settle_seconds`` to get there. A busy
-    Prefect server (SQLite, many runs at once) can take more than 10 s to record a pause.
+    Prefect server (SQLite, many runs at once) can take more than 10 s to record a pause, and answers a resume
+    "busy" (503) again and again while other requests get through; Prefect's client would back off 2, 4 ... 32 s,
+    past the run's own approval timeout, so the decision is sent again every quarter second instead, within the
+    same ``settle_seconds``.
     """
     deadline = time.monotonic() + settle_seconds
+    sent = False  # a resume the server may have taken although it answered with an error
     while True:
         try:
-            resume_flow_run(UUID(flow_run_id), run_input=decision.model_dump())
+            with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+                resume_flow_run(UUID(flow_run_id), run_input=decision.model_dump())
             return
         except NotPausedError:
+            if sent:
+                return  # it took the earlier one; the journal says what it made of it
             if time.monotonic() > deadline:
                 raise NotWaitingForApproval(
                     f"flow run {flow_run_id} is not waiting for an approval; `rotate status` shows what is"
                 ) from None
-            time.sleep(0.25)
+        except (httpx.HTTPStatusError, *_TRANSIENT) as exc:
+            if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code not in _BUSY:
+                raise
+            if time.monotonic() > deadline:
+                raise Unreachable(
+                    f"the Prefect server was too busy to take the decision for flow run {flow_run_id} within "
+                    f"{settle_seconds:.0f} s ({type(exc).__name__}); give it again"
+                ) from None
+            sent = sent or exc.request.method == "POST"
         except RuntimeError as exc:
             raise BadInput(f"the Prefect server refused the decision for flow run {flow_run_id}: {exc}") from None
+        time.sleep(0.25)
+
+
+#: What a busy Prefect server answers (a database locked, a proxy in front of it), and the network errors of a
+#: request it may or may not have taken: Prefect's client retries these too.
+_BUSY = {429, 502, 503}
+_TRANSIENT = (httpx.TimeoutException, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)

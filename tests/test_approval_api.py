@@ -11,13 +11,16 @@ from typing import Any
 
 import pytest
 from prefect import flow
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from typer.testing import CliRunner
 
 from cli.app import app
 from errors import CheckFailed
 from rotation import RotationOptions, RotationRolledBack, rotation, runbook
+from rotation.approval import ApprovalDecision, give_decision
 from rotation.journal import Journal
 from stores import SecretStore, Stage
+from tests.doubles.busy_prefect_double import BusyPrefectDouble
 from tests.fixtures.prefect import drain_prefect_workers
 from tests.prefect_api import call, resume
 
@@ -269,3 +272,21 @@ def test_nobody_deciding_in_time_ends_rejected(prefect_server, store, tmp_path) 
     assert (state.type.value, state.name) == ("CANCELLED", "Rejected")
     assert "nobody approved 'approve-promote' within 2 s" in state.message
     assert store.read() == "value-0123456789"
+
+
+def test_a_decision_reaches_the_run_through_a_busy_server(prefect_server, store, tmp_path) -> None:
+    """A busy SQLite server answers resumes 503 again and again: Prefect's client gives up after six tries (about a
+    minute of back-off); the decision must still land, within the time the run waits."""
+    paused = Paused(prefect_server.api_url, store, Journal(tmp_path / "journal.db"))
+    busy = BusyPrefectDouble(prefect_server.api_url, busy_resumes=8).start()
+    decision = ApprovalDecision(
+        decision="approve", approver="bob", reason="change 42", rotation_id=paused.record.id, step="approve-promote"
+    )
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: busy.api_url}):
+            give_decision(paused.run_id, decision)
+    finally:
+        busy.stop()
+    assert (busy.refused, busy.forwarded_resumes) == (8, 1)
+    assert paused.finish()["state"]["name"] == "Completed"
+    assert store.read() == "value-0123456789-next"
