@@ -28,13 +28,15 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -322,9 +324,10 @@ class HandSetSmtpWorld:
         return on_time and self.works() and not self.server.accepts(SMTP_USER, self.old)
 
     @contextmanager
-    def attend(self, journal: Journal) -> Iterator[None]:
+    def attend(self, journal: Journal) -> Iterator[Person]:
         """The person, at work while the runbook runs (killed, resumed or rolled back) with this journal."""
         stop = threading.Event()
+        troubles: list[str] = []
         answered: set[tuple[str, str | None, str]] = set()  # one answer per pause (a resumed run pauses anew)
         tried: dict[tuple[str, str | None, str], float] = {}  # a pause whose run seemed stopped, and when
         passwords: dict[str, str] = {}  # one new password per rotation, entered again until a run takes it
@@ -350,19 +353,34 @@ class HandSetSmtpWorld:
         def person() -> None:
             while not stop.wait(0.1):
                 # Not taken (a busy server, a run that stopped while it asked): the person tries again.
-                with suppress(Exception):
+                try:
                     look_and_act()
+                except Exception as exc:
+                    troubles.append(f"{type(exc).__name__}: {exc}")
 
         thread = threading.Thread(target=person, name="person", daemon=True)
         thread.start()
         try:
-            yield
+            yield Person(thread, troubles)
         finally:
             stop.set()
             thread.join()
 
 
 SMTP_USER = "app"
+
+
+@dataclass
+class Person:
+    """A world's person at work, for a failed trial to report on."""
+
+    thread: threading.Thread
+    troubles: list[str]  # what kept them from acting
+
+    def report(self) -> str:
+        frame = sys._current_frames().get(self.thread.ident or 0)
+        doing = "".join(traceback.format_stack(frame)[-8:]) if frame is not None else "nothing\n"
+        return f"the person could not act: {'; '.join(dict.fromkeys(self.troubles[-50:]))}; now doing:\n{doing}"
 
 
 Fixtures = Callable[[str], Any]  # a fixture's value by name, resolved once, before trials run in threads
@@ -508,7 +526,7 @@ def _environ(world: World) -> dict[str, str] | None:
     return getattr(world, "environ", None)
 
 
-def _attended(world: World, journal: Journal) -> AbstractContextManager[None]:
+def _attended(world: World, journal: Journal) -> AbstractContextManager[Person | None]:
     """The person a world's runbook waits for (a world's ``attend``), at work while the block runs."""
     attend = getattr(world, "attend", None)
     return attend(journal) if attend else nullcontext()
@@ -517,8 +535,11 @@ def _attended(world: World, journal: Journal) -> AbstractContextManager[None]:
 def trial(forkserver: Any, world: World, folder: Path, kill: tuple[str, str], pause: bool, recovery: str) -> Outcome:
     """Kill the runbook at ``kill``, check the credential, then recover as ``recovery`` and check the end state."""
     journal = Journal(folder / "journal.db")
-    with _attended(world, journal):
-        return _trial(forkserver, world, journal, folder, kill, pause, recovery)
+    with _attended(world, journal) as person:
+        outcome = _trial(forkserver, world, journal, folder, kill, pause, recovery)
+        if outcome.problems and person is not None:
+            outcome.problems.append(person.report())
+    return outcome
 
 
 def _trial(
@@ -576,8 +597,9 @@ def test_every_kill_point_can_be_resumed_and_rolled_back(
     # One run to learn the boundaries, its approvals given in advance; the approval pause is one more.
     world, journal = case.make(fixture), Journal(tmp_path / "discover.db")
     trace = tmp_path / "discover.trace"
-    with _attended(world, journal):
-        assert run_child(forkserver, world.runbook, world.kwargs, journal, trace, None, False, _environ(world)) == 0
+    with _attended(world, journal) as person:
+        code = run_child(forkserver, world.runbook, world.kwargs, journal, trace, None, False, _environ(world))
+        assert code == 0, f"the discovery run failed ({code}); {person.report() if person else ''}"
     (first,) = journal.list()
     assert first.state is RotationState.COMPLETED and world.rotated(first.id)
     boundaries = _boundaries(tmp_path / "discover.trace", changes_only=os.environ.get("CRASH_ALL_POINTS") != "1")
