@@ -221,6 +221,7 @@ def test_reconnecting_client_sees_no_failed_login_through_ten_rotations(
 
     # Canary: no password reached the Prefect database, logs or storage, the journal, or the server's log.
     drain_prefect_workers()
+    prefect_server.database_file()  # its database, dumped into its home when it is PostgreSQL
     assert passwords[0].startswith("canary-")
     found = []
     for root in (prefect_server.home, tmp_path / "journal.db", app.cluster.log_file):

@@ -198,5 +198,6 @@ def test_reconnecting_client_sees_no_failed_login_through_ten_rotations(
 
     # No password, old or new, reached the Prefect server's database, its logs, its storage or the journal.
     drain_prefect_workers()
+    prefect_server.database_file()  # its database, dumped into its home when it is PostgreSQL
     assert passwords[0].startswith("canary-")
     assert _scan([prefect_server.home, s.journal.parent], passwords) == []

@@ -233,6 +233,7 @@ def test_a_full_rotation_signs_everyone_in_and_serves_each_phases_certificates(
     assert world.stages() == {step_version(rotation_id, "retire"): ["CURRENT"], withdrawn: ["PREVIOUS"]}
     # Neither key reached the service's log, the journal, or Prefect's database, logs and storage.
     drain_prefect_workers()
+    prefect_server.database_file()  # its database, dumped into its home when it is PostgreSQL
     key_lines += new.key_text.splitlines()[1:-1]
     for path in [
         world.service.log_path,

@@ -207,6 +207,7 @@ def test_every_phase_signs_in_and_publishes_exactly_its_certificates(
     assert sp.idp.refused == []
     # No key reached the service's log, nor Prefect's database, logs or storage.
     drain_prefect_workers()
+    prefect_server.database_file()  # its database, dumped into its home when it is PostgreSQL
     assert not any(line in sp.service.log() for line in key_lines)
     for path in (p for p in prefect_server.home.rglob("*") if p.is_file()):
         content = path.read_bytes()
