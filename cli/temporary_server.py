@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -58,7 +59,7 @@ def wait() -> None:
     global _up
     if _server is None or _up:
         return
-    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+    from prefect.settings import PREFECT_HOME, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
     limit = max(MIN_STARTUP_TIMEOUT_SECONDS, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
     server = _server
@@ -66,9 +67,12 @@ def wait() -> None:
         _up = True
         return
     if server.poll() is not None:
-        raise Unreachable(f"the temporary Prefect server stopped at once: {_last_line()}")
+        raise Unreachable(
+            f"the temporary Prefect server stopped at once: {_reason()} (its database is in PREFECT_HOME, "
+            f"{PREFECT_HOME.value()}: make it writable or point PREFECT_HOME elsewhere)"
+        )
     raise Unreachable(
-        f"the temporary Prefect server did not answer within {limit} s ({_last_line()}): start "
+        f"the temporary Prefect server did not answer within {limit} s ({_reason()}): start "
         "one with `rotate stack up` or `prefect server start`, and set PREFECT_API_URL to it"
     )
 
@@ -94,9 +98,15 @@ def stop() -> None:
         _log = None
 
 
-def _last_line() -> str:
+def _reason() -> str:
+    """The server's own words for its failure: the last exception it printed (its last line is "Server stopped!"),
+    or its last line."""
     if _log is None:
         return "no output"
     _log.seek(0)
-    lines = [line for line in _log.read().decode(errors="replace").splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "no output"
+    lines = [line.strip() for line in _log.read().decode(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if _EXCEPTION.match(line)]
+    return (errors or lines or ["no output"])[-1]
+
+
+_EXCEPTION = re.compile(r"[\w.]+(Error|Exception)\b")

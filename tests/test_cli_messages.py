@@ -255,3 +255,22 @@ def test_no_temporary_server_outlives_the_command(tmp_path) -> None:
     while any(Path(f"/proc/{pid}").exists() for pid in servers):
         assert time.monotonic() < deadline, f"temporary server {servers} still runs after the command ended"
         time.sleep(0.2)
+
+
+def test_a_temporary_server_that_cannot_start_says_why(tmp_path) -> None:
+    """PREFECT_HOME unusable (here a file, where the server wants a folder for its database): the command says what
+    the server said and where its home is, in one line, instead of the server's last words ("Server stopped!")."""
+    from stores import open_store
+    from targets.jwt.keyset import JwtKeyset, new_key
+
+    store = open_store(f"local://{tmp_path / 'store.db'}?secret=jwt")
+    store.create(JwtKeyset(keys=[new_key("HS256", 512)]).to_secret())
+    home = tmp_path / "not-a-folder"
+    home.write_text("")
+    journal = str(tmp_path / "journal.db")
+    code, output = _rotate(
+        tmp_path, "jwt", store.uri.display, "--no-approval", "--journal", journal, PREFECT_HOME=str(home)
+    )
+    assert code == 1 and output.startswith("error: the temporary Prefect server stopped at once: "), output
+    assert output.count("\n") == 1 and "Traceback" not in output, output
+    assert "Server stopped!" not in output and f"PREFECT_HOME, {home}" in output, output
