@@ -15,6 +15,7 @@ import httpx
 from cli.stack import EXAMPLE
 from tests.fixtures.ports import free_port
 from tests.fixtures.stack import LocalStack, rotate, stack_env
+from tests.prefect_api import call
 
 
 def test_the_stack_serves_an_authenticated_api_a_working_ui_and_every_deployment(
@@ -52,23 +53,27 @@ def test_the_stack_serves_an_authenticated_api_a_working_ui_and_every_deployment
 def test_the_rotate_command_uses_the_running_stack(local_stack: LocalStack) -> None:
     """A run paused on the stack's server is approved with `rotate approve`, with no PREFECT_API_URL set."""
     user, _, password = local_stack.state.auth_string.partition(":")
-    with httpx.Client(base_url=local_stack.state.api_url, auth=(user, password), timeout=10) as api:
-        (deployment,) = [d for d in api.post("/deployments/filter", json={}).json() if d["name"] == EXAMPLE]
-        options = {**deployment["parameters"]["options"], "started_by": "alice"}
-        run = api.post(
-            f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": {"options": options}}
-        ).json()
-        deadline = time.monotonic() + 180
-        while api.get(f"/flow_runs/{run['id']}").json()["state"]["type"] != "PAUSED":
-            assert time.monotonic() < deadline, "the example run did not pause for its approval"
-            time.sleep(0.5)
-        approved = local_stack.rotate("approve", run["id"], "--approver", "bob", "--reason", "change 1234")
-        assert approved.returncode == 0, approved.stdout + approved.stderr
-        assert "bob" in approved.stdout
-        while (state := api.get(f"/flow_runs/{run['id']}").json()["state"])["type"] not in ("COMPLETED", "FAILED"):
-            assert time.monotonic() < deadline + 120, state
-            time.sleep(0.5)
-        assert state["type"] == "COMPLETED", state
+    api, auth = local_stack.state.api_url, (user, password)  # the stack's server is on SQLite: asked again on a 503
+    (deployment,) = [d for d in call("POST", f"{api}/deployments/filter", json={}, auth=auth) if d["name"] == EXAMPLE]
+    options = {**deployment["parameters"]["options"], "started_by": "alice"}
+    run = call(
+        "POST", f"{api}/deployments/{deployment['id']}/create_flow_run", json={"parameters": {"options": options}},
+        auth=auth,
+    )  # fmt: skip
+    deadline = time.monotonic() + 180
+    while call("GET", f"{api}/flow_runs/{run['id']}", auth=auth)["state"]["type"] != "PAUSED":
+        assert time.monotonic() < deadline, "the example run did not pause for its approval"
+        time.sleep(0.5)
+    approved = local_stack.rotate("approve", run["id"], "--approver", "bob", "--reason", "change 1234")
+    assert approved.returncode == 0, approved.stdout + approved.stderr
+    assert "bob" in approved.stdout
+    while (state := call("GET", f"{api}/flow_runs/{run['id']}", auth=auth)["state"])["type"] not in (
+        "COMPLETED",
+        "FAILED",
+    ):
+        assert time.monotonic() < deadline + 120, state
+        time.sleep(0.5)
+    assert state["type"] == "COMPLETED", state
 
 
 def test_a_port_in_use_is_one_line(tmp_path) -> None:
