@@ -27,5 +27,5 @@ export PREFECT_SERVER_ANALYTICS_ENABLED=false
 # Most of a test is waiting on a server, a lease or a grace period: several workers share the two cores well. Each
 # worker starts its own servers (a Prefect server among them); `-n 0` runs everything in one process. The longest
 # tests are collected first (tests/conftest.py) and handed out one at a time, so that they start early on separate
-# workers and the short ones fill in around them.
-exec .venv/bin/pytest -n "${TEST_WORKERS:-3}" --maxschedchunk 1 "$@"
+# workers and the short ones fill in around them; the tests of the local stack go to one worker, which starts it once.
+exec .venv/bin/pytest -n "${TEST_WORKERS:-3}" --dist loadgroup --maxschedchunk 1 "$@"

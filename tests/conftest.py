@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 # Prefect reads its settings at import: keep it offline and quiet before anything imports it.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
@@ -37,5 +39,11 @@ def pytest_terminal_summary(terminalreporter) -> None:
 _LONG_FIRST = ("tests/test_crash_harness.py::test_every_kill_point", "tests/test_ui_browser.py")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
 def pytest_collection_modifyitems(items: list) -> None:
     items.sort(key=lambda item: not item.nodeid.startswith(_LONG_FIRST))  # stable: each keeps its order
+    # The tests of the local stack share one (`--dist loadgroup`): each worker that ran one started a stack of its
+    # own, about 2 minutes of the two cores each, and kept it running beside the other tests.
+    for item in items:
+        if "local_stack" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("local-stack"))
