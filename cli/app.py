@@ -282,7 +282,8 @@ def rollback(
         _stopped(book, rotation_id, "rollback")
         from flows.recovery import rollback_rotation
 
-        run_here(lambda: rollback_rotation(rotation_id, journal=book.location, reason=reason), book, console)
+        operator = getpass.getuser()
+        run_here(lambda: rollback_rotation(rotation_id, operator, journal=book.location, reason=reason), book, console)
         console.print(f"rotation {rotation_id} rolled back")
 
 
@@ -301,8 +302,11 @@ def resume(
         preapproved = preapproval(yes, approver, record.started_by, allow_self)
         from flows.recovery import resume_rotation
 
+        operator = getpass.getuser()
         summary = run_here(
-            lambda: resume_rotation(rotation_id, journal=book.location, preapproved=preapproved), book, console
+            lambda: resume_rotation(rotation_id, operator, journal=book.location, preapproved=preapproved),
+            book,
+            console,
         )
         console.print_json(json.dumps(summary, default=str))
 

@@ -65,10 +65,11 @@ def roll_back(journal: Journal, lease: Lease, record: RotationRecord, reason: st
     audit.emit(record.id, record.secret, "rotation", "rolled-back", reason=reason)
 
 
-def roll_back_stopped(journal: Journal, rotation_id: str, reason: str) -> RotationRecord:
-    """Take over a rotation whose run stopped (its lease expired) and roll it back; refused while its run lives."""
+def roll_back_stopped(journal: Journal, rotation_id: str, reason: str, operator: str) -> RotationRecord:
+    """Take over a rotation whose run stopped (its lease expired) and roll it back, as ``operator`` asked; refused
+    while its run lives."""
     lease = Lease.new(rotation_id, str(flow_run.id) if flow_run.id else None)
-    taken = journal.take_over(rotation_id, lease, "rollback")
+    taken = journal.take_over(rotation_id, lease, "rollback", operator)
     flow_runs.mark_superseded(taken.superseded, f"its rotation was rolled back by flow run {flow_run.id}")
     for event in journal.events(rotation_id):
         if event.status == "deferred":

@@ -399,7 +399,9 @@ def _begin(
     return record, lease
 
 
-def _take_over(journal: Journal, store: SecretStore, book: runbooks.Runbook, rotation_id: str):
+def _take_over(
+    journal: Journal, store: SecretStore, book: runbooks.Runbook, rotation_id: str, operator: str | None
+) -> tuple[RotationRecord, Lease]:
     known = journal.get(rotation_id)
     if known.secret != store.uri.display or known.runbook != book.name:
         raise Refused(
@@ -407,7 +409,7 @@ def _take_over(journal: Journal, store: SecretStore, book: runbooks.Runbook, rot
             f"{store.uri.display}: resume it with `rotate resume {rotation_id}`"
         )
     lease = Lease.new(rotation_id, str(flow_run.id) if flow_run.id else None)
-    taken = journal.take_over(rotation_id, lease, "resume")
+    taken = journal.take_over(rotation_id, lease, "resume", operator)
     flow_runs.mark_superseded(taken.superseded, f"its rotation was resumed by flow run {flow_run.id}")
     return taken.record, lease
 
@@ -428,7 +430,7 @@ def rotation(
     store = open_store(secret)
     journal = Journal(options.journal)
     if options.resume:
-        record, lease = _take_over(journal, store, book, options.resume)
+        record, lease = _take_over(journal, store, book, options.resume, options.resumed_by)
     else:
         record, lease = _begin(journal, store, book, options, consumers)
     verb = "resumed" if options.resume else "started"

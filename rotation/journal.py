@@ -520,8 +520,9 @@ class Journal:
             f"{rotation_id}` or undo it with `rotate rollback {rotation_id}`"
         )
 
-    def take_over(self, rotation_id: str, lease: Lease, purpose: str) -> TakeOver:
-        """Give a stopped rotation to ``lease``'s run, to ``purpose`` ("resume" or "rollback") it.
+    def take_over(self, rotation_id: str, lease: Lease, purpose: str, operator: str | None = None) -> TakeOver:
+        """Give a stopped rotation to ``lease``'s run, to ``purpose`` ("resume" or "rollback") it, at the request of
+        ``operator`` (recorded for the audit trail).
 
         Refused while another run's lease is live, for a finished rotation, a rollback past the point of no return,
         and a resume of a half-done rollback.
@@ -563,7 +564,13 @@ class Journal:
             )
             superseded = record.flow_run_id if record.flow_run_id != lease.flow_run_id else None
             self._event(
-                conn, rotation_id, "rotation", f"{purpose}-claimed", flow_run=lease.flow_run_id, superseded=superseded
+                conn,
+                rotation_id,
+                "rotation",
+                f"{purpose}-claimed",
+                flow_run=lease.flow_run_id,
+                superseded=superseded,
+                operator=operator,
             )
             return TakeOver(self._get(conn, rotation_id), superseded)
 

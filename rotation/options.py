@@ -11,6 +11,7 @@ class RotationOptions(BaseModel):
     """How a rotation runs. Names and numbers only: a flow parameter never carries a secret value."""
 
     resume: str | None = Field(default=None, description="Resume this rotation id instead of starting a new one.")
+    resumed_by: str | None = Field(default=None, description="Who asks for the resume (named in the audit trail).")
     started_by: str | None = Field(default=None, description="Who starts the run (default: the OS user).")
     approve_promote: bool = Field(default=True, description="Ask a human before the new credential goes live.")
     approve_retire: bool = Field(default=False, description="Ask a human before the old credential is removed.")

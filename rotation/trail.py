@@ -1,9 +1,11 @@
 """Who did what to which rotation of which secret, and when: the journal's audit records read back as actions.
 
 Actions: ``started`` (by the person who started the run), ``approved``, ``refused`` (a decision the run did not
-accept, and why) and ``rejected`` (by the approver who gave the decision), ``resumed`` and ``rolled back``. A
-rollback names who caused it: the person who ran ``rotate rollback`` (recorded as the run's starter), the approver who
-rejected, or ``automatic`` for a failure the runbook rolled back by itself, with the reason.
+accept, and why) and ``rejected`` (by the approver who gave the decision), ``resumed`` (by the person who asked for
+it) and ``rolled back``. A rollback names who caused it: the person who asked for it (``rotate rollback``, or the
+``operator`` of a ``roll-back-rotation`` run), the approver who rejected, or ``automatic`` for a failure the runbook
+rolled back by itself, with the reason. Records written before the journal kept that person's name say
+``operator``.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def _entries(record: RotationRecord, events: list[AuditEvent]) -> list[AuditEntr
             reason=reason,
         )
 
-    found, rejecter, claimed_by_operator = [], None, False
+    found, rejecter, operator = [], None, None
     for event in events:
         details = event.details
         if event.step == "rotation" and event.status == "started":
@@ -54,11 +56,12 @@ def _entries(record: RotationRecord, events: list[AuditEvent]) -> list[AuditEntr
             if event.status == "rejected":
                 rejecter = str(details["approver"])
         elif event.step == "rotation" and event.status == "resume-claimed":
-            found.append(entry(event, "resumed", "operator", f"by flow run {details.get('flow_run') or '?'}"))
+            by = str(details.get("operator") or "operator")
+            found.append(entry(event, "resumed", by, f"by flow run {details.get('flow_run') or '?'}"))
         elif event.step == "rotation" and event.status == "rollback-claimed":
-            claimed_by_operator = True
+            operator = str(details.get("operator") or "operator")
         elif event.step == "rotation" and event.status == "rolled-back":
-            person = "operator" if claimed_by_operator else rejecter or "automatic"
+            person = operator or rejecter or "automatic"
             found.append(entry(event, "rolled back", person, str(details.get("reason", record.reason))))
     return found
 

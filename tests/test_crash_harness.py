@@ -6,7 +6,8 @@ approval pause and during the grace wait. Then, per boundary and in separate tri
 world, kills it there, checks that the credential the store calls CURRENT works against the real target, waits for
 the dead run's lease to expire, and resumes it (``flows.recovery.resume_rotation``, approvals given in advance) or
 rolls it back (``flows.recovery.rollback_rotation``). It then checks the end state (rotated, or exactly as before;
-after retirement a rollback is refused and a resume finishes it) and that no lock or lease is left.
+after retirement a rollback is refused and a resume finishes it), that no lock or lease is left, and that the audit
+trail names the person who asked for the recovery.
 
 The suite kills at the boundaries of the steps that change something (stage, apply, promote, restart, retire, an
 awaited value, prune) and in every approval pause and grace wait: a step that only looks (a check, a verification,
@@ -52,6 +53,7 @@ from flows.recovery import resume_rotation, rollback_rotation
 from rotation.approval import Preapproval, waiting_for
 from rotation.journal import Journal, RotationState
 from rotation.staging import stage_value
+from rotation.trail import audit_trail
 from stores import SecretStore, Stage, open_store
 from stores.errors import SecretNotFound
 from targets.backup import scratch
@@ -63,7 +65,7 @@ from targets.saml.metadata import parse_metadata
 from targets.saml.sign_in import sign_in
 from tasks.backup import BackupRef, write_backup
 from tests.crash_child import CHECKS
-from tests.fixtures.crash import APPROVER, run_child
+from tests.fixtures.crash import APPROVER, OPERATOR, run_child
 from tests.fixtures.postgres import PgApp
 from tests.fixtures.ses import SesAccount
 from tests.fixtures.smtp_server import SmtpServer
@@ -561,12 +563,12 @@ def _trial(
     try:
         if recovery == "rollback" and journal.get(record.id).retired_at is not None:
             with pytest.raises(Refused, match="point of no return"):
-                rollback_rotation(record.id, journal=journal.location)
+                rollback_rotation(record.id, OPERATOR, journal=journal.location)
             recovery = "resume"  # past retirement the only way is forward
         if recovery == "resume":
-            resume_rotation(record.id, journal=journal.location, preapproved=Preapproval(approver=APPROVER))
+            resume_rotation(record.id, OPERATOR, journal=journal.location, preapproved=Preapproval(approver=APPROVER))
         else:
-            rollback_rotation(record.id, journal=journal.location)
+            rollback_rotation(record.id, OPERATOR, journal=journal.location)
     except Exception as exc:
         outcome.problems.append(f"{recovery} failed: {type(exc).__name__}: {exc}")
         return outcome
@@ -581,6 +583,9 @@ def _trial(
     if not world.works():
         outcome.without_credential += 1
         outcome.problems.append(f"no working credential after {recovery}")
+    named = {(e.action, e.person) for e in audit_trail(journal)}
+    if ("resumed" if recovery == "resume" else "rolled back", OPERATOR) not in named:
+        outcome.problems.append(f"the audit trail does not name who asked for the {recovery}: {sorted(named)}")
     return outcome
 
 
@@ -652,7 +657,8 @@ def test_a_fleet_killed_mid_way_leaves_each_member_resumable(
     assert 1 <= len(started) <= 2  # two at a time: the third had not begun
     for record in started:
         _wait_for_lease_expiry(journal, record.id)
-        assert resume_rotation(record.id, journal=journal.location, preapproved=Preapproval(approver=APPROVER))
+        preapproved = Preapproval(approver=APPROVER)
+        assert resume_rotation(record.id, OPERATOR, journal=journal.location, preapproved=preapproved)
     assert all(journal.get(r.id).state is RotationState.COMPLETED for r in started)
     done = {r.secret for r in started}
     rest = run_child(

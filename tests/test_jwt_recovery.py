@@ -6,6 +6,7 @@ as another ``rotate`` process, as an operator would do it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -30,6 +31,21 @@ def rotate(*args: str, **kwargs) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [ROTATE, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs
     )
+
+
+def as_person(name: str) -> dict[str, str]:
+    """The environment of a command run by ``name``: the OS user is what ``rotate`` records."""
+    return {**os.environ, "LOGNAME": name, "USER": name}
+
+
+def audited(journal: Journal, person: str) -> list[str]:
+    """The actions ``rotate audit`` says ``person`` took."""
+    trail = subprocess.run(
+        [ROTATE, "audit", "--person", person, "--json", "--journal", str(journal.path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert trail.returncode == 0, trail.stdout + trail.stderr
+    return [entry["action"] for entry in json.loads(trail.stdout)]
 
 
 def wait_for(condition, timeout: float = 90, what: str = "condition") -> None:
@@ -76,7 +92,7 @@ def killed_after_staging(prefect_server, local_store_factory, auth_service, tmp_
 def test_a_killed_rotation_is_completed_by_resuming_it(killed_after_staging) -> None:
     store, service, journal, record, _ = killed_after_staging
     wait_for(lambda: not journal.get(record.id).lease_live(), what="the killed run's lease to expire")
-    resumed = rotate("resume", record.id, "--journal", str(journal.path))
+    resumed = rotate("resume", record.id, "--journal", str(journal.path), env=as_person("erin"))
     wait_for(lambda: waiting_for_approval(journal), what="the approval pause of the resumed run")
     assert journal.get(record.id).flow_run_id != record.flow_run_id
     with get_client(sync_client=True) as client:  # the killed run no longer offers its approval in the UI
@@ -97,6 +113,7 @@ def test_a_killed_rotation_is_completed_by_resuming_it(killed_after_staging) -> 
     assert [k.kid for k in current.keys] == [staged_kid]
     assert store.describe().version_at(Stage.PREVIOUS) == record.id  # the keyset staged before the kill
     assert signing_kid(service) == staged_kid
+    assert audited(journal, "erin") == ["resumed"]
 
 
 def test_a_killed_rotation_is_undone_by_rotate_rollback(killed_after_staging) -> None:
@@ -104,9 +121,11 @@ def test_a_killed_rotation_is_undone_by_rotate_rollback(killed_after_staging) ->
     old_kid = signing_kid(service)
     wait_for(lambda: not journal.get(record.id).lease_live(), what="the killed run's lease to expire")
     undo = subprocess.run(
-        [ROTATE, "rollback", record.id, "--journal", str(journal.path)], capture_output=True, text=True, timeout=120
-    )
+        [ROTATE, "rollback", record.id, "--journal", str(journal.path)],
+        capture_output=True, text=True, timeout=120, env=as_person("erin"),
+    )  # fmt: skip
     assert undo.returncode == 0, undo.stdout + undo.stderr
+    assert audited(journal, "erin") == ["rolled back"]
     after = store.describe()
     assert after.version_at(Stage.CURRENT) == before.version_at(Stage.CURRENT)
     assert after.version_at(Stage.PENDING) is None

@@ -16,6 +16,7 @@ from rotation.journal import Journal, RotationState
 from stores import Stage
 from targets.consumers import Consumer, HttpReload, KubernetesRollout
 from targets.jwt.keyset import JwtKeyset, new_key
+from tests.fixtures.crash import OPERATOR
 from tests.fixtures.kubernetes_api import WORKING_IMAGE
 from tests.test_jwt_runbook import accepted, signing_kid, token
 
@@ -78,7 +79,7 @@ def test_a_stuck_rollout_rolls_the_rotation_back(rig, kubernetes_api) -> None:
     deployment = apps.read_namespaced_deployment(workload, kubernetes_api.namespace)
     deployment.spec.template.spec.containers[0].image = WORKING_IMAGE  # the operator fixes the deployment
     apps.replace_namespaced_deployment(workload, kubernetes_api.namespace, deployment)
-    rollback_rotation(record.id, journal=str(journal.path))
+    rollback_rotation(record.id, OPERATOR, journal=str(journal.path))
     assert journal.get(record.id).state is RotationState.ROLLED_BACK
     assert journal.list(active_only=True) == []
     assert store.describe().version_at(Stage.CURRENT) == before.version_at(Stage.CURRENT)

@@ -22,7 +22,7 @@ from prefect.flow_runs import resume_flow_run
 from typer.testing import CliRunner
 
 from cli.app import app
-from errors import Refused
+from errors import BadInput, Refused
 from flows.jwt import JwtPolicy, rotate_jwt_signing_key
 from flows.recovery import resume_rotation, rollback_rotation
 from rotation import RotationOptions, rotation, runbook
@@ -31,7 +31,7 @@ from rotation.context import RunbookChanged
 from rotation.journal import Journal, RotationInProgress, RotationState
 from stores import SecretStore, Stage
 from targets.jwt.keyset import JwtKeyset, new_key
-from tests.fixtures.crash import start_child
+from tests.fixtures.crash import OPERATOR, start_child
 
 POLICY = {"token_lifetime_seconds": 0, "grace_seconds": 0}
 
@@ -117,13 +117,16 @@ def test_rollback_waits_for_the_owner_to_stop_and_then_marks_it_crashed(
     before = keyset.describe()
     child, rotation_id = paused_rotation(forkserver, keyset, journal, tmp_path)
     with pytest.raises(Refused, match="still alive"):
-        rollback_rotation(rotation_id, journal=journal.location)
+        rollback_rotation(rotation_id, OPERATOR, journal=journal.location)
     refused = CliRunner().invoke(app, ["rollback", rotation_id, "--journal", journal.location])
     assert refused.exit_code == 1 and "still run by flow run" in refused.output, refused.output
     assert child.is_alive() and journal.get(rotation_id).state is RotationState.RUNNING
     owner = journal.get(rotation_id).flow_run_id
     kill(child, journal, rotation_id)
-    rollback_rotation(rotation_id, journal=journal.location)
+    with pytest.raises(BadInput, match="operator is empty: name the person"):  # the audit trail must say who
+        rollback_rotation(rotation_id, " ", journal=journal.location)
+    assert journal.get(rotation_id).state is RotationState.RUNNING and journal.get(rotation_id).flow_run_id == owner
+    rollback_rotation(rotation_id, OPERATOR, journal=journal.location)
     assert journal.get(rotation_id).state is RotationState.ROLLED_BACK
     assert keyset.describe().version_at(Stage.CURRENT) == before.version_at(Stage.CURRENT)
     assert keyset.describe().version_at(Stage.PENDING) is None
@@ -154,7 +157,7 @@ def test_a_decision_given_to_a_run_that_was_killed_reaches_the_run_that_resumes_
     # The UI still shows the dead run as paused; a person approves it there.
     decision = {"decision": "approve", "approver": "carol", "reason": "change 7", "rotation_id": rotation_id}
     resume_flow_run(UUID(dead_run), run_input={**decision, "step": "approve-promote"})
-    summary = resume_rotation(rotation_id, journal=journal.location)
+    summary = resume_rotation(rotation_id, OPERATOR, journal=journal.location)
     assert summary["state"] == RotationState.COMPLETED
     facts = journal.steps(rotation_id)["approve-promote"].facts
     assert (facts["approver"], facts["via"]) == ("carol", f"given to flow run {dead_run} before it stopped")
@@ -190,7 +193,7 @@ def test_a_runbook_whose_step_names_changed_refuses_to_resume_and_still_rolls_ba
     with pytest.raises(RunbookChanged, match="step\\(s\\) stage that the runbook no longer has"):
         changing_v2(keyset.uri.display, options.model_copy(update={"resume": record.id}))
     assert keyset.describe().version_at(Stage.PENDING) == record.id  # nothing was done by the refused resume
-    rollback_rotation(record.id, journal=journal.location)
+    rollback_rotation(record.id, OPERATOR, journal=journal.location)
     assert keyset.describe().versions == before.versions
 
 

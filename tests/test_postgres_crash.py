@@ -21,7 +21,7 @@ from flows.recovery import rollback_rotation
 from rotation import RotationOptions
 from rotation.journal import Journal, RotationState
 from stores import Stage, open_store
-from tests.fixtures.crash import run_child
+from tests.fixtures.crash import OPERATOR, run_child
 from tests.fixtures.postgres import PgApp
 
 
@@ -88,7 +88,7 @@ def test_alternating_rotation_killed_at_each_step(
             summary = rotate_postgres_credentials(app.uri, policy=PgPolicy(**policy), options=options)
             assert summary["state"] == "completed"
         else:
-            rollback_rotation(rotation_id, journal.location)
+            rollback_rotation(rotation_id, OPERATOR, journal=journal.location)
     assert failures == [], "a client reading the CURRENT secret saw a failed login"
     record = journal.get(rotation_id)
     current = app.current()
@@ -119,7 +119,7 @@ def test_single_user_rotation_killed_after_the_change(
         rotate_postgres_credentials(app.uri, policy=PgPolicy(**policy), options=options)
         assert app.secret.describe().version_at(Stage.CURRENT) == rotation_id
     else:
-        rollback_rotation(rotation_id, journal.location)
+        rollback_rotation(rotation_id, OPERATOR, journal=journal.location)
         assert app.current()["password"] == app.password
     current = app.current()
     assert app.can_login(current["username"], current["password"])

@@ -16,6 +16,7 @@ from stores import Stage, open_store
 from targets.consumers import CommandRestart, Consumer
 from tasks.consumers import restart_consumers
 from tasks.secrets import discard_secret
+from tests.fixtures.crash import OPERATOR
 
 
 def _recorder(log: Path, word: str, secret: str) -> Consumer:
@@ -188,4 +189,4 @@ def test_an_approval_on_which_a_person_revokes_the_old_credential_is_the_point_o
     assert record.state is RotationState.FAILED and record.retired_at is not None
     assert open_store(secret).read(Stage.CURRENT) == "value-one-0123456789-next"
     with pytest.raises(Refused, match="point of no return"):
-        rollback_rotation(record.id, journal=journal.location)
+        rollback_rotation(record.id, OPERATOR, journal=journal.location)
