@@ -37,6 +37,7 @@ from cli.terminal import prefect_reachable, run_here, use_local_stack, verdict
 from errors import BadInput, Refused
 from rotation.approval import ApprovalDecision, give_decision, waiting_for
 from rotation.journal import Journal, RotationRecord, RotationState
+from rotation.settings import settings
 from stores import open_store
 
 app = typer.Typer(no_args_is_help=True, help="Secret-rotation runbooks on Prefect.", pretty_exceptions_enable=False)
@@ -168,7 +169,15 @@ def _status(book: Journal, record: RotationRecord) -> str:
     if record.state.finished:
         return str(record.state)
     if not record.lease_live():
-        return f"{record.state}, its run has stopped" if record.state is not record.state.WAITING else "waiting"
+        if record.state is RotationState.WAITING:
+            return "waiting"
+        if not record.run_gone(settings().lease_seconds):
+            # A run on a busy machine renews late and goes on: "stopped" would be a guess.
+            return (
+                f"{record.state}, its run's lease expired at {record.lease_expires_at:%H:%M:%S} UTC: it has stopped, "
+                "or is too slow to renew it"
+            )
+        return f"{record.state}, its run has stopped"
     waiting = waiting_for(book, record.id, record.flow_run_id)
     if waiting is not None:
         return f"waiting for approval ({waiting.step}) in flow run {record.flow_run_id}"

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
-from rotation.journal import Journal
+from rotation.journal import Journal, Lease
 from stores import open_store
 from tests.fixtures.ports import free_port
 
@@ -120,3 +122,25 @@ def test_redis_with_an_unreachable_node(prefect_server, local_store_factory, tmp
     message, _ = _bad(tmp_path, "redis", app.uri.display, "--admin-secret", admin.uri.display)
     assert f"127.0.0.1:{port}" in message
     assert "app-password" not in message and "admin-password" not in message
+
+
+def test_status_does_not_call_a_run_stopped_until_it_is_a_lease_length_late(tmp_path, monkeypatch) -> None:
+    """An expired lease alone may be a run renewing late on a busy machine: the status says what is known."""
+    monkeypatch.setenv("ROTATE_LEASE_SECONDS", "1")
+    journal = Journal(tmp_path / "journal.db")
+    lease = Lease.new(str(uuid.uuid4()), "run-1")
+    journal.begin(
+        secret="local:///srv/store.db?secret=a", runbook="jwt-signing-key", started_by="alice", parameters={},
+        consumers=[], versions={}, lease=lease,
+    )  # fmt: skip
+
+    def status() -> str:
+        shown = CliRunner().invoke(app, ["status", lease.rotation_id, "--journal", journal.location])
+        assert shown.exit_code == 0, shown.output
+        return " ".join(shown.output.split())
+
+    assert "running" in status() and "stopped" not in status()
+    time.sleep(1.2)  # expired, not renewed for less than a lease length
+    assert "its run's lease expired at" in status() and "it has stopped, or is too slow to renew it" in status()
+    time.sleep(1.2)
+    assert "running, its run has stopped" in status()
