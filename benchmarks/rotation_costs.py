@@ -9,9 +9,10 @@ table.
 
 1. Floor: for each runbook (JWT on a local store with the auth service, PostgreSQL alternating users, Redis), its
    flow run with approvals off and no grace against an empty flow with the same number of task runs, interleaved
-   round by round, in-process with heartbeats off (as the rotate command runs them). Between runs the harness lets
-   the SQLite server settle for a second, for both alike: a flow run created while the server still writes the last
-   one's events is answered 503 and the client backs off 2 s (Prefect's server, not this project).
+   round by round, in-process with heartbeats off (as the rotate command runs them); the fresh secrets and users a
+   rotation needs are made before its timing starts. Between runs the harness lets the SQLite server settle for a
+   second, for both alike: a flow run created while the server still writes the last one's events is answered 503
+   and the client backs off 2 s (Prefect's server, not this project).
 2. Counts per rotation: Secrets Manager API calls (the secret on moto_server; botocore's before-call events) and
    journal transactions (SQLAlchemy commits on the journal's engine).
 3. The rotate command's wall time for a JWT rotation: with a Prefect server running (PREFECT_API_URL set) and
@@ -172,21 +173,24 @@ def _options(journal: Path, **more: Any) -> RotationOptions:
     return RotationOptions(approve_promote=False, journal=str(journal), started_by="bench", **more)
 
 
-def _runbooks(world: World, journal: Path) -> dict[str, Callable[[], Any]]:
+def _runbooks(world: World, journal: Path) -> dict[str, Callable[[], Callable[[], Any]]]:
+    """Per runbook, what makes one rotation ready (fresh secrets and users: not timed) and gives the call to time."""
     consumer = Consumer(name="auth", restart=HttpReload(url=f"http://127.0.0.1:{world.service_port}/reload"),
                         verify_url=f"http://127.0.0.1:{world.service_port}/me")  # fmt: skip
 
-    def jwt() -> Any:
+    def jwt() -> Callable[[], Any]:
         policy = JwtPolicy(token_lifetime_seconds=0, grace_seconds=0)
-        return rotate_jwt_signing_key(world.jwt_uri, consumers=[consumer], policy=policy, options=_options(journal))
+        return partial(rotate_jwt_signing_key, world.jwt_uri, consumers=[consumer], policy=policy,
+                       options=_options(journal))  # fmt: skip
 
-    def postgres() -> Any:
+    def postgres() -> Callable[[], Any]:
         policy = PgPolicy(grace_seconds=0)
-        return rotate_postgres_credentials(world.postgres_secret(), policy=policy, options=_options(journal))
+        return partial(rotate_postgres_credentials, world.postgres_secret(), policy=policy, options=_options(journal))
 
-    def redis_password() -> Any:
+    def redis_password() -> Callable[[], Any]:
         secret, admin = world.redis_secrets()
-        return rotate_redis_password(secret, admin, policy=RedisPolicy(grace_seconds=0), options=_options(journal))
+        policy = RedisPolicy(grace_seconds=0)
+        return partial(rotate_redis_password, secret, admin, policy=policy, options=_options(journal))
 
     return {"jwt": jwt, "postgres": postgres, "redis": redis_password}
 
@@ -205,8 +209,8 @@ def part_floor(world: World, api: str, rounds: int) -> dict[str, Any]:
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         runbooks = _runbooks(world, world.base / "floor.db")
         sizes: dict[str, int] = {}
-        for name, run in runbooks.items():  # warm-up, and how many task runs each makes
-            run()
+        for name, ready in runbooks.items():  # warm-up, and how many task runs each makes
+            ready()()
             time.sleep(SETTLE_SECONDS)
             with get_client(sync_client=True) as client:
                 latest = client.read_flow_runs(limit=1, sort="START_TIME_DESC")[0]
@@ -214,8 +218,8 @@ def part_floor(world: World, api: str, rounds: int) -> dict[str, Any]:
         empty_flow(1)
         times: dict[str, list[float]] = {name: [] for name in runbooks} | {f"empty-{name}": [] for name in runbooks}
         for _ in range(rounds):
-            for name, run in runbooks.items():
-                for label, call in ((f"empty-{name}", partial(empty_flow, sizes[name])), (name, run)):
+            for name, ready in runbooks.items():
+                for label, call in ((f"empty-{name}", partial(empty_flow, sizes[name])), (name, ready())):
                     time.sleep(SETTLE_SECONDS)
                     started = time.perf_counter()
                     call()
@@ -245,9 +249,10 @@ def part_counts(world: World) -> dict[str, Any]:
             commits.clear()
             rotate_postgres_credentials(secret, policy=PgPolicy(grace_seconds=0), options=_options(journal_path))
         counts["postgres (aws store)"] = {"store_calls": len(calls), "journal_transactions": len(commits)}
-        for name, run in _runbooks(world, journal_path).items():
+        for name, ready in _runbooks(world, journal_path).items():
+            call = ready()
             commits.clear()
-            run()
+            call()
             counts.setdefault(name, {})["journal_transactions"] = len(commits)
     return counts
 
