@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         keyset.signing_kid,
     )
     try:
-        server.serve_forever()
+        server.serve_forever(poll_interval=0.05)  # shutdown() waits for the next poll: stop at once when asked
     finally:
         server.server_close()
     log.info("stopped")
