@@ -7,6 +7,11 @@ command, the server boots in its own process while the command imports the runbo
 what it needs, and the command never imports the server. It is the same server (``prefect server start``: the API
 only, no UI, no background services, the database in ``PREFECT_HOME``), bound to 127.0.0.1, and it stops when the
 command ends.
+
+The ``rotate`` executable (:mod:`cli.main`) launches it before importing the command line (Prefect's settings
+among it, about a second), when the command runs a flow here, PREFECT_API_URL is not in the environment and no local
+stack is recorded; once the settings are read, :func:`cli.terminal.use_local_stack` adopts it with :func:`start`, or
+stops it when a profile names a server after all.
 """
 
 from __future__ import annotations
@@ -27,29 +32,44 @@ from errors import Unreachable
 #: the database, on cores shared with the command itself.
 MIN_STARTUP_TIMEOUT_SECONDS = 90
 
+#: The commands that run a flow in this process: without a server to use, each starts its temporary one at once.
+RUNS_FLOWS_HERE = frozenset(
+    {"demo", "jwt", "postgres", "redis", "saml", "smtp", "resume", "rollback", "backup", "drill", "restore", "posture"}
+)
+
 _server: subprocess.Popen[bytes] | None = None
 _log: IO[bytes] | None = None
+_port: int | None = None
 _api_url: str | None = None
 _up = False
 
 
-def start() -> None:
-    """Start the server and point this process's Prefect client at it; :func:`wait` before the first API call."""
-    global _server, _log, _api_url
+def launch() -> None:
+    """Start the server's process, without pointing this process at it yet (:func:`start` does)."""
+    global _server, _log, _port
     if _server is not None:
         return
-    port = free_port()
+    _port = free_port()
     _log = tempfile.TemporaryFile()  # noqa: SIM115 - open while the server runs: its last line explains a failure
     _server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(_port),
          "--no-ui", "--no-services"],
         stdout=_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
     )  # fmt: skip
     atexit.register(stop)
+
+
+def start() -> None:
+    """Start the server (or take the one :func:`launch` started) and point this process's Prefect client at it;
+    :func:`wait` before the first API call."""
+    global _api_url
+    launch()
+    if _api_url is not None:
+        return
     from prefect.context import refresh_global_settings_context  # after the start: the server boots meanwhile
 
-    _api_url = f"http://127.0.0.1:{port}/api"
+    _api_url = f"http://127.0.0.1:{_port}/api"
     os.environ["PREFECT_API_URL"] = _api_url
     refresh_global_settings_context()  # every thread (approvals are answered from one) reads the global settings
 

@@ -87,26 +87,24 @@ def _stopped_by_signals() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-#: The commands that run a flow in this process: without a server to use, each starts its temporary one at once.
-RUNS_FLOWS_HERE = frozenset(
-    {"demo", "jwt", "postgres", "redis", "saml", "smtp", "resume", "rollback", "backup", "drill", "restore", "posture"}
-)
-
-
 def use_local_stack(ctx: typer.Context) -> None:
     """Where runs go: the Prefect server the environment or profile names (PREFECT_API_URL); without one, the local
     stack's server when it answers (``rotate stack up``); else a temporary server of this command, started now for
     the commands that run a flow (see :mod:`cli.temporary_server`)."""
     if PREFECT_API_URL.value():
+        temporary_server.stop()  # launched early (cli.main), but a profile names a server
         return
     from cli.stack import running_server
 
     stack = running_server()
     if stack is not None:
+        temporary_server.stop()
         os.environ.update(PREFECT_API_URL=stack.api_url, PREFECT_API_AUTH_STRING=stack.auth_string)
         refresh_global_settings_context()  # every thread (approvals are answered from one) reads the global settings
-    elif ctx.invoked_subcommand in RUNS_FLOWS_HERE:
+    elif ctx.invoked_subcommand in temporary_server.RUNS_FLOWS_HERE:
         temporary_server.start()
+    else:
+        temporary_server.stop()
 
 
 def run_here(run: Callable[[], Any], journal: Journal, console: Console) -> Any:

@@ -274,3 +274,47 @@ def test_a_temporary_server_that_cannot_start_says_why(tmp_path) -> None:
     assert code == 1 and output.startswith("error: the temporary Prefect server stopped at once: "), output
     assert output.count("\n") == 1 and "Traceback" not in output, output
     assert "Server stopped!" not in output and f"PREFECT_HOME, {home}" in output, output
+
+
+def test_a_server_named_by_the_profile_is_used_and_the_early_temporary_one_stopped(prefect_server, tmp_path) -> None:
+    """The executable launches a temporary server before it reads Prefect's settings (cli/main.py); when the active
+    profile names a server after all, the run goes there and the launched server is stopped at once."""
+    from prefect import get_client
+
+    from stores import open_store
+    from targets.jwt.keyset import JwtKeyset, new_key
+
+    store = open_store(f"local://{tmp_path / 'store.db'}?secret=jwt")
+    store.create(JwtKeyset(keys=[new_key("HS256", 512)]).to_secret())
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text(f'active = "ops"\n\n[profiles.ops]\nPREFECT_API_URL = "{prefect_server.api_url}"\n')
+    environment = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    environment |= {"PREFECT_PROFILES_PATH": str(profiles), "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    command = subprocess.Popen(
+        [ROTATE, "jwt", store.uri.display, "--no-approval", "--token-lifetime", "0", "--grace", "0", "--journal",
+         str(tmp_path / "j.db")],
+        env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    launched: set[int] = set()
+    beside_the_run = False  # a launched server still running once the rotation has begun
+    while command.poll() is None:
+        launched |= {p for p in _children(command.pid) if _is_prefect_server(_cmdline(p))}
+        if (tmp_path / "j.db").exists() and Journal(tmp_path / "j.db").list():
+            beside_the_run |= any(Path(f"/proc/{pid}").exists() for pid in launched)
+        time.sleep(0.05)
+    output = command.stdout.read()
+    assert command.returncode == 0, output
+    assert launched, "the executable launched no temporary server before reading the profile"
+    assert not beside_the_run, "the launched temporary server was not stopped before the run began"
+    (record,) = Journal(tmp_path / "j.db").list()
+    with get_client(sync_client=True) as client:  # the run is on the profile's server
+        assert client.read_flow_run(uuid.UUID(record.flow_run_id)).state.is_completed()
+    assert "temporary" not in output, output
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return ""
