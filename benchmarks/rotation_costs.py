@@ -10,13 +10,16 @@ table.
 1. Floor: for each runbook (JWT on a local store with the auth service, PostgreSQL alternating users, Redis), its
    flow run with approvals off and no grace against an empty flow with the same number of task runs, interleaved
    round by round, in-process with heartbeats off (as the rotate command runs them); the fresh secrets and users a
-   rotation needs are made before its timing starts. Between runs the harness lets the SQLite server settle for a
-   second, for both alike: a flow run created while the server still writes the last one's events is answered 503
-   and the client backs off 2 s (Prefect's server, not this project).
+   rotation needs are made before its timing starts. Its work: the same runbook with its steps as plain calls
+   (``steps_as_tasks=False``, as a fleet's members run) less an empty flow without tasks, so that a rotation's time
+   reads as Prefect's floor plus its work (database, store, HTTP and journal calls) plus what is left beyond both.
+   Between runs the harness lets the SQLite server settle for a second, for all alike: a flow run created while the
+   server still writes the last one's events is answered 503 and the client backs off 2 s (Prefect's server, not
+   this project).
 2. Counts per rotation: Secrets Manager API calls (the secret on moto_server; botocore's before-call events) and
    journal transactions (SQLAlchemy commits on the journal's engine).
 3. The rotate command's wall time for a JWT rotation: with a Prefect server running (PREFECT_API_URL set) and
-   without one (Prefect's temporary server).
+   without one (the command's own temporary server).
 4. Fleets: ``rotate_fleet`` of the PostgreSQL runbook over 10, 100 and 400 secrets, 8 at a time, in a worker
    subprocess, with the Prefect server on SQLite and on PostgreSQL: rotations per second, failed rotations, the
    worker's peak memory.
@@ -173,24 +176,26 @@ def _options(journal: Path, **more: Any) -> RotationOptions:
     return RotationOptions(approve_promote=False, journal=str(journal), started_by="bench", **more)
 
 
-def _runbooks(world: World, journal: Path) -> dict[str, Callable[[], Callable[[], Any]]]:
-    """Per runbook, what makes one rotation ready (fresh secrets and users: not timed) and gives the call to time."""
+def _runbooks(world: World, journal: Path, **options: Any) -> dict[str, Callable[[], Callable[[], Any]]]:
+    """Per runbook, what makes one rotation ready (fresh secrets and users: not timed) and gives the call to time;
+    ``options`` are more :class:`RotationOptions`."""
     consumer = Consumer(name="auth", restart=HttpReload(url=f"http://127.0.0.1:{world.service_port}/reload"),
                         verify_url=f"http://127.0.0.1:{world.service_port}/me")  # fmt: skip
 
     def jwt() -> Callable[[], Any]:
         policy = JwtPolicy(token_lifetime_seconds=0, grace_seconds=0)
         return partial(rotate_jwt_signing_key, world.jwt_uri, consumers=[consumer], policy=policy,
-                       options=_options(journal))  # fmt: skip
+                       options=_options(journal, **options))  # fmt: skip
 
     def postgres() -> Callable[[], Any]:
         policy = PgPolicy(grace_seconds=0)
-        return partial(rotate_postgres_credentials, world.postgres_secret(), policy=policy, options=_options(journal))
+        return partial(rotate_postgres_credentials, world.postgres_secret(), policy=policy,
+                       options=_options(journal, **options))  # fmt: skip
 
     def redis_password() -> Callable[[], Any]:
         secret, admin = world.redis_secrets()
         policy = RedisPolicy(grace_seconds=0)
-        return partial(rotate_redis_password, secret, admin, policy=policy, options=_options(journal))
+        return partial(rotate_redis_password, secret, admin, policy=policy, options=_options(journal, **options))
 
     return {"jwt": jwt, "postgres": postgres, "redis": redis_password}
 
@@ -208,6 +213,7 @@ def part_floor(world: World, api: str, rounds: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         runbooks = _runbooks(world, world.base / "floor.db")
+        plain = _runbooks(world, world.base / "floor.db", steps_as_tasks=False)
         sizes: dict[str, int] = {}
         for name, ready in runbooks.items():  # warm-up, and how many task runs each makes
             ready()()
@@ -215,19 +221,26 @@ def part_floor(world: World, api: str, rounds: int) -> dict[str, Any]:
             with get_client(sync_client=True) as client:
                 latest = client.read_flow_runs(limit=1, sort="START_TIME_DESC")[0]
             sizes[name] = _task_runs(api, str(latest.id))
+            plain[name]()()
         empty_flow(1)
-        times: dict[str, list[float]] = {name: [] for name in runbooks} | {f"empty-{name}": [] for name in runbooks}
+        times: dict[str, list[float]] = {"empty-0": []}
         for _ in range(rounds):
             for name, ready in runbooks.items():
-                for label, call in ((f"empty-{name}", partial(empty_flow, sizes[name])), (name, ready())):
+                calls = {f"empty-{name}": partial(empty_flow, sizes[name]), name: ready(),
+                         "empty-0": partial(empty_flow, 0), f"plain-{name}": plain[name]()}  # fmt: skip
+                for label, call in calls.items():
                     time.sleep(SETTLE_SECONDS)
                     started = time.perf_counter()
                     call()
-                    times[label].append(time.perf_counter() - started)
+                    times.setdefault(label, []).append(time.perf_counter() - started)
+    bare = statistics.median(times["empty-0"])
     for name in runbooks:
         runbook, empty = statistics.median(times[name]), statistics.median(times[f"empty-{name}"])
+        work = statistics.median(times[f"plain-{name}"]) - bare
         results[name] = {"task_runs": sizes[name], "median_s": round(runbook, 3), "empty_median_s": round(empty, 3),
-                         "ratio": round(runbook / empty, 2)}  # fmt: skip
+                         "ratio": round(runbook / empty, 2), "work_s": round(work, 3),
+                         "beyond_floor_and_work_s": round(runbook - empty - work, 3)}  # fmt: skip
+    results["empty flow without tasks"] = {"median_s": round(bare, 3)}
     return results
 
 
