@@ -18,13 +18,13 @@ from pydantic_core import to_jsonable_python
 def schedule_follow_up(rotation_id: str, due: datetime) -> str:
     """Schedule a run of the current deployment at ``due`` that resumes ``rotation_id``; returns its flow run id.
 
-    The follow-up run carries the same parameters, with ``options.resume`` set and no approval given in advance,
-    and shows in the UI as a Scheduled run at the due time. It survives worker restarts because it lives on the
-    Prefect server.
+    The follow-up run carries the same parameters, with ``options.resume`` set, no approval given in advance and
+    ``automatic`` as who resumes it (for the audit trail), and shows in the UI as a Scheduled run at the due time.
+    It survives worker restarts because it lives on the Prefect server.
     """
     parameters: dict[str, Any] = to_jsonable_python(flow_run.parameters or {})
     options = dict(parameters.get("options") or {})
-    options.update(resume=rotation_id, preapproved=None)
+    options.update(resume=rotation_id, resumed_by="automatic", preapproved=None)
     parameters["options"] = options
     follow_up = run_deployment(
         name=deployment.id,

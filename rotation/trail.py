@@ -2,10 +2,10 @@
 
 Actions: ``started`` (by the person who started the run), ``approved``, ``refused`` (a decision the run did not
 accept, and why) and ``rejected`` (by the approver who gave the decision), ``resumed`` (by the person who asked for
-it) and ``rolled back``. A rollback names who caused it: the person who asked for it (``rotate rollback``, or the
-``operator`` of a ``roll-back-rotation`` run), the approver who rejected, or ``automatic`` for a failure the runbook
-rolled back by itself, with the reason. Records written before the journal kept that person's name say
-``operator``.
+it, or ``automatic`` for a grace period's scheduled follow-up run) and ``rolled back``. A rollback names who caused
+it: the person who asked for it (``rotate rollback``, or the ``operator`` of a ``roll-back-rotation`` run), the
+approver who rejected, or ``automatic`` for a failure the runbook rolled back by itself, with the reason. Records
+written before the journal kept that person's name say ``operator``.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from prefect.states import Scheduled
 
 from flows.jwt import rotate_jwt_signing_key
 from rotation.journal import Journal, RotationState
+from rotation.trail import audit_trail
 from stores import Stage
 from targets.jwt.keyset import JwtKeyset, new_key
 
@@ -124,6 +125,7 @@ def test_a_long_grace_period_is_handed_to_a_scheduled_follow_up_run(worker, loca
         client.set_flow_run_state(follow_up.id, Scheduled(scheduled_time=datetime.now(UTC)), force=True)
     assert _wait_for_final(follow_up.id).state.is_completed()
     assert journal.get(record.id).state is RotationState.WAITING
+    assert [(e.action, e.person) for e in audit_trail(journal)][-1] == ("resumed", "automatic")
     (again,) = _follow_ups(deployment_id)
     assert abs((again.expected_start_time - due).total_seconds()) < 1
     assert len(JwtKeyset.from_secret(store.read(Stage.CURRENT)).keys) == 2
