@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import os
 import queue
-import signal
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -69,24 +67,6 @@ def prefect_reachable(waiting: str | None = None) -> None:
         ) from None
 
 
-@contextmanager
-def _stopped_by_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP end the command as Ctrl-C does, so that its temporary Prefect server is stopped too."""
-
-    def stop(signum: int, _: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    saved = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for signum, handler in saved.items():
-            signal.signal(signum, handler)
-
-
 def use_local_stack(ctx: typer.Context) -> None:
     """Where runs go: the Prefect server the environment or profile names (PREFECT_API_URL); without one, the local
     stack's server when it answers (``rotate stack up``); else a temporary server of this command, started now for
@@ -111,8 +91,7 @@ def run_here(run: Callable[[], Any], journal: Journal, console: Console) -> Any:
     """Run ``run`` (a runbook flow call) in a thread; ask its approvals at the terminal when there is one, else say
     how to give them (the Prefect UI, ``rotate approve``, the API) and wait."""
     prefect_reachable()
-    with _stopped_by_signals():
-        return _run(run, journal, console)
+    return _run(run, journal, console)
 
 
 def _run(run: Callable[[], Any], journal: Journal, console: Console) -> Any:

@@ -257,6 +257,29 @@ def test_no_temporary_server_outlives_the_command(tmp_path) -> None:
         time.sleep(0.2)
 
 
+def test_a_command_stopped_while_its_temporary_server_boots_takes_it_along(tmp_path) -> None:
+    """SIGTERM in the first second, the server launched and still booting, the command still importing: the same."""
+    environment = {**os.environ, "PREFECT_API_URL": "", "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    command = subprocess.Popen(
+        [ROTATE, "jwt", f"local://{tmp_path / 'store.db'}?secret=jwt", "--journal", str(tmp_path / "j.db")],
+        env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not (servers := {p for p in _children(command.pid) if _is_prefect_server(_cmdline(p))}):
+            assert command.poll() is None and time.monotonic() < deadline, "no temporary server was launched"
+            time.sleep(0.02)
+        command.send_signal(signal.SIGTERM)
+        assert command.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if command.poll() is None:
+            command.kill()
+    deadline = time.monotonic() + 20
+    while any(Path(f"/proc/{pid}").exists() for pid in servers):
+        assert time.monotonic() < deadline, f"temporary server {servers} still runs after the command ended"
+        time.sleep(0.2)
+
+
 def test_a_temporary_server_that_cannot_start_says_why(tmp_path) -> None:
     """PREFECT_HOME unusable (here a file, where the server wants a folder for its database): the command says what
     the server said and where its home is, in one line, instead of the server's last words ("Server stopped!")."""
