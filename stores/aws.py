@@ -7,7 +7,8 @@ AWSPENDING, promotion moves AWSCURRENT (AWS itself then moves AWSPREVIOUS to the
 A version whose labels are all gone is what AWS calls deprecated: Secrets Manager cannot delete one version, and
 removes deprecated versions itself, so discarding removes labels, pruning has nothing left to do (no call), and
 :meth:`describe` lists only labelled versions, as ``describe_secret`` does (without dates: Secrets Manager reports
-none per version there).
+none per version there); ``describe(dated=True)`` dates them with one ``ListSecretVersionIds`` call more, and
+without that permission (a role allowed only DescribeSecret and GetSecretValue) leaves them undated.
 
 Secrets Manager has no conditional writes: a label move names the version it takes the label
 from, which AWS checks; a put of AWSPENDING does not. Every multi-call step finishes correctly when run again after
@@ -20,7 +21,7 @@ import contextlib
 import os
 import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, ClassVar
 
@@ -197,6 +198,22 @@ class AwsStore(SecretStore):
         stages = snapshot.stages
         order = [stages.previous, stages.current, stages.pending]  # oldest first, as the labels say
         return [(v, None) for n, v in enumerate(order) if v is not None and v not in order[:n]]
+
+    def _version_dates(self, snapshot: Snapshot) -> dict[str, datetime]:
+        dates: dict[str, datetime] = {}
+        token: dict[str, str] = {}
+        try:
+            while True:
+                page = self._call(
+                    "list the versions",
+                    lambda token=token: self._client.list_secret_version_ids(SecretId=self.secret_id, **token),
+                )
+                dates |= {v["VersionId"]: v["CreatedDate"].astimezone(UTC) for v in page.get("Versions", [])}
+                if not page.get("NextToken"):
+                    return dates
+                token = {"NextToken": page["NextToken"]}
+        except StorePermissionDenied:
+            return {}  # a reader without secretsmanager:ListSecretVersionIds: the versions stay undated
 
     def _create(self, value: str) -> str:
         answer = self._call(

@@ -7,7 +7,8 @@ The model is AWS Secrets Manager's: a rotation stages a new version under its ro
 - ``_snapshot(repair)``: the stage map and the versions the manager knows, with the token its writes compare against;
 - ``_write_stages(snapshot, stages, staged)``: replace the stage map if nobody wrote since ``snapshot`` (else
   :class:`StagingConflict` and nothing changed), first writing ``staged`` as a new PENDING version if given;
-- ``_read_value``, ``_delete``, ``_delete_secret``, ``_describe``, ``_create``, ``_list``; and
+- ``_read_value``, ``_delete``, ``_delete_secret``, ``_describe``, ``_create``, ``_list``; where dating the
+  versions costs another call, ``_version_dates`` (a ``describe(dated=True)`` only); and
 - ``_condition`` with the table ``ERRORS``: its SDK's exceptions onto one store error per condition, applied in one
   place (``_call``), as httpx maps transport errors.
 
@@ -265,11 +266,15 @@ class SecretStore(abc.ABC):
         with self._session(write=False):
             return self._value(version_id)
 
-    def describe(self) -> SecretDescription:
-        """Versions (oldest first), stages and dates; never values."""
+    def describe(self, dated: bool = False) -> SecretDescription:
+        """Versions (oldest first), stages and the dates the store gives with them; never values. ``dated``: also the
+        dates that cost another call to the store (AWS's), for a report that judges ages."""
         with self._session(write=False):
             snapshot = self._fresh(repair=False)
             described = self._describe(snapshot)
+            if dated and any(t is None for _, t in described):
+                dates = self._version_dates(snapshot)
+                described = [(v, t or dates.get(v)) for v, t in described]
         versions = (VersionInfo(version_id=v, stages=snapshot.stages.stages_of(v), created_at=t) for v, t in described)
         return SecretDescription(uri=self.uri.display, versions=tuple(versions))
 
@@ -552,6 +557,11 @@ class SecretStore(abc.ABC):
     @abc.abstractmethod
     def _describe(self, snapshot: Snapshot) -> list[tuple[str, datetime | None]]:
         """The versions (``snapshot`` read just before), oldest first, with their creation times where known."""
+
+    def _version_dates(self, snapshot: Snapshot) -> dict[str, datetime]:
+        """Creation times of versions that ``_describe`` gives without one, where the store has them at the cost of
+        another call; none by default."""
+        return {}
 
     @abc.abstractmethod
     def _create(self, value: str) -> str:

@@ -273,7 +273,7 @@ def _register(archive: Archive) -> None:
 
 def _archived(store: SecretStore, name: str, stages: StageSelection) -> ArchivedSecret:
     versions = []
-    for info in store.describe().versions:
+    for info in store.describe(dated=True).versions:  # the archive keeps each version's date
         if Stage.CURRENT in info.stages or (stages == "all" and info.stages):
             value = register_secret(store.read_version(info.version_id))
             versions.append(

@@ -52,7 +52,7 @@ def _secret_facts(selection: Selection, name: str, renew_before_days: float | No
     facts = SecretFacts(uri=uri, name=name, environment=selection.display)
     try:
         store = open_store(uri)
-        description = store.describe()
+        description = store.describe(dated=True)
         current = next((v for v in description.versions if Stage.CURRENT in v.stages), None)
         pending = description.version_at(Stage.PENDING)
         facts = facts.model_copy(

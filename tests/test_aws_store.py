@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -239,3 +240,31 @@ def test_bad_uris_are_refused_with_what_to_do(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     with pytest.raises(InvalidStoreURI, match=r"no AWS region .* add \?region=REGION"):
         open_store("aws://name").read()
+
+
+def test_a_dated_description_dates_every_version_with_one_call_more(moto_server: str):
+    """Secrets Manager's DescribeSecret gives no date per version: ``describe(dated=True)`` (the posture report's)
+    asks ListSecretVersionIds once more; a rotation's ``describe()`` does not."""
+    store = store_at(moto_server)
+    store.create("first value of a dated secret")
+    store.stage("second value of a dated secret", str(uuid.uuid4()))
+    calls: list[str] = []
+    store._client.meta.events.register(
+        "before-call.secrets-manager", lambda **kw: calls.append(kw["model"].name), unique_id="dated-calls"
+    )
+    try:
+        assert all(v.created_at is None for v in store.describe().versions)
+        assert "ListSecretVersionIds" not in calls
+        dated = store.describe(dated=True).versions
+        assert calls.count("ListSecretVersionIds") == 1
+    finally:
+        store._client.meta.events.unregister("before-call.secrets-manager", unique_id="dated-calls")
+    now = datetime.now(UTC)
+    assert len(dated) == 2
+    assert all(v.created_at is not None and abs((now - v.created_at).total_seconds()) < 300 for v in dated)
+
+
+def test_a_reader_not_allowed_to_list_versions_gets_them_undated(aws_denied_store) -> None:
+    reader, _ = aws_denied_store()  # allowed DescribeSecret and GetSecretValue only
+    (version,) = reader.describe(dated=True).versions
+    assert version.created_at is None and Stage.CURRENT in version.stages

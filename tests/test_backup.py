@@ -132,6 +132,7 @@ def test_round_trip_from_aws_secrets_manager_into_a_local_store(
     manifest = open_destination(destination).read(manifest_name(summary["backup_id"]))
     _no_values(manifest, every_value)
     assert sorted(s["name"] for s in json.loads(manifest)["secrets"]) == sorted(values)
+    assert all(v["created_at"] for s in json.loads(manifest)["secrets"] for v in s["versions"])  # AWS's dates
 
     backup = BackupRef(
         destination=destination, backup_id=summary["backup_id"], gnupg_home=str(gpg_keys.home), signer=gpg_keys.signer

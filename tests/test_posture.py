@@ -204,7 +204,7 @@ def seeded(prefect_server, gpg_keys: GpgKeys, aws_endpoint: str, tmp_path: Path)
         versions={},
         lease=lease,
     )
-    # A completed rotation dates the CURRENT version of a secret whose store gives no dates.
+    # A completed rotation in the journal (the store dates the version too).
     done = Lease.new(str(uuid.uuid4()), None)
     journal.begin(
         secret=world.uris["staging-jwt"],
@@ -271,10 +271,11 @@ def test_every_seeded_problem_is_flagged_with_what_to_do(seeded: World) -> None:
     assert "8 characters (at least 16)" in found[("weak", u["weak"])]["what"]
     failed = {key for key, f in found.items() if f["severity"] == "fail"}
     assert failed == set(expected), sorted(failed ^ set(expected))
-    # The AWS adapter dates no versions: the journal's completed rotation dates one, nothing dates the other.
+    # AWS dates its versions through ListSecretVersionIds: no secret's age is unknown.
     warned = {key for key, f in found.items() if f["severity"] == "warn"}
-    assert warned == {("age-unknown", u["staging-db"])}
+    assert warned == set()
     rows = {r["secret"]: r for r in report["secrets"]}
+    assert rows[u["staging-db"]]["age_days"] == 0
     assert len(rows) == len(u)
     assert rows[u["staging-jwt"]]["status"] == "ok" and rows[u["staging-jwt"]]["age_days"] == 0
     assert rows[u["staging-jwt"]]["last_rotation"].startswith("completed ")
@@ -337,6 +338,28 @@ def test_bad_input_is_one_line_and_exit_status_1(tmp_path: Path, args: list[str]
     message = " ".join(result.output.split())  # the console wraps long lines
     assert message.startswith("error:") and says in message, message
     assert "Traceback" not in result.output
+
+
+def test_a_reader_that_cannot_date_aws_versions_dates_them_by_the_journal(prefect_server, aws_denied_store, tmp_path):
+    """A role allowed only DescribeSecret and GetSecretValue gets no version dates from AWS: the journal's last
+    completed rotation dates a secret's CURRENT, and a secret without one is reported as of unknown age."""
+    (rotated, _), (never, _) = aws_denied_store(), aws_denied_store()
+    journal = Journal(tmp_path / "journal.db")
+    done = Lease.new(str(uuid.uuid4()), None)
+    journal.begin(
+        secret=rotated.uri.display, runbook="jwt-signing-key", started_by="bob", parameters={}, consumers=[],
+        versions={}, lease=done,
+    )  # fmt: skip
+    journal.end_run(done, RotationState.COMPLETED)
+    result = CliRunner().invoke(
+        app, ["posture", rotated.uri.display, never.uri.display, "--journal", journal.location, "--json"]
+    )
+    assert "Traceback" not in result.output, result.output
+    report = json.loads(result.output)
+    warned = {(f["check"], f["secret"]) for f in report["findings"] if f["severity"] == "warn"}
+    assert warned == {("age-unknown", never.uri.display)}
+    rows = {r["secret"]: r for r in report["secrets"]}
+    assert rows[rotated.uri.display]["age_days"] == 0 and rows[never.uri.display]["age_days"] is None
 
 
 # --- the audit trail ---------------------------------------------------------------------------------------------
