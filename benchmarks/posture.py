@@ -111,10 +111,11 @@ def _world(base: Path, count: int, fingerprint: str, home: Path) -> tuple[list[s
 
 def _steps(stores: list[str], destinations: list[str], journal: str) -> dict[str, float]:
     """Seconds of each step of the flow, called as plain functions (no task runs)."""
+    from rotation.history import read_rotations
     from targets.posture.checks import assess
     from targets.posture.policy import PosturePolicy
     from targets.posture.render import markdown, table_rows
-    from tasks.posture import inspect_secrets, read_backups, read_rotations, read_schedules
+    from tasks.posture import inspect_secrets, read_backups, read_schedules
 
     timings: dict[str, float] = {}
 

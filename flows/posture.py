@@ -16,6 +16,7 @@ from typing import Any
 from prefect import flow
 from prefect.utilities.annotations import quote
 
+from rotation.history import read_rotations
 from targets.posture.checks import assess
 from targets.posture.policy import PosturePolicy
 from tasks.posture import (
@@ -23,7 +24,6 @@ from tasks.posture import (
     inspect_secrets,
     publish_posture,
     read_backups,
-    read_rotations,
     read_schedules,
 )
 

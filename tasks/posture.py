@@ -1,5 +1,5 @@
-"""Steps of the posture report: read the facts (stores, the rotation journal, Prefect's deployments, the backup
-destination), then publish the report (artifacts, an event).
+"""Steps of the posture report: read the facts (stores, Prefect's deployments, the backup destination; the rotation
+journal's are read by :mod:`rotation.history`), then publish the report (artifacts, an event).
 
 The readers change nothing. ``inspect_secrets`` is the only one that reads values: each CURRENT value is judged
 in memory (:func:`targets.posture.shapes.inspect_value`) and only its shape, strengths and keyed fingerprints leave
@@ -24,15 +24,14 @@ from prefect.events import emit_event
 from prefect.server.schemas.schedules import CronSchedule, IntervalSchedule, RRuleSchedule
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from errors import NotFound, RotationError
-from rotation.journal import Journal, RotationRecord, RotationState
+from errors import RotationError
 from stores import Stage, open_store
 from stores.errors import StoreError
 from targets.backup.archive import Manifest, backup_time
 from targets.backup.destination import manifest_name, open_destination
 from targets.backup.drills import latest_record
 from targets.posture.checks import PostureReport
-from targets.posture.facts import BackupFacts, DrillFacts, RotationFacts, ScheduleFacts, SecretFacts
+from targets.posture.facts import BackupFacts, DrillFacts, ScheduleFacts, SecretFacts
 from targets.posture.render import markdown, table_rows
 from targets.posture.shapes import inspect_value
 from tasks import retry_if_transient
@@ -76,46 +75,6 @@ def inspect_secrets(selection: str, renew_before_days: float | None = None) -> l
     # Two store calls per secret, which for a remote store are two round trips: a few at a time.
     with ThreadPoolExecutor(max_workers=_READERS) as pool:
         return list(pool.map(lambda name: _secret_facts(chosen, name, renew_before_days), chosen.names()))
-
-
-def _rotation_facts(
-    journal: Journal, newest: RotationRecord, locked: set[str], completed: datetime | None
-) -> RotationFacts:
-    due = None
-    if newest.state == RotationState.WAITING:
-        deferred = [e for e in journal.events(newest.id) if e.status == "deferred"]
-        due = datetime.fromisoformat(deferred[-1].details["due"]) if deferred else None
-    return RotationFacts(
-        rotation_id=newest.id,
-        runbook=newest.runbook,
-        state=str(newest.state),
-        started_by=newest.started_by,
-        started_at=newest.started_at,
-        updated_at=newest.updated_at,
-        reason=newest.reason,
-        lease_live=newest.lease_live(),
-        holds_lock=newest.id in locked,
-        due=due,
-        last_completed_at=completed,
-    )
-
-
-@task(cache_policy=NO_CACHE, **_RETRY)
-def read_rotations(secrets: list[str], journal: str | None = None) -> dict[str, RotationFacts]:
-    """The newest rotation of each secret in the journal (and when one last completed); no journal: none."""
-    try:
-        book = Journal(journal, create=False)
-    except NotFound:
-        return {}
-    wanted, newest, completed = set(secrets), {}, {}
-    for record in book.list():  # newest first
-        if record.secret not in wanted:
-            continue
-        newest.setdefault(record.secret, record)
-        if record.state == RotationState.COMPLETED:
-            completed.setdefault(record.secret, record.updated_at)
-    locked = {record.id for record in book.list(active_only=True)}
-    return {secret: _rotation_facts(book, record, locked, completed.get(secret)) for secret, record in newest.items()}
 
 
 def _named_secrets(parameters: dict[str, Any]) -> tuple[str, ...]:
