@@ -44,6 +44,8 @@ from tenacity import retry, retry_if_exception, stop_after_delay, wait_random
 
 from errors import BadInput, Conflict, NotFound, Refused, Unreachable
 from rotation.settings import settings
+from stores.errors import InvalidStoreURI
+from stores.uri import SecretURI
 
 SCHEMA_VERSION = 2
 #: Marks an SQLite file as a journal (``PRAGMA application_id``), so that no other database is ever written to.
@@ -163,6 +165,10 @@ _events = sa.Table(
 _ROTATION = sa.select(_rotations).where(_rotations.c.id == sa.bindparam("rid"))
 _ROTATION_FOR_UPDATE = _ROTATION.with_for_update()
 _LOCK_HOLDER = sa.select(_locks.c.rotation_id).where(_locks.c.secret == sa.bindparam("held"))
+_LOCKS = sa.select(_locks.c.secret, _locks.c.rotation_id)
+# PostgreSQL: a selection and a secret it covers hold different lock rows, so no key conflict stops two workers that
+# check at once; beginnings take turns instead (SQLite's writers do already).
+_BEGINNINGS_TAKE_TURNS = sa.text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=APPLICATION_ID + 1)
 _STEP = sa.select(_steps).where(_steps.c.rotation_id == sa.bindparam("rid"), _steps.c.name == sa.bindparam("step"))
 _NEXT_STEP_SEQ = sa.select(sa.func.coalesce(sa.func.max(_steps.c.seq), 0) + 1).where(
     _steps.c.rotation_id == sa.bindparam("rid")
@@ -393,6 +399,26 @@ def _engine(location: str, create: bool) -> Engine:
         return engine
 
 
+def _overlapping(conn: Connection, secret: str) -> str | None:
+    """The rotation holding a lock that names a secret in common with ``secret``: a selection (a restore's
+    ``prod/*``) and a secret or selection it covers."""
+    mine = _place(secret)
+    if mine is None:
+        return None
+    for held, rotation_id in conn.execute(_LOCKS):
+        theirs = _place(held)
+        if theirs is not None and mine.overlaps(theirs):
+            return rotation_id
+    return None
+
+
+def _place(secret: str) -> SecretURI | None:
+    try:
+        return SecretURI.parse(secret)
+    except InvalidStoreURI:
+        return None  # not a store URI (a test's name): it locks itself alone
+
+
 def _display(location: str) -> str:
     return sa.make_url(location).render_as_string(hide_password=True) if _is_url(location) else location
 
@@ -476,7 +502,9 @@ class Journal:
         now = _now()
         try:
             with self._write() as conn:
-                held = conn.execute(_LOCK_HOLDER, {"held": secret}).scalar()
+                if conn.dialect.name == "postgresql":
+                    conn.execute(_BEGINNINGS_TAKE_TURNS)
+                held = conn.execute(_LOCK_HOLDER, {"held": secret}).scalar() or _overlapping(conn, secret)
                 if held is not None:
                     raise RotationInProgress(self._in_progress_message(conn, secret, held))
                 conn.execute(_INSERT_LOCK, {"secret": secret, "rotation_id": lease.rotation_id})
@@ -513,8 +541,9 @@ class Journal:
             return f"a rotation of {secret} is already in progress; only one rotation of a secret may run at a time"
         record = RotationRecord.model_validate(dict(row))
         owner = f"its run {record.flow_run_id} is alive" if record.lease_live() else "its run has stopped"
+        of = secret if record.secret == secret else f"{record.secret} (which shares secrets with {secret})"
         return (
-            f"rotation {rotation_id} of {secret} is already in progress (state {record.state}, started "
+            f"rotation {rotation_id} of {of} is already in progress (state {record.state}, started "
             f"{record.started_at:%Y-%m-%d %H:%M} UTC by {record.started_by}; {owner}); only one rotation of a "
             f"secret may run at a time. Wait for it, or once its run has stopped resume it with `rotate resume "
             f"{rotation_id}` or undo it with `rotate rollback {rotation_id}`"

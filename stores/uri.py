@@ -111,3 +111,17 @@ class SecretURI(BaseModel):
 
     def __str__(self) -> str:
         return self.display
+
+    def overlaps(self, other: SecretURI) -> bool:
+        """Whether the two name a secret in common, in the same place: the same secret, or a selection (a name
+        ending in ``*``, as a restore takes) and a secret or another selection it covers."""
+        if (self.scheme, self.location, self.options) != (other.scheme, other.location, other.options):
+            return False
+        mine, theirs = self.name, other.name
+        if mine.endswith("*") and theirs.endswith("*"):
+            return mine[:-1].startswith(theirs[:-1]) or theirs[:-1].startswith(mine[:-1])
+        if mine.endswith("*"):
+            return theirs.startswith(mine[:-1])
+        if theirs.endswith("*"):
+            return mine.startswith(theirs[:-1])
+        return mine == theirs

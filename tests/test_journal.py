@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -58,6 +60,44 @@ def test_a_second_rotation_of_the_same_secret_is_refused_with_a_way_out(journal:
     other = begin(journal, "aws://y?region=eu-west-1")
     assert other.rotation_id != first.rotation_id
     assert journal.get(first.rotation_id).versions == {"current": "v1", "previous": None}
+
+
+def test_a_selection_and_every_secret_it_covers_lock_each_other(journal: Journal, tmp_path: Path) -> None:
+    """A restore holds its selection (``prod/*``): a rotation of a secret in it, or another selection sharing a
+    secret with it, is refused until it ends; secrets and selections elsewhere are not."""
+    store = f"local://{tmp_path}/store.db?secret="
+    restore = begin(journal, store + "prod/*")
+    for overlapping in ("prod/db", "prod/api/*", "*", "prod/*"):
+        with pytest.raises(RotationInProgress) as refused:
+            begin(journal, store + overlapping)
+        assert f"rotation {restore.rotation_id} of {store}prod/*" in str(refused.value)
+    elsewhere = [store + "staging/db", store + "production/*", f"local://{tmp_path}/other.db?secret=prod/db",
+                 "aws://prod/db?region=eu-west-1"]  # fmt: skip
+    for secret in elsewhere:
+        begin(journal, secret)
+    journal.end_run(restore, RotationState.COMPLETED)
+    begin(journal, store + "prod/db")
+    with pytest.raises(RotationInProgress, match="which shares secrets with"):
+        begin(journal, store + "prod/*")
+
+
+def test_overlapping_beginnings_at_the_same_moment_let_one_through(journal: Journal, tmp_path: Path) -> None:
+    """Two workers beginning a selection and a secret it covers at once: different lock rows, one winner."""
+    for round_ in range(15):
+        store = f"local://{tmp_path}/store-{round_}.db?secret="
+        together = threading.Barrier(2)
+
+        def start(secret: str, together: threading.Barrier = together) -> bool:
+            together.wait()
+            try:
+                begin(Journal(journal.location), secret)
+            except RotationInProgress:
+                return False
+            return True
+
+        with ThreadPoolExecutor(2) as pool:
+            won = list(pool.map(start, (store + "prod/*", store + "prod/db")))
+        assert won.count(True) == 1, f"round {round_}: {won}"
 
 
 def test_only_a_finished_rotation_releases_its_secret(journal: Journal) -> None:

@@ -29,7 +29,7 @@ from flows.restore import restore_secrets
 from rotation import RotationOptions
 from rotation.approval import ApprovalDecision, ApprovalRejected, Preapproval, give_decision, waiting_for
 from rotation.context import RotationRolledBack
-from rotation.journal import Journal, RotationState
+from rotation.journal import Journal, Lease, RotationState
 from stores import SecretStore, Stage, open_store
 from stores.errors import SecretNotFound
 from targets.backup.archive import BackupTampered
@@ -140,7 +140,7 @@ def test_the_plan_lists_every_change_without_values_in_the_journal_and_the_artif
     _no_values(shown, [*values.values(), *others.values()])
 
 
-@pytest.mark.parametrize("refusal", ["tampered", "another-key", "blocked"])
+@pytest.mark.parametrize("refusal", ["tampered", "another-key", "blocked", "locked"])
 def test_a_refused_restore_writes_nothing_and_leaves_no_rotation(
     prefect_server, gpg_keys: GpgKeys, tmp_path: Path, refusal: str
 ) -> None:
@@ -157,19 +157,28 @@ def test_a_refused_restore_writes_nothing_and_leaves_no_rotation(
         target["db"].stage(canary(), str(uuid.uuid4()))  # a rotation of it is in progress
     before = _stages({n: open_store(f"local://{tmp_path / 'target.db'}?secret={n}") for n in values})
     journal = Journal(tmp_path / "journal.db")
+    blocking = []
+    if refusal == "locked":  # a rotation of one of its secrets has begun, and staged nothing yet
+        lease = Lease.new(str(uuid.uuid4()), None)
+        journal.begin(
+            secret=target["db"].uri.display, runbook="jwt-signing-key", started_by="carol", parameters={},
+            consumers=[], versions={}, lease=lease,
+        )  # fmt: skip
+        blocking = [lease.rotation_id]
 
-    expected = {"tampered": BackupTampered, "another-key": NotARecipient, "blocked": Conflict}[refusal]
+    expected = {"tampered": BackupTampered, "another-key": NotARecipient, "blocked": Conflict, "locked": Conflict}
     says = {
         "tampered": "SHA-256 differs",
         "another-key": f"{gpg_keys.outsider}",
         "blocked": "holds its PENDING stage",
+        "locked": f"(which shares secrets with local://{tmp_path / 'target.db'}?secret=%2A) is already in progress",
     }[refusal]
-    with pytest.raises(expected) as refused:
+    with pytest.raises(expected[refusal]) as refused:
         restore_secrets(backup, f"local://{tmp_path / 'target.db'}?secret=*", options=_options(journal.path))
     assert says in str(refused.value)
     _no_values(error_text(refused.value), list(values.values()))
     assert _stages({n: open_store(f"local://{tmp_path / 'target.db'}?secret={n}") for n in values}) == before
-    assert journal.list() == []  # refused by its checks: not even a journal entry, and no lock
+    assert [r.id for r in journal.list()] == blocking  # refused by its checks: not even a journal entry, and no lock
 
 
 def test_a_rejected_restore_writes_nothing(prefect_server, gpg_keys: GpgKeys, tmp_path: Path) -> None:
