@@ -75,9 +75,9 @@ def start() -> None:
 
 
 def wait() -> None:
-    """Return once the server answers (at once if this command started none)."""
+    """Return once the server answers (at once if this command uses none)."""
     global _up
-    if _server is None or _up:
+    if _server is None or _api_url is None or _up:
         return
     from prefect.settings import PREFECT_HOME, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 

@@ -320,16 +320,25 @@ def test_a_server_named_by_the_profile_is_used_and_the_early_temporary_one_stopp
         stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     launched: set[int] = set()
-    beside_the_run = False  # a launched server still running once the rotation has begun
+    beside_the_run: list[bool] = []  # at the run's first line: was a launched server still running?
+
+    def read_output(lines: list[str]) -> None:
+        for line in command.stdout:
+            if "Beginning flow run" in line:
+                beside_the_run.append(any(Path(f"/proc/{pid}").exists() for pid in launched))
+            lines.append(line)
+
+    printed: list[str] = []
+    reader = threading.Thread(target=read_output, args=(printed,), daemon=True)
+    reader.start()
     while command.poll() is None:
         launched |= {p for p in _children(command.pid) if _is_prefect_server(_cmdline(p))}
-        if (tmp_path / "j.db").exists() and Journal(tmp_path / "j.db").list():
-            beside_the_run |= any(Path(f"/proc/{pid}").exists() for pid in launched)
         time.sleep(0.05)
-    output = command.stdout.read()
+    reader.join(10)
+    output = "".join(printed)
     assert command.returncode == 0, output
     assert launched, "the executable launched no temporary server before reading the profile"
-    assert not beside_the_run, "the launched temporary server was not stopped before the run began"
+    assert beside_the_run == [False], "the launched temporary server was not stopped before the run began"
     (record,) = Journal(tmp_path / "j.db").list()
     with get_client(sync_client=True) as client:  # the run is on the profile's server
         assert client.read_flow_run(uuid.UUID(record.flow_run_id)).state.is_completed()
