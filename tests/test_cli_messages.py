@@ -201,10 +201,14 @@ def test_a_waiting_rotation_with_markup_in_its_name(prefect_server, tmp_path) ->
 
 
 def _children(pid: int) -> set[int]:
+    """The process's descendants now (none once it has ended)."""
     found: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            found |= {int(child), *_children(int(child))}
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                found |= {int(child), *_children(int(child))}
+    except (FileNotFoundError, ProcessLookupError):
+        pass  # it ended while we looked
     return found
 
 
@@ -259,9 +263,14 @@ def test_no_temporary_server_outlives_the_command(tmp_path) -> None:
 
 def test_a_command_stopped_while_its_temporary_server_boots_takes_it_along(tmp_path) -> None:
     """SIGTERM in the first second, the server launched and still booting, the command still importing: the same."""
+    from stores import open_store
+    from targets.jwt.keyset import JwtKeyset, new_key
+
+    store = open_store(f"local://{tmp_path / 'store.db'}?secret=jwt")  # the command would wait for an approval
+    store.create(JwtKeyset(keys=[new_key("HS256", 512)]).to_secret())
     environment = {**os.environ, "PREFECT_API_URL": "", "PREFECT_HOME": str(tmp_path / "prefect-home")}
     command = subprocess.Popen(
-        [ROTATE, "jwt", f"local://{tmp_path / 'store.db'}?secret=jwt", "--journal", str(tmp_path / "j.db")],
+        [ROTATE, "jwt", store.uri.display, "--journal", str(tmp_path / "j.db")],
         env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
