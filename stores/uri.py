@@ -117,11 +117,6 @@ class SecretURI(BaseModel):
         ending in ``*``, as a restore takes) and a secret or another selection it covers."""
         if (self.scheme, self.location, self.options) != (other.scheme, other.location, other.options):
             return False
-        mine, theirs = self.name, other.name
-        if mine.endswith("*") and theirs.endswith("*"):
-            return mine[:-1].startswith(theirs[:-1]) or theirs[:-1].startswith(mine[:-1])
-        if mine.endswith("*"):
-            return theirs.startswith(mine[:-1])
-        if theirs.endswith("*"):
-            return mine.startswith(theirs[:-1])
-        return mine == theirs
+        mine, theirs = self.name.removesuffix("*"), other.name.removesuffix("*")
+        covers, covered = self.name.endswith("*"), other.name.endswith("*")
+        return mine == theirs or (covers and theirs.startswith(mine)) or (covered and mine.startswith(theirs))
