@@ -106,8 +106,9 @@ class SecretURI(BaseModel):
             head, options = self.location, {"secret": self.name, **options}
         else:
             head = f"{self.location}/{self.name}" if self.location else self.name
-        query = urlencode(options, safe=":/")
-        return f"{self.scheme}://{quote(head, safe='/:@')}" + (f"?{query}" if query else "")
+        # '*' stays as written: a selection (a restore's prod/*) reads as typed, and '*' is legal in both parts.
+        query = urlencode(options, safe=":/*")
+        return f"{self.scheme}://{quote(head, safe='/:@*')}" + (f"?{query}" if query else "")
 
     def __str__(self) -> str:
         return self.display

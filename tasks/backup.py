@@ -71,8 +71,8 @@ class Selection(BaseModel):
 
     @property
     def display(self) -> str:
-        """The selection's canonical URI, its ``*`` as written (the store URI's display would percent-encode it)."""
-        return self.base.display.replace("%2A", "*")
+        """The selection's canonical URI."""
+        return self.base.display
 
     def uri_of(self, name: str) -> str:
         return open_store(self.base.model_copy(update={"name": name})).uri.display

@@ -171,7 +171,7 @@ def test_a_refused_restore_writes_nothing_and_leaves_no_rotation(
         "tampered": "SHA-256 differs",
         "another-key": f"{gpg_keys.outsider}",
         "blocked": "holds its PENDING stage",
-        "locked": f"(which shares secrets with local://{tmp_path / 'target.db'}?secret=%2A) is already in progress",
+        "locked": f"(which shares secrets with local://{tmp_path / 'target.db'}?secret=*) is already in progress",
     }[refusal]
     with pytest.raises(expected[refusal]) as refused:
         restore_secrets(backup, f"local://{tmp_path / 'target.db'}?secret=*", options=_options(journal.path))
