@@ -27,6 +27,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 from rich.markup import escape
 
+from cli.example_service import ensure_keyset, start_service
 from cli.output import clear_errors, console
 from cli.servers import answered
 from errors import BadInput
@@ -253,8 +254,6 @@ def up(
     ] = None,
 ) -> None:
     """Start the local stack: the Prefect server with its UI, a worker, every deployment, the automations."""
-    from cli.demo import ensure_keyset, start_service
-
     with clear_errors():
         folder = _prepare_state_dir()
         running = running_server()
