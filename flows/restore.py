@@ -18,6 +18,13 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows import (  # noqa: F401 - each registers its runbook: a restored secret's last rotation names one of them
+    jwt,
+    postgres,
+    redis_password,
+    saml,
+    smtp,
+)
 from rotation import RotationOptions, Undo, rotation, runbook, runbooks
 from rotation.journal import Journal
 from tasks.backup import (
@@ -76,8 +83,6 @@ def restore_secrets(
 def _rotate_compromised(secret: str, restore_id: str, options: RotationOptions | None) -> str | None:
     """Rotate ``secret`` with the runbook and parameters of its last rotation in the journal, as the restore's
     person and approvals; the new rotation's id, or None (never rotated here: it is for a person to rotate)."""
-    import flows.recovery  # noqa: F401 - registers every runbook (it imports this module: not at the top)
-
     options = options or RotationOptions()
     last = [r for r in Journal(options.journal).list() if r.secret == secret and r.runbook != "restore"]
     if not last:
