@@ -14,7 +14,7 @@ import sys
 import threading
 from types import FrameType
 
-from examples.auth_service.saml import SamlSettings
+from examples.auth_service.saml_settings import SamlSettings
 from examples.auth_service.service import AuthHTTPServer, AuthService, KeysetUnusable, log
 
 

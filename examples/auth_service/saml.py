@@ -41,40 +41,16 @@ from saml2.sigver import DecryptError, SignatureError
 from saml2.xmldsig import DIGEST_SHA256, SIG_RSA_SHA256
 
 from examples.auth_service.documents import stored_keys
+from examples.auth_service.saml_settings import BINDING_NAMES, SamlSettings, SamlUnusable, SignInRefused
 from stores import Stage, open_store
 from stores.errors import StoreError
 
 log = logging.getLogger("auth_service.saml")
-BINDINGS = {"redirect": BINDING_HTTP_REDIRECT, "post": BINDING_HTTP_POST}
+BINDINGS = dict(zip(BINDING_NAMES, (BINDING_HTTP_REDIRECT, BINDING_HTTP_POST), strict=True))
 _STATUSES = ("signing", "published", "decrypt", "requested")
 _XENC = "http://www.w3.org/2001/04/xmlenc#"
 _DS = "http://www.w3.org/2000/09/xmldsig#"
 _OUTSTANDING_SECONDS = 600
-
-
-class SamlUnusable(Exception):
-    """The stored SAML key set, or the IdP's metadata, cannot be used; the message never holds key material."""
-
-
-class SignInRefused(Exception):
-    """An IdP answer this SP does not accept; the message never holds the assertion."""
-
-
-@dataclass(frozen=True)
-class SamlSettings:
-    store_uri: str
-    base_url: str  # how browsers and identity providers reach this service, e.g. http://127.0.0.1:8080
-    idp_metadata_url: str
-    cache_duration_seconds: int = 3600
-    valid_hours: int = 24
-
-    @property
-    def entity_id(self) -> str:
-        return f"{self.base_url}/saml/metadata"
-
-    @property
-    def acs_url(self) -> str:
-        return f"{self.base_url}/saml/acs"
 
 
 def certificate_sha256(der: bytes) -> str:

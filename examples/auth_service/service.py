@@ -21,23 +21,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from jose import jwk, jwt
 from jose.exceptions import ExpiredSignatureError, JOSEError
 
 from examples.auth_service.documents import stored_keys
-from examples.auth_service.saml import (
-    BINDINGS,
-    LoadedSaml,
-    SamlServiceProvider,
-    SamlSettings,
-    SamlUnusable,
-)
-from examples.auth_service.saml import SignInRefused as SamlSignInRefused
+from examples.auth_service.saml_settings import BINDING_NAMES, SamlSettings, SamlUnusable
+from examples.auth_service.saml_settings import SignInRefused as SamlSignInRefused
 from stores import Stage, open_store
 from stores.errors import StoreError
+
+if TYPE_CHECKING:
+    from examples.auth_service.saml import LoadedSaml, SamlServiceProvider
 
 log = logging.getLogger("auth_service")
 ALGORITHMS = ("HS256", "RS256", "ES256")
@@ -127,8 +124,13 @@ class AuthService:
         self.token_lifetime = token_lifetime
         self._reload_lock = threading.Lock()
         self.keyset = self._load()
+        self.saml: SamlServiceProvider | None = None
+        if saml is None:
+            return
+        from examples.auth_service.saml import SamlServiceProvider  # pysaml2: only for a SAML service provider
+
         try:
-            self.saml = None if saml is None else SamlServiceProvider(saml)
+            self.saml = SamlServiceProvider(saml)
         except SamlUnusable as exc:
             raise KeysetUnusable(f"cannot load the SAML key set: {exc}") from None
 
@@ -247,8 +249,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send_text(200, saml.current.metadata(), "application/samlmetadata+xml")
         elif path == "/saml/login":
             binding = parse_qs(urlsplit(self.path).query).get("binding", ["redirect"])[0]
-            if binding not in BINDINGS:
-                self._send(400, {"error": f"binding must be one of {', '.join(BINDINGS)}"})
+            if binding not in BINDING_NAMES:
+                self._send(400, {"error": f"binding must be one of {', '.join(BINDING_NAMES)}"})
                 return
             info = saml.login(binding)
             if binding == "redirect":
