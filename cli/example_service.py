@@ -1,4 +1,4 @@
-"""The example auth service (``examples/auth_service.py``) that the demo and the local stack start, and its
+"""The example auth service (``python -m examples.auth_service``) that the demo and the local stack start, and its
 keyset."""
 
 from __future__ import annotations

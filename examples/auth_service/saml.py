@@ -41,12 +41,13 @@ from saml2.sigver import DecryptError, SignatureError
 from saml2.xmldsig import DIGEST_SHA256, SIG_RSA_SHA256
 
 from examples.auth_service.documents import stored_keys
-from examples.auth_service.saml_settings import BINDING_NAMES, SamlSettings, SamlUnusable, SignInRefused
+from examples.auth_service.saml_settings import SamlSettings, SamlUnusable, SignInRefused
 from stores import Stage, open_store
 from stores.errors import StoreError
 
 log = logging.getLogger("auth_service.saml")
-BINDINGS = dict(zip(BINDING_NAMES, (BINDING_HTTP_REDIRECT, BINDING_HTTP_POST), strict=True))
+# Keyed by the names the service accepts (saml_settings.BINDING_NAMES), which it checks before pysaml2 is loaded.
+BINDINGS = {"redirect": BINDING_HTTP_REDIRECT, "post": BINDING_HTTP_POST}
 _STATUSES = ("signing", "published", "decrypt", "requested")
 _XENC = "http://www.w3.org/2001/04/xmlenc#"
 _DS = "http://www.w3.org/2000/09/xmldsig#"
