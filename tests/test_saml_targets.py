@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from errors import BadInput
@@ -141,6 +142,21 @@ def test_a_broken_pair_is_named_and_never_quoted(change, message) -> None:
         SamlKeyset.from_secret(_document(change(pair, other)))
     for secret in (pair["key"], other["key"]):
         assert not any(line in error_text(caught.value) for line in secret.splitlines()[1:-1])
+
+
+def test_a_corrupted_rsa_key_is_refused_at_every_read() -> None:
+    """A key whose numbers do not hold together (one CRT exponent changed: it would sign wrongly and can leak the key
+    in a fault attack) is refused, and again on the next read: a process keeps only the keys that passed."""
+    pair = _pem_pair()
+    numbers = serialization.load_pem_private_key(pair["key"].encode(), password=None).private_numbers()
+    corrupted = rsa.RSAPrivateNumbers(
+        numbers.p, numbers.q, numbers.d, numbers.dmp1 ^ 2, numbers.dmq1, numbers.iqmp, numbers.public_numbers
+    ).private_key(unsafe_skip_rsa_key_validation=True)
+    document = _document({**pair, "key": key_pem(corrupted)})
+    for _ in range(2):
+        with pytest.raises(CertificateInvalid, match=r"keys\[0\]: key is a malformed PEM private key"):
+            SamlKeyset.from_secret(document)
+    assert SamlKeyset.from_secret(_document(pair)).signing_pair.key_text == pair["key"]
 
 
 def test_malformed_pem_holding_a_canary_is_not_echoed() -> None:

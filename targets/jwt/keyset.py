@@ -34,6 +34,7 @@ from jose.exceptions import ExpiredSignatureError, JOSEError, JWTClaimsError, JW
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, model_validator
 
 from errors import BadInput, CheckFailed
+from targets.private_keys import load_pem_private_key
 
 Algorithm = Literal["HS256", "RS256", "ES256"]
 KeyStatus = Literal["signing", "verify"]
@@ -89,7 +90,7 @@ def _check_hs_secret(secret: str, where: str) -> None:
 
 def _load_private_key(pem: str, alg: str, where: str) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
     try:
-        private = serialization.load_pem_private_key(pem.encode(), password=None)
+        private = load_pem_private_key(pem)
     except (ValueError, TypeError):
         raise KeysetError(f"{where}: pem is not an unencrypted PEM private key") from None
     if alg == "RS256":

@@ -22,6 +22,7 @@ from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from errors import BadInput
+from targets.private_keys import load_pem_private_key
 
 KeyType = Literal["rsa", "ec"]
 KeyUsageName = Literal[
@@ -162,7 +163,7 @@ def load_private_key(text: object, where: str) -> PrivateKey:
     if not isinstance(text, str) or "-----BEGIN" not in text or "PRIVATE KEY-----" not in text:
         raise CertificateInvalid(f"{where} is not a PEM private key (it has no BEGIN PRIVATE KEY line)")
     try:
-        key = serialization.load_pem_private_key(text.encode(), password=None)
+        key = load_pem_private_key(text)
     except TypeError:
         raise CertificateInvalid(f"{where} is an encrypted private key; store it unencrypted") from None
     except ValueError:
