@@ -7,27 +7,14 @@ the secret by itself). Each kind is a pydantic model; ``Consumer.restart`` picks
 from __future__ import annotations
 
 import subprocess
-import threading
 from typing import Annotated, Literal
 
 import httpx
 from pydantic import BaseModel, Field
 
 from errors import CheckFailed
+from targets.http import http_client
 from targets.kubernetes import KubernetesRollout, rollout_restart
-
-_clients: dict[bool, httpx.Client] = {}
-_clients_lock = threading.Lock()
-
-
-def http_client(verify_tls: bool = True) -> httpx.Client:
-    """The one HTTP client of this process (per TLS setting): connections and the CA bundle are loaded once, not on
-    every reload or verification call."""
-    with _clients_lock:
-        client = _clients.get(verify_tls)
-        if client is None:
-            client = _clients[verify_tls] = httpx.Client(verify=verify_tls)
-        return client
 
 
 class ConsumerRestartFailed(CheckFailed):

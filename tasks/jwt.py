@@ -19,7 +19,8 @@ from errors import CheckFailed
 from redaction import register_secret
 from stores import Stage, open_store
 from stores.errors import VersionNotFound
-from targets.consumers import Consumer, http_client
+from targets.consumers import Consumer
+from targets.http import http_client
 from targets.jwt.keyset import JwtKeyset, KeysetError, sign_token
 from targets.jwt.rollover import final_keyset, parse_keyset, switched_keyset
 from tasks import retry_if_transient

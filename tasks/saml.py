@@ -31,6 +31,7 @@ from errors import CheckFailed, Unreachable
 from redaction import register_secret
 from stores import Stage, open_store
 from targets.consumers import Consumer
+from targets.http import http_client
 from targets.saml.certificates import (
     CertificateProfile,
     check_certificate,
@@ -176,7 +177,7 @@ def inspect_saml_keyset(
 
 def _fetch_metadata(provider: ServiceProvider) -> MetadataCertificates:
     try:
-        response = httpx.get(provider.metadata_url, timeout=10)
+        response = http_client().get(provider.metadata_url, timeout=10)
     except httpx.HTTPError as exc:
         raise Unreachable(f"{provider.name}'s metadata at {provider.metadata_url}: {type(exc).__name__}") from None
     if response.status_code >= 500:

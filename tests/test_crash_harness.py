@@ -43,7 +43,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-import httpx
 import pytest
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
@@ -58,6 +57,7 @@ from stores import SecretStore, Stage, open_store
 from stores.errors import SecretNotFound
 from targets.backup import scratch
 from targets.backup.archive import new_id
+from targets.http import http_client
 from targets.jwt.keyset import JwtKeyset, new_key, verify_token
 from targets.saml.certificates import CertificateProfile
 from targets.saml.keyset import SamlKeyset, new_pair
@@ -112,8 +112,9 @@ class JwtWorld:
 
     def works(self) -> bool:
         """The service accepts the tokens it issues, and a replica loading CURRENT now would accept them too."""
-        issued = httpx.post(f"{self.service.base_url}/token", json={"sub": "harness"}, timeout=5).json()["access_token"]
-        accepted = httpx.get(f"{self.service.base_url}/me", headers={"Authorization": f"Bearer {issued}"}, timeout=5)
+        base, http = self.service.base_url, http_client()
+        issued = http.post(f"{base}/token", json={"sub": "harness"}, timeout=5).json()["access_token"]
+        accepted = http.get(f"{base}/me", headers={"Authorization": f"Bearer {issued}"}, timeout=5)
         try:
             verify_token(JwtKeyset.from_secret(self.store.read(Stage.CURRENT)), issued)
         except Exception:
@@ -121,12 +122,12 @@ class JwtWorld:
         return accepted.is_success
 
     def snapshot(self) -> Any:
-        health = httpx.get(f"{self.service.base_url}/health", timeout=5).json()
+        health = http_client().get(f"{self.service.base_url}/health", timeout=5).json()
         return _stages(self.store), health["signing_kid"], sorted(health["kids"])
 
     def rotated(self, rotation_id: str) -> bool:
         current = JwtKeyset.from_secret(self.store.read(Stage.CURRENT))
-        health = httpx.get(f"{self.service.base_url}/health", timeout=5).json()
+        health = http_client().get(f"{self.service.base_url}/health", timeout=5).json()
         return len(current.keys) == 1 and health["kids"] == [current.signing_key.kid] and self.works()
 
 
@@ -255,8 +256,8 @@ class SamlWorld:
         return True
 
     def _serves(self) -> tuple[Any, ...]:
-        health = httpx.get(f"{self.service.base_url}/health", timeout=5).json()["saml"]
-        metadata = parse_metadata(httpx.get(f"{self.service.base_url}/saml/metadata", timeout=5).content)
+        health = http_client().get(f"{self.service.base_url}/health", timeout=5).json()["saml"]
+        metadata = parse_metadata(http_client().get(f"{self.service.base_url}/saml/metadata", timeout=5).content)
         return health["signing"], sorted(health["decrypting"]), metadata.signing, metadata.encryption
 
     def snapshot(self) -> Any:

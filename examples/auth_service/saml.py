@@ -204,13 +204,14 @@ class SamlServiceProvider:
         self._idp_metadata: str | None = None
         self._outstanding: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._http = httpx.Client(timeout=10)  # the CA bundle loaded once, not at every reload
         self.current = self.load()
 
     def load(self) -> LoadedSaml:
         """The current key set, with the IdP's metadata read again (or, if the IdP does not answer, as last read:
         a key reload must not depend on the IdP being up)."""
         try:
-            response = httpx.get(self.settings.idp_metadata_url, timeout=10)
+            response = self._http.get(self.settings.idp_metadata_url)
             response.raise_for_status()
             self._idp_metadata = response.text
         except httpx.HTTPError as exc:

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from pydantic import BaseModel
 
 from errors import CheckFailed, Unreachable
+from targets.http import tls_context
 from targets.saml.certificates import fingerprint
 
 _MAX_HOPS = 12
@@ -146,7 +147,7 @@ def sign_in(
     the SP's certificates, to tell which one verifies a redirect's signature."""
     binding = idp = acs = signed_with = None
     try:
-        with httpx.Client(timeout=timeout, verify=verify_tls) as browser:
+        with httpx.Client(timeout=timeout, verify=tls_context(verify_tls)) as browser:  # its own cookies
             response = browser.get(login_url)
             for _ in range(_MAX_HOPS):
                 form = _form(response)
