@@ -56,6 +56,7 @@ from rotation import RotationOptions
 from rotation.journal import Journal
 from stores import open_store
 from targets.consumers import Consumer, HttpReload
+from targets.http import http_client
 from targets.jwt.keyset import JwtKeyset, new_key
 from tests.fixtures.moto import _wait_until_ready
 from tests.fixtures.ports import free_port, wait_for_port
@@ -201,10 +202,8 @@ def _runbooks(world: World, journal: Path, **options: Any) -> dict[str, Callable
 
 
 def _task_runs(server_api: str, flow_run_id: str) -> int:
-    import httpx
-
     query = {"flow_runs": {"id": {"any_": [flow_run_id]}}}
-    return len(httpx.post(f"{server_api}/task_runs/filter", json=query, timeout=10).json())
+    return len(http_client().post(f"{server_api}/task_runs/filter", json=query, timeout=10).json())
 
 
 def part_floor(world: World, api: str, rounds: int) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import getpass
 from pathlib import Path
 
-import httpx
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -18,6 +17,7 @@ from rotation.approval import Preapproval
 from rotation.journal import Journal
 from rotation.options import RotationOptions
 from targets.consumers import Consumer, HttpReload
+from targets.http import http_client
 
 
 def _short(kid: str) -> str:
@@ -25,7 +25,7 @@ def _short(kid: str) -> str:
 
 
 def _accepted(base: str, token: str) -> str:
-    answer = httpx.get(f"{base}/me", headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    answer = http_client().get(f"{base}/me", headers={"Authorization": f"Bearer {token}"}, timeout=5)
     return "accepted" if answer.is_success else f"rejected ({answer.status_code})"
 
 
@@ -43,8 +43,8 @@ def run_demo(folder: Path, *, yes: bool, wait_seconds: float, console: Console) 
     service, base = start_service(uri, folder / "auth_service.log")
     try:
         console.print(f"example auth service at {base} (log: {escape(str(folder / 'auth_service.log'))})")
-        old_token = httpx.post(f"{base}/token", json={"sub": "demo-user"}, timeout=5).json()["access_token"]
-        before = httpx.get(f"{base}/health", timeout=5).json()
+        old_token = http_client().post(f"{base}/token", json={"sub": "demo-user"}, timeout=5).json()["access_token"]
+        before = http_client().get(f"{base}/health", timeout=5).json()
         options = RotationOptions(
             started_by=getpass.getuser(),
             allow_self_approval=True,
@@ -64,8 +64,8 @@ def run_demo(folder: Path, *, yes: bool, wait_seconds: float, console: Console) 
             journal,
             console,
         )
-        after = httpx.get(f"{base}/health", timeout=5).json()
-        new_token = httpx.post(f"{base}/token", json={"sub": "demo-user"}, timeout=5).json()["access_token"]
+        after = http_client().get(f"{base}/health", timeout=5).json()
+        new_token = http_client().post(f"{base}/token", json={"sub": "demo-user"}, timeout=5).json()["access_token"]
         table = Table("", "before", "after", title=f"rotation {summary['rotation_id']}: {summary['state']}")
         table.add_row("signing key", _short(before["signing_kid"]), _short(after["signing_kid"]))
         table.add_row("keys loaded", ", ".join(map(_short, before["kids"])), ", ".join(map(_short, after["kids"])))

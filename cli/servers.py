@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import httpx
 
+from targets.http import http_client
+
 
 def free_port() -> int:
     """A port of 127.0.0.1 that nothing listens on now."""
@@ -19,7 +21,7 @@ def free_port() -> int:
 def healthy(url: str, timeout: float = 2) -> bool:
     """Whether ``url`` answers with a success now."""
     try:
-        return httpx.get(url, timeout=timeout).is_success
+        return http_client().get(url, timeout=timeout).is_success
     except httpx.HTTPError:
         return False
 

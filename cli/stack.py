@@ -31,6 +31,7 @@ from cli.example_service import ensure_keyset, start_service
 from cli.output import clear_errors, console
 from cli.servers import answered
 from errors import BadInput
+from targets.http import http_client
 
 app = typer.Typer(no_args_is_help=True, help="The local stack: a Prefect server with its UI, a worker, the examples.")
 
@@ -80,7 +81,7 @@ def read_state() -> StackState | None:
 def answers(state: StackState) -> bool:
     """Whether the recorded server answers an authenticated call with the recorded auth string."""
     try:
-        reply = httpx.get(f"{state.api_url}/admin/version", auth=_basic(state.auth_string), timeout=2)
+        reply = http_client().get(f"{state.api_url}/admin/version", auth=_basic(state.auth_string), timeout=2)
     except httpx.HTTPError:
         return False
     return reply.status_code == 200

@@ -8,13 +8,15 @@ from typing import Any
 
 import httpx
 
+from targets.http import http_client
+
 
 def call(method: str, url: str, timeout: float = 120, **kwargs: Any) -> Any:
     """The JSON of the first answer below 500; a 4xx is raised, as a script would see it."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            answer = httpx.request(method, url, timeout=30, **kwargs)
+            answer = http_client().request(method, url, timeout=30, **kwargs)
             if answer.status_code < 500:
                 return answer.raise_for_status().json()
         except httpx.TransportError:

@@ -16,6 +16,7 @@ import pytest
 from jose import jwt
 
 from stores import SecretStore, open_store
+from targets.http import http_client
 from targets.jwt.keyset import JwtKey, JwtKeyset, new_key, rotated, sign_token, verify_token, without_previous
 from tests.fixtures.auth_service import RunningService, ServiceDidNotStart
 
@@ -47,21 +48,21 @@ def _publish(store: SecretStore, value: str) -> None:
 
 
 def _issue(service: RunningService, subject: str = "alice") -> str:
-    answer = httpx.post(f"{service.base_url}/token", json={"sub": subject}, timeout=10)
+    answer = http_client().post(f"{service.base_url}/token", json={"sub": subject}, timeout=10)
     assert answer.status_code == 200, answer.text
     return answer.json()["access_token"]
 
 
 def _me(service: RunningService, token: str) -> httpx.Response:
-    return httpx.get(f"{service.base_url}/me", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    return http_client().get(f"{service.base_url}/me", headers={"Authorization": f"Bearer {token}"}, timeout=10)
 
 
 def _health(service: RunningService) -> dict[str, object]:
-    return httpx.get(f"{service.base_url}/health", timeout=10).json()
+    return http_client().get(f"{service.base_url}/health", timeout=10).json()
 
 
 def _reload(service: RunningService) -> httpx.Response:
-    return httpx.post(f"{service.base_url}/reload", timeout=10)
+    return http_client().post(f"{service.base_url}/reload", timeout=10)
 
 
 def _assert_log_clean(service: RunningService, keys: list[JwtKey], tokens: list[str]) -> None:
@@ -104,9 +105,9 @@ def test_issues_tokens_and_accepts_only_its_own(auth_service: Start, store_uri: 
         assert answer.status_code == 401
         assert reason in answer.json()["error"]
         assert answer.headers["WWW-Authenticate"].startswith("Bearer")
-    assert httpx.get(f"{service.base_url}/me", timeout=10).status_code == 401
-    assert httpx.post(f"{service.base_url}/token", json={"user": "x"}, timeout=10).status_code == 400
-    assert httpx.get(f"{service.base_url}/.well-known/jwks.json", timeout=10).json() == {"keys": []}
+    assert http_client().get(f"{service.base_url}/me", timeout=10).status_code == 401
+    assert http_client().post(f"{service.base_url}/token", json={"user": "x"}, timeout=10).status_code == 400
+    assert http_client().get(f"{service.base_url}/.well-known/jwks.json", timeout=10).json() == {"keys": []}
     _assert_log_clean(service, [first_key], [token, runbook_token, forged])
 
 
@@ -119,7 +120,7 @@ def test_asymmetric_keysets_publish_a_jwks_that_verifies_issued_tokens(
     service = auth_service(store_uri)
     token = _issue(service)
     assert jwt.get_unverified_header(token) == {"alg": alg, "typ": "JWT", "kid": key.kid}
-    jwks = httpx.get(f"{service.base_url}/.well-known/jwks.json", timeout=10).json()
+    jwks = http_client().get(f"{service.base_url}/.well-known/jwks.json", timeout=10).json()
     assert [jwk["kid"] for jwk in jwks["keys"]] == [key.kid]
     assert not {"d", "p", "q", "dp", "dq", "qi"} & set(jwks["keys"][0])
     assert jwt.decode(token, jwks["keys"][0], algorithms=[alg])["sub"] == "alice"

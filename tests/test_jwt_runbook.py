@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-import httpx
 import pytest
 
 from flows.jwt import JwtPolicy, rotate_jwt_signing_key
@@ -17,6 +16,7 @@ from rotation.approval import ApprovalDecision, NotWaitingForApproval, give_deci
 from rotation.journal import Journal, RotationInProgress, RotationState
 from stores import SecretStore, Stage
 from targets.consumers import CommandRestart, Consumer, HttpReload, NoRestart
+from targets.http import http_client
 from targets.jwt.keyset import JwtKeyset, new_key
 
 SHORT = JwtPolicy(token_lifetime_seconds=2, grace_seconds=1)
@@ -46,15 +46,17 @@ def consumer_of(service) -> Consumer:
 
 
 def token(service) -> str:
-    return httpx.post(f"{service.base_url}/token", json={"sub": "client"}, timeout=5).json()["access_token"]
+    return http_client().post(f"{service.base_url}/token", json={"sub": "client"}, timeout=5).json()["access_token"]
 
 
 def accepted(service, bearer: str) -> bool:
-    return httpx.get(f"{service.base_url}/me", headers={"Authorization": f"Bearer {bearer}"}, timeout=5).is_success
+    return (
+        http_client().get(f"{service.base_url}/me", headers={"Authorization": f"Bearer {bearer}"}, timeout=5).is_success
+    )
 
 
 def signing_kid(service) -> str:
-    return httpx.get(f"{service.base_url}/health", timeout=5).json()["signing_kid"]
+    return http_client().get(f"{service.base_url}/health", timeout=5).json()["signing_kid"]
 
 
 class Approver:
@@ -251,7 +253,7 @@ def test_an_es256_keyset_rotates_and_its_jwks_follows(prefect_server, local_stor
     store.create(JwtKeyset(keys=[new_key("ES256")]).to_secret())
     service = auth_service(store.uri.display)
     old_kid, old_token = signing_kid(service), token(service)
-    jwks = httpx.get(f"{service.base_url}/.well-known/jwks.json", timeout=5).json()
+    jwks = http_client().get(f"{service.base_url}/.well-known/jwks.json", timeout=5).json()
     assert [k["kid"] for k in jwks["keys"]] == [old_kid]
     summary = rotate_jwt_signing_key(
         store.uri.display,
@@ -260,7 +262,7 @@ def test_an_es256_keyset_rotates_and_its_jwks_follows(prefect_server, local_stor
         options=options(journal, approve_promote=False),
     )
     new_kid = summary["new_kid"]
-    jwks = httpx.get(f"{service.base_url}/.well-known/jwks.json", timeout=5).json()
+    jwks = http_client().get(f"{service.base_url}/.well-known/jwks.json", timeout=5).json()
     assert [(k["kid"], k["kty"], k["crv"]) for k in jwks["keys"]] == [(new_kid, "EC", "P-256")]
     assert all("d" not in k for k in jwks["keys"])  # public keys only
     assert not accepted(service, old_token)

@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -29,6 +28,7 @@ from rotation import RotationOptions, RotationRolledBack
 from rotation.approval import ApprovalDecision, Preapproval, give_decision, waiting_for
 from rotation.journal import Journal, RotationState
 from stores import SecretStore, Stage, open_store
+from targets.http import http_client
 from targets.jwt.keyset import JwtKeyset, new_key
 from targets.saml.certificates import CertificateProfile
 from targets.saml.keyset import SamlKeyset, new_pair, switch_signing
@@ -85,7 +85,7 @@ class SamlWorld:
         return SamlKeyset.from_secret(self.store.read(Stage.CURRENT))
 
     def served(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        metadata = parse_metadata(httpx.get(f"{self.base}/saml/metadata", timeout=10).content)
+        metadata = parse_metadata(http_client().get(f"{self.base}/saml/metadata", timeout=10).content)
         return metadata.signing, metadata.encryption
 
     def stages(self) -> dict[str, list[str]]:
@@ -255,7 +255,7 @@ def test_a_failed_verification_rolls_back_to_the_old_pair(world: SamlWorld) -> N
     assert world.stages() == before and world.keyset().to_secret() == old.to_secret()
     fingerprint = old.signing_pair.fingerprint
     assert world.served() == ((fingerprint,), (fingerprint,))
-    assert httpx.get(f"{world.base}/health", timeout=10).json()["saml"]["signing"] == fingerprint
+    assert http_client().get(f"{world.base}/health", timeout=10).json()["saml"]["signing"] == fingerprint
     for binding in BINDINGS:
         assert sign_in(f"{world.base}/saml/login?binding={binding}").answer["encrypted_to"] == fingerprint
 

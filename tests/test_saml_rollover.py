@@ -17,12 +17,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from prefect import flow
 
 from errors import BadInput
 from stores import SecretStore, Stage, open_store
+from targets.http import http_client
 from targets.jwt.keyset import JwtKeyset, new_key
 from targets.saml.certificates import CertificateInvalid, CertificateProfile, certificate_pem, generate_key, key_pem
 from targets.saml.certificates import self_signed as self_signed_certificate
@@ -96,12 +96,12 @@ class ServiceProviderUnderTest:
         rotation_id = str(uuid.uuid4())
         self.store.stage(value, rotation_id)
         self.store.promote(rotation_id)
-        reload = httpx.post(f"{self.service.base_url}/reload", timeout=30)
+        reload = http_client().post(f"{self.service.base_url}/reload", timeout=30)
         assert reload.status_code == 200, reload.text
         return value
 
     def served(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        metadata = parse_metadata(httpx.get(self.provider.metadata_url, timeout=10).content)
+        metadata = parse_metadata(http_client().get(self.provider.metadata_url, timeout=10).content)
         return metadata.signing, metadata.encryption
 
     def sign_in(self, binding: str, encrypt_to: str | None = None) -> dict[str, Any]:
@@ -154,7 +154,7 @@ def _sign_in_everywhere(sp: ServiceProviderUnderTest, decrypting: list[str], sig
     """Both bindings; then an assertion encrypted to each certificate the SP should decrypt with."""
     for binding in BINDINGS:
         assert sp.sign_in(binding)["encrypted_to"] in decrypting
-    health = httpx.get(f"{sp.service.base_url}/health", timeout=10).json()["saml"]
+    health = http_client().get(f"{sp.service.base_url}/health", timeout=10).json()["saml"]
     assert health["signing"] == signer
     certificates = {pair.fingerprint: pair.certificate_text for pair in sp.keyset().keys}
     for fingerprint in decrypting:
@@ -360,12 +360,12 @@ def test_bad_input_gives_one_clear_line_and_changes_nothing(sp: ServiceProviderU
         rotation_id = str(uuid.uuid4())
         sp.store.stage(document, rotation_id)
         sp.store.promote(rotation_id)
-        reload = httpx.post(f"{sp.service.base_url}/reload", timeout=30)
+        reload = http_client().post(f"{sp.service.base_url}/reload", timeout=30)
         sp.store.revert(rotation_id, None)
         sp.store.discard(rotation_id)
         if name in ("an expired certificate", "a certificate not yet valid", "a wrong subject"):
             assert reload.status_code == 200  # pysaml2 does not check dates or names: the runbook's inspection does
-            httpx.post(f"{sp.service.base_url}/reload", timeout=30).raise_for_status()
+            http_client().post(f"{sp.service.base_url}/reload", timeout=30).raise_for_status()
         else:
             assert reload.status_code == 500 and "still serving the previous keyset" in reload.json()["error"]
         assert sp.store.read() == current
@@ -378,7 +378,7 @@ def test_an_ec_key_set_is_refused_by_the_pysaml2_service_provider(sp: ServicePro
     rotation_id = str(uuid.uuid4())
     sp.store.stage(ec_document, rotation_id)
     sp.store.promote(rotation_id)
-    reload = httpx.post(f"{sp.service.base_url}/reload", timeout=30)
+    reload = http_client().post(f"{sp.service.base_url}/reload", timeout=30)
     assert reload.status_code == 500 and "RSA keys only" in reload.json()["error"]
     assert sp.sign_in("post")["encrypted_to"]
 
@@ -440,7 +440,7 @@ def test_a_ca_signed_certificate_joins_through_its_signing_request(sp: ServicePr
     profile = CertificateProfile.of(**PROFILE)
     stage_secret.fn(secret, rotation_id, partial(request_new_pair, **PROFILE))
     promote_secret.fn(secret, rotation_id)
-    assert httpx.post(f"{sp.service.base_url}/reload", timeout=30).status_code == 200
+    assert http_client().post(f"{sp.service.base_url}/reload", timeout=30).status_code == 200
     sp.sign_in("redirect")  # a requested pair changes nothing for the SP
     csr = signing_request_of_new_pair.fn(secret)
     now = datetime.now(UTC)
@@ -457,7 +457,7 @@ def test_a_ca_signed_certificate_joins_through_its_signing_request(sp: ServicePr
     assert facts.version_id == step_version(rotation_id, "certificate")
     new = next(p for p in facts.pairs if p.status == "decrypt")
     assert new.subject == PROFILE["subject"] and new.fingerprint is not None
-    assert httpx.post(f"{sp.service.base_url}/reload", timeout=30).status_code == 200
+    assert http_client().post(f"{sp.service.base_url}/reload", timeout=30).status_code == 200
     certificate = sp.keyset().pair(new.kid).certificate_text
     assert sp.sign_in("post", encrypt_to=certificate)["encrypted_to"] == new.fingerprint
     undo_saml_step.fn(secret, rotation_id, "certificate", previous_version=before.version_at(Stage.PREVIOUS))

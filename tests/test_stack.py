@@ -13,6 +13,7 @@ import time
 import httpx
 
 from cli.stack import EXAMPLE
+from targets.http import http_client
 from tests.fixtures.ports import free_port
 from tests.fixtures.stack import LocalStack, rotate, stack_env
 from tests.prefect_api import call
@@ -27,7 +28,7 @@ def test_the_stack_serves_an_authenticated_api_a_working_ui_and_every_deployment
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     assert state.api_url.startswith("http://127.0.0.1:")
 
-    assert httpx.post(f"{state.api_url}/deployments/filter", json={}).status_code == 401
+    assert http_client().post(f"{state.api_url}/deployments/filter", json={}).status_code == 401
     user, _, password = state.auth_string.partition(":")
     with httpx.Client(base_url=state.api_url, auth=(user, password)) as api:
         names = {d["name"] for d in api.post("/deployments/filter", json={}).json()}
@@ -36,8 +37,8 @@ def test_the_stack_serves_an_authenticated_api_a_working_ui_and_every_deployment
     assert "secret-rotation: pause the deployment when a rollback fails" in automations
 
     # The UI is served and calls the API where it is (not on port 4200).
-    assert httpx.get(f"{state.ui_url}/v2/").status_code == 200
-    assert httpx.get(f"{state.ui_url}/ui-settings").json()["api_url"] == state.api_url
+    assert http_client().get(f"{state.ui_url}/v2/").status_code == 200
+    assert http_client().get(f"{state.ui_url}/ui-settings").json()["api_url"] == state.api_url
 
     # The generated auth string is in the state file only, never in a log.
     secret_part = state.auth_string.partition(":")[2]

@@ -22,6 +22,7 @@ from playwright.sync_api import Locator, Page, expect, sync_playwright
 
 from cli.stack import EXAMPLE
 from stores import Stage, open_store
+from targets.http import tls_context
 from tests.fixtures.stack import LocalStack
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "ui"
@@ -30,7 +31,7 @@ expect.set_options(timeout=120_000)  # the UI loads its forms' schemas from a bu
 
 def _api(stack: LocalStack) -> httpx.Client:
     user, _, password = stack.state.auth_string.partition(":")
-    return httpx.Client(base_url=stack.state.api_url, auth=(user, password), timeout=10)
+    return httpx.Client(base_url=stack.state.api_url, auth=(user, password), timeout=10, verify=tls_context())
 
 
 def _current_version(stack: LocalStack) -> str:

@@ -12,7 +12,6 @@ import secrets
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -21,6 +20,7 @@ from flows.jwt import JwtPolicy, rotate_jwt_signing_key
 from rotation.context import RotationOptions, RotationRolledBack
 from rotation.journal import Journal
 from targets.consumers import Consumer, HttpReload, NoRestart
+from targets.http import http_client
 from targets.jwt.keyset import JwtKey, JwtKeyset, hs_kid
 from tests.fixtures.prefect import drain_prefect_workers
 
@@ -89,7 +89,7 @@ def test_no_secret_value_reaches_prefect_or_the_journal(
     }
     deadline = time.monotonic() + 60
     while True:  # the server stores events a moment after it receives them
-        events = httpx.post(f"{prefect_server.api_url}/events/filter", json=query, timeout=10).json()["events"]
+        events = http_client().post(f"{prefect_server.api_url}/events/filter", json=query, timeout=10).json()["events"]
         outcomes = {(e["resource"]["step"], e["event"]) for e in events}
         if ("rotation", "secret-rotation.step.completed") in outcomes or time.monotonic() > deadline:
             break

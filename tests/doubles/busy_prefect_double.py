@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
-
+from targets.http import http_client
 from tests.doubles import HttpDouble
 
 _BUSY = {"exception_message": "Service Unavailable"}  # Prefect's body for a retryable database error
@@ -35,5 +34,7 @@ class BusyPrefectDouble(HttpDouble):
             self.refused += 1
             return 503, _BUSY, {}
         self.forwarded_resumes += resume
-        reply = httpx.request(method, self.upstream + path.removeprefix("/api"), params=query, json=body, timeout=30)
+        reply = http_client().request(
+            method, self.upstream + path.removeprefix("/api"), params=query, json=body, timeout=30
+        )
         return reply.status_code, reply.json() if reply.content else None, {}
