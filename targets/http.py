@@ -10,6 +10,7 @@ from __future__ import annotations
 import ssl
 import threading
 from functools import cache
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 
@@ -25,9 +26,12 @@ def tls_context(verify_tls: bool = True) -> ssl.SSLContext:
 
 
 def http_client(verify_tls: bool = True) -> httpx.Client:
-    """The one shared HTTP client of this process, per TLS setting."""
+    """The one shared HTTP client of this process, per TLS setting; it keeps no cookies."""
     with _clients_lock:
         client = _clients.get(verify_tls)
         if client is None:
-            client = _clients[verify_tls] = httpx.Client(verify=tls_context(verify_tls))
+            # No cookie jar: a cookie one consumer sets must not authenticate a later check, of it or of another
+            # service on the same host (cookies ignore ports).
+            no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+            client = _clients[verify_tls] = httpx.Client(verify=tls_context(verify_tls), cookies=no_cookies)
         return client
